@@ -1,0 +1,100 @@
+"""The linear-operator interface that likelihood scores and samplers are written against.
+
+A fixed lens makes the forward model linear in the source, ``y = A s``. Everything that only
+needs ``A`` (likelihood scores, the source-posterior sampler, the Gaussian gold standard) is
+written against :class:`AbstractLinearOperator`, so it works equally with the lensing operator
+and with a dense matrix in tests.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._types import Array, Float
+
+__all__ = ["AbstractLinearOperator", "DenseOperator"]
+
+
+class AbstractLinearOperator(eqx.Module):
+    """A linear map from source arrays ``(sy, sx)`` to image arrays ``(ny, nx)``.
+
+    Subclasses implement :meth:`__call__` (``A s``), and may override :meth:`adjoint`
+    (``A^T y``, default: exact transpose by ``jax.linear_transpose``) and :meth:`diag_aat`
+    (``diag(A A^T)``, needed by the CLA likelihood score).
+    """
+
+    @property
+    @abc.abstractmethod
+    def source_shape(self) -> tuple[int, int]:
+        """Shape ``(sy, sx)`` of the source arrays the operator takes."""
+
+    @property
+    @abc.abstractmethod
+    def image_shape(self) -> tuple[int, int]:
+        """Shape ``(ny, nx)`` of the image arrays the operator returns."""
+
+    @abc.abstractmethod
+    def __call__(self, source: Float[Array, "sy sx"]) -> Float[Array, "ny nx"]:
+        """Apply the operator: ``A s``."""
+
+    def adjoint(self, image: Float[Array, "ny nx"]) -> Float[Array, "sy sx"]:
+        """Apply the exact transpose: ``A^T y``."""
+        primal = jnp.zeros(self.source_shape, image.dtype)
+        (out,) = jax.linear_transpose(self.__call__, primal)(image)
+        return out
+
+    def diag_aat(self) -> Float[Array, "ny nx"]:
+        """The diagonal of ``A A^T`` (one entry per image pixel).
+
+        The default builds it row by row from the adjoint, which is exact but costs one
+        adjoint per image pixel: concrete operators override it with a closed form.
+        """
+        n = self.image_shape[0] * self.image_shape[1]
+
+        def row_norm(k):
+            e = jnp.zeros(n).at[k].set(1.0).reshape(self.image_shape)
+            r = self.adjoint(e)
+            return jnp.sum(r * r)
+
+        return jax.lax.map(row_norm, jnp.arange(n)).reshape(self.image_shape)
+
+
+class DenseOperator(AbstractLinearOperator):
+    """A linear operator stored as a dense matrix ``(ny*nx, sy*sx)``; for tests and small problems."""
+
+    matrix: Float[Array, "m n"]
+    _source_shape: tuple[int, int] = eqx.field(static=True)
+    _image_shape: tuple[int, int] = eqx.field(static=True)
+
+    def __init__(self, matrix, source_shape: tuple[int, int], image_shape: tuple[int, int]):
+        matrix = jnp.asarray(matrix)
+        if matrix.shape != (image_shape[0] * image_shape[1], source_shape[0] * source_shape[1]):
+            raise ValueError(
+                f"DenseOperator matrix has shape {matrix.shape}, expected "
+                f"({image_shape[0] * image_shape[1]}, {source_shape[0] * source_shape[1]}) "
+                f"for image {image_shape} and source {source_shape}."
+            )
+        self.matrix = matrix
+        self._source_shape = tuple(source_shape)
+        self._image_shape = tuple(image_shape)
+
+    @property
+    def source_shape(self) -> tuple[int, int]:
+        return self._source_shape
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return self._image_shape
+
+    def __call__(self, source):
+        return (self.matrix @ source.reshape(-1)).reshape(self._image_shape)
+
+    def adjoint(self, image):
+        return (self.matrix.T @ image.reshape(-1)).reshape(self._source_shape)
+
+    def diag_aat(self):
+        return jnp.sum(self.matrix**2, axis=1).reshape(self._image_shape)
