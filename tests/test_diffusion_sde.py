@@ -1,0 +1,82 @@
+"""VE SDE and reverse-time integration against a Gaussian data distribution with an exact score."""
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+from scipy import stats
+
+from blindlens.diffusion_sde import VESDE, reverse_time_grid, sample_reverse_diffusion
+
+SDE = VESDE(0.01, 20.0)
+S0 = 0.7  # data: x0 ~ N(0, S0^2 I)
+
+
+def exact_score(x, t, args):
+    return -x / (S0**2 + SDE.sigma(t) ** 2)
+
+
+def draw(key, n, score=exact_score, **kw):
+    fn = jax.jit(jax.vmap(lambda k: sample_reverse_diffusion(k, SDE, score, (8, 8), **kw)))
+    return np.asarray(fn(jr.split(key, n))).reshape(-1)
+
+
+def test_schedule_identities():
+    t = jnp.linspace(0, 1, 11)
+    assert np.allclose(SDE.sigma(0.0), 0.01) and np.allclose(SDE.sigma(1.0), 20.0)
+    # g^2 = d sigma^2 / dt
+    dsig2 = jax.vmap(jax.grad(lambda s: SDE.sigma(s) ** 2))(t)
+    assert np.allclose(SDE.diffusion(t) ** 2, dsig2, rtol=1e-5)
+    assert np.allclose(SDE.time_at_sigma(SDE.sigma(t)), t, atol=1e-6)
+    ts = reverse_time_grid(10, 1e-3)
+    assert ts[0] == 1.0 and np.isclose(ts[-1], 1e-3) and np.all(np.diff(ts) < 0)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_reverse_sde_reproduces_gaussian(solver, getkey):
+    x = draw(getkey(), 1000, num_steps=100, solver=solver)  # 64000 iid pixels
+    n = x.size
+    # Monte-Carlo tolerances: 5 sigma of the mean and of the sample variance.
+    assert abs(x.mean()) < 5 * S0 / np.sqrt(n)
+    assert abs(x.var() / S0**2 - 1) < 5 * np.sqrt(2 / n) + 0.01  # + Euler bias at 100 steps
+    assert stats.kstest(x[::7] / S0, "norm").pvalue > 1e-3
+
+
+def test_wrong_score_is_detected(getkey):
+    """Negative control: a score for the wrong variance must fail the same checks."""
+    wrong = lambda x, t, a: -x / (0.5**2 + SDE.sigma(t) ** 2)  # noqa: E731
+    x = draw(getkey(), 1000, score=wrong, num_steps=100)
+    assert abs(x.var() / S0**2 - 1) > 0.3
+    assert stats.kstest(x[::7] / S0, "norm").pvalue < 1e-6
+
+
+def test_error_shrinks_with_steps(getkey):
+    """Probability-flow ODE with common random inputs: the bias of the std falls with the step count."""
+    key = getkey()
+    errs = [abs(draw(key, 500, num_steps=n, solver="heun", probability_flow=True).std() - S0) for n in (8, 32, 128)]
+    assert errs[0] > errs[1] > errs[2]
+    assert errs[2] < 0.01
+
+
+def test_deterministic_given_key(getkey):
+    key = getkey()
+    a = draw(key, 3, num_steps=20)
+    b = draw(key, 3, num_steps=20)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, draw(getkey(), 3, num_steps=20))
+
+
+def test_corrector_keeps_distribution(getkey):
+    x = draw(getkey(), 400, num_steps=50, corrector_steps=1, corrector_snr=0.05)  # ULA is biased O(snr^2)
+    assert abs(x.var() / S0**2 - 1) < 5 * np.sqrt(2 / x.size) + 0.03
+
+
+def test_refuses_backward_unsafe_solvers():
+    with pytest.raises(ValueError, match="backwards in time"):
+        sample_reverse_diffusion(jr.key(0), SDE, exact_score, (2, 2), num_steps=2, solver="shark")
+
+
+def test_bad_sde_parameters():
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        VESDE(1.0, 0.5)
