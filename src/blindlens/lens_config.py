@@ -1,0 +1,175 @@
+"""Lens configurations as TOML: one ``[[profile]]`` table per mass component.
+
+Example (``src/blindlens/data/example_lens.toml``)::
+
+    [[profile]]
+    type = "SIE"
+    theta_E = 1.2      # arcsec
+    e1 = 0.088235
+    e2 = 0.152828
+    center_x = 0.05    # arcsec
+    center_y = -0.03
+
+    [[profile]]
+    type = "SHEAR"
+    gamma1 = 0.03
+    gamma2 = -0.02
+
+Types and their parameters (lenstronomy names and conventions, see ``docs/conventions.md``):
+
+========== =================================================== ==================
+type       required                                            optional
+========== =================================================== ==================
+SIS        theta_E, center_x, center_y
+SIE        theta_E, e1, e2, center_x, center_y
+EPL        theta_E, gamma, e1, e2, center_x, center_y           n_terms
+SHEAR      gamma1, gamma2                                      ra_0, dec_0
+MULTIPOLE  m, a_m, phi_m, center_x, center_y
+========== =================================================== ==================
+
+Several profiles are summed into one lens (``SIE(...) + ExternalShear(...)``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+from .lens_models import EPL, SIE, SIS, AbstractLens, CompositeLens, ExternalShear, Multipole
+
+__all__ = [
+    "PROFILE_TYPES",
+    "lens_from_config",
+    "lens_to_config",
+    "load_lens_config",
+    "save_lens_config",
+    "dumps_lens_config",
+]
+
+# type -> (class, required parameters, optional parameters)
+PROFILE_TYPES: dict[str, tuple[type, tuple[str, ...], tuple[str, ...]]] = {
+    "SIS": (SIS, ("theta_E", "center_x", "center_y"), ()),
+    "SIE": (SIE, ("theta_E", "e1", "e2", "center_x", "center_y"), ()),
+    "EPL": (EPL, ("theta_E", "gamma", "e1", "e2", "center_x", "center_y"), ("n_terms",)),
+    "SHEAR": (ExternalShear, ("gamma1", "gamma2"), ("ra_0", "dec_0")),
+    "MULTIPOLE": (Multipole, ("m", "a_m", "phi_m", "center_x", "center_y"), ()),
+}
+_INTEGER_PARAMS = {"m", "n_terms"}
+_TYPE_OF_CLASS = {cls: name for name, (cls, _, _) in PROFILE_TYPES.items()}
+
+
+def lens_from_config(config: dict) -> AbstractLens:
+    """Build a lens Module from a parsed TOML mapping ``{"profile": [{...}, ...]}``.
+
+    Raises
+    ------
+    ValueError
+        For a missing or empty ``profile`` list, an unknown ``type``, a missing or unknown
+        parameter, or a non-numeric / non-finite value; the message names the profile index.
+    """
+    if not isinstance(config, dict):
+        raise ValueError(f"lens config must be a mapping with a [[profile]] list, got {type(config).__name__}.")
+    unknown_top = set(config) - {"profile", "description"}
+    if unknown_top:
+        raise ValueError(
+            f"lens config has unknown top-level key(s) {sorted(unknown_top)}; only [[profile]] tables "
+            "(and an optional description) are allowed."
+        )
+    profiles = config.get("profile")
+    if not profiles or not isinstance(profiles, list):
+        raise ValueError("lens config needs at least one [[profile]] table (e.g. type = \"SIE\").")
+    lenses = [_profile_to_lens(i, p) for i, p in enumerate(profiles)]
+    return lenses[0] if len(lenses) == 1 else CompositeLens(lenses)
+
+
+def _profile_to_lens(index: int, profile) -> AbstractLens:
+    where = f"lens config [[profile]] #{index + 1}"
+    if not isinstance(profile, dict):
+        raise ValueError(f"{where} must be a table of parameters.")
+    if "type" not in profile:
+        raise ValueError(f"{where} has no 'type'; use one of {sorted(PROFILE_TYPES)}.")
+    ptype = str(profile["type"]).upper()
+    if ptype not in PROFILE_TYPES:
+        raise ValueError(f"{where}: unknown type {profile['type']!r}; use one of {sorted(PROFILE_TYPES)}.")
+    cls, required, optional = PROFILE_TYPES[ptype]
+    params = {k: v for k, v in profile.items() if k != "type"}
+    missing = [k for k in required if k not in params]
+    if missing:
+        raise ValueError(f"{where} ({ptype}) is missing parameter(s) {missing}; required: {list(required)}.")
+    unknown = [k for k in params if k not in required + optional]
+    if unknown:
+        raise ValueError(
+            f"{where} ({ptype}) has unknown parameter(s) {unknown}; allowed: {list(required + optional)}."
+        )
+    kwargs = {}
+    for name, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where} ({ptype}): parameter {name} must be a number, got {value!r}.")
+        if not math.isfinite(value):
+            raise ValueError(f"{where} ({ptype}): parameter {name} must be finite, got {value!r}.")
+        if name in _INTEGER_PARAMS:
+            if int(value) != value:
+                raise ValueError(f"{where} ({ptype}): parameter {name} must be an integer, got {value!r}.")
+            kwargs[name] = int(value)
+        else:
+            kwargs[name] = float(value)
+    return cls(**kwargs)
+
+
+def lens_to_config(lens: AbstractLens) -> dict:
+    """The TOML mapping ``{"profile": [...]}`` of a lens Module (inverse of :func:`lens_from_config`)."""
+    components = lens.components if isinstance(lens, CompositeLens) else (lens,)
+    profiles = []
+    for comp in components:
+        ptype = _TYPE_OF_CLASS.get(type(comp))
+        if ptype is None:
+            raise ValueError(f"cannot write a {type(comp).__name__} to a lens config; supported: {sorted(PROFILE_TYPES)}.")
+        _, required, optional = PROFILE_TYPES[ptype]
+        entry = {"type": ptype}
+        for name in required + optional:
+            value = getattr(comp, name)
+            arr = np.asarray(value)
+            if arr.ndim != 0:
+                raise ValueError(f"cannot write a batched {ptype} (parameter {name} has shape {arr.shape}).")
+            entry[name] = int(arr) if name in _INTEGER_PARAMS else float(arr)
+        profiles.append(entry)
+    return {"profile": profiles}
+
+
+def dumps_lens_config(lens: AbstractLens) -> str:
+    """TOML text for a lens Module (floats written with ``repr``, so reading it back is exact)."""
+    lines = []
+    for entry in lens_to_config(lens)["profile"]:
+        lines.append("[[profile]]")
+        lines.append(f'type = "{entry["type"]}"')
+        for name, value in entry.items():
+            if name != "type":
+                lines.append(f"{name} = {value!r}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def load_lens_config(path: str | os.PathLike) -> AbstractLens:
+    """Read a lens TOML file and build the lens."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"lens config {path} does not exist.")
+    try:
+        config = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path} is not valid TOML: {err}") from None
+    try:
+        return lens_from_config(config)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def save_lens_config(lens: AbstractLens, path: str | os.PathLike) -> Path:
+    """Write a lens Module to a TOML file; returns the path."""
+    path = Path(path)
+    path.write_text(dumps_lens_config(lens))
+    return path
