@@ -16,11 +16,13 @@ parser.add_argument("--out", type=Path, required=True)
 parser.add_argument("--num", type=int, default=50000)
 parser.add_argument("--chunk", type=int, default=2500)
 parser.add_argument("--seed", type=int, default=1)
+parser.add_argument("--reverse", action="store_true", help="draw chunks last-first (for a second process)")
 args = parser.parse_args()
 args.out.mkdir(parents=True, exist_ok=True)
-for start in range(0, args.num, args.chunk):
+starts = list(range(0, args.num, args.chunk))
+for start in reversed(starts) if args.reverse else starts:
     path = args.out / f"galaxies_seed{args.seed}_{start:07d}.npy"
-    if path.exists():
+    if path.exists() or path.with_suffix(".tmp.npy").exists():
         continue
     n = min(args.chunk, args.num - start)
     images = draw_procedural_galaxies(n, seed=args.seed, start=start, progress=False)

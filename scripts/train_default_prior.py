@@ -25,11 +25,12 @@ parser.add_argument("--out", type=Path, required=True)
 parser.add_argument("--until-minutes", type=float, default=100.0)
 parser.add_argument("--phase-steps", type=int, default=500)
 parser.add_argument("--max-steps", type=int, default=200000)
+parser.add_argument("--bin", type=int, default=2, help="average bin x bin pixels (64x64 at 0.05\" -> 32x32 at 0.1\")")
 args = parser.parse_args()
 
 began = time.time()
 arch_file = args.out.with_suffix(".arch.json")
-config = TrainingConfig(batch_size=32, learning_rate=1e-3, warmup_steps=300, ema_decay=0.999,
+config = TrainingConfig(batch_size=32, learning_rate=2e-3, warmup_steps=300, ema_decay=0.999,
                         sigma_min=0.005, sigma_max=10.0)
 step = 0
 while step < args.max_steps:
@@ -39,10 +40,13 @@ while step < args.max_steps:
         time.sleep(10)
         continue
     data = np.concatenate([np.load(f) for f in files])
+    if args.bin > 1:  # mean over bins conserves surface brightness
+        n, h, w = data.shape
+        data = data.reshape(n, h // args.bin, args.bin, w // args.bin, args.bin).mean(axis=(2, 4))
     if arch_file.exists():
         arch = ScoreNetworkConfig.from_dict(json.loads(arch_file.read_text()))
     else:
-        arch = ScoreNetworkConfig(image_size=64, channels=(16, 32, 64, 64), num_res_blocks=1,
+        arch = ScoreNetworkConfig(image_size=data.shape[1], channels=(16, 32, 64), num_res_blocks=2,
                                   embedding_dim=64, sigma_data=float(data.std()))
         arch_file.write_text(json.dumps(arch.to_dict()))
     left = args.until_minutes - (time.time() - began) / 60
@@ -50,9 +54,10 @@ while step < args.max_steps:
         break
     step += args.phase_steps
     prior = train_score_prior(
-        data, args.out, num_steps=step, network_config=arch, config=config,
+        data, args.out, num_steps=step, network_config=arch, config=config, pixel_scale=0.05 * args.bin,
         checkpoint_every=250, max_minutes=left, resume=True, progress=False,
-        metadata={"training_set": {"kind": "GalSim procedural (blindlens.galaxies)", "seed": 1,
+        metadata={"training_set": {"kind": "GalSim procedural (blindlens.galaxies), 64x64 at 0.05\"/pixel "
+                                           f"binned {args.bin}x{args.bin}", "seed": 1,
                                    "num_images": int(data.shape[0])}},
     )
     step = prior.metadata["training"]["steps"]

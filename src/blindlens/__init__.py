@@ -1,2 +1,73 @@
-"""blindlens: blind strong-lens inversion with a score-based source prior."""
+"""blindlens: blind strong-lens inversion with a score-based source prior, as a NumPyro plugin.
+
+Public names are loaded lazily (PEP 562), so ``import blindlens`` stays fast and does not pull in
+NumPyro, diffrax or ArviZ until they are used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0.dev0"
+
+_EXPORTS: dict[str, str] = {
+    # geometry and lenses
+    "PixelGrid": "grid",
+    "AbstractLens": "lens_models",
+    "CompositeLens": "lens_models",
+    "SIS": "lens_models",
+    "SIE": "lens_models",
+    "EPL": "lens_models",
+    "ExternalShear": "lens_models",
+    "Multipole": "lens_models",
+    "critical_curves_and_caustics": "lens_models",
+    # forward model and data
+    "AbstractLinearOperator": "linear_operator",
+    "DenseOperator": "linear_operator",
+    "LensingOperator": "lensing_operator",
+    "lensed_image": "lensing_operator",
+    "PSF": "psf",
+    "gaussian_psf": "psf",
+    "Observation": "observation",
+    "load_observation": "observation",
+    "save_observation": "observation",
+    "load_lens_config": "lens_config",
+    "save_lens_config": "lens_config",
+    "simulate_observation": "simulation",
+    "load_truth": "simulation",
+    # diffusion prior
+    "VESDE": "diffusion_sde",
+    "sample_reverse_diffusion": "diffusion_sde",
+    "AbstractSourcePrior": "source_prior",
+    "ScorePrior": "score_prior",
+    "ScoreUNet": "score_network",
+    "ScoreNetworkConfig": "score_network",
+    "train_score_prior": "training",
+    "TrainingConfig": "training",
+    "morphology_summaries": "morphology",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'blindlens' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover - for static analysers only
+    from .diffusion_sde import VESDE, sample_reverse_diffusion  # noqa: F401
+    from .grid import PixelGrid  # noqa: F401
+    from .lens_models import EPL, SIE, SIS, AbstractLens, CompositeLens, ExternalShear, Multipole  # noqa: F401
+    from .lensing_operator import LensingOperator  # noqa: F401
+    from .observation import Observation, load_observation, save_observation  # noqa: F401
+    from .score_prior import ScorePrior  # noqa: F401

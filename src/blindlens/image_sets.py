@@ -52,13 +52,9 @@ def load_image_set(path: str | Path) -> np.ndarray:
                 return _check(f[keys[0]], str(path))
         raise ValueError(f"{path}: .npz image sets need a key 'images' (found {keys}).")
     if suffix in (".fits", ".fit", ".fz"):
-        from astropy.io import fits
+        from .observation import read_fits_array
 
-        with fits.open(path) as hdul:
-            for hdu in hdul:
-                if hdu.data is not None and hdu.data.ndim == 3:
-                    return _check(np.array(hdu.data, dtype=np.float32), str(path))
-        raise ValueError(f"{path}: no 3-d (N, H, W) image HDU found.")
+        return _check(read_fits_array(path, ndim=3), str(path))
     if suffix in (".h5", ".hdf5", ".hdf"):
         import h5py
 

@@ -218,6 +218,21 @@ def load_observation(path: str | os.PathLike) -> Observation:
         )
 
 
+def read_fits_array(path: str | os.PathLike, ndim: int) -> np.ndarray:
+    """The data of the first HDU of ``path`` with ``ndim`` dimensions (primary HDU first).
+
+    The one place besides the observation reader/writer where blindlens touches astropy, so that
+    FITS support stays behind this module. Raises ``ValueError`` if no such HDU exists.
+    """
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        for hdu in hdul:
+            if hdu.data is not None and hdu.data.ndim == ndim:
+                return np.array(hdu.data)
+    raise ValueError(f"{path}: no {ndim}-d image HDU found (the primary HDU should hold the data).")
+
+
 def _kind(path: Path) -> str:
     name = path.name.lower()
     if name.endswith(".npz"):

@@ -25,7 +25,7 @@ from ._types import Image, PRNGKeyArray, SourceImage
 from .grid import PixelGrid
 from .lens_config import dumps_lens_config, lens_from_config
 from .lensing_operator import LensingOperator
-from .observation import Observation
+from .observation import Observation, read_fits_array
 from .psf import gaussian_psf
 
 __all__ = [
@@ -116,12 +116,7 @@ def load_source(path: str | os.PathLike) -> np.ndarray:
     if name.endswith(".npy"):
         src = np.load(path, allow_pickle=False)
     elif name.endswith((".fits", ".fit", ".fts", ".fits.gz")):
-        from astropy.io import fits
-
-        with fits.open(path) as hdul:
-            if hdul[0].data is None:
-                raise ValueError(f"{path}: the primary HDU holds no image; put the source there.")
-            src = np.asarray(hdul[0].data)
+        src = read_fits_array(path, ndim=2)
     else:
         raise ValueError(f"unknown source file type for {path}: use .npy or .fits.")
     src = np.asarray(src, dtype=np.float64)
