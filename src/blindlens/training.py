@@ -16,6 +16,7 @@ This is the only module that imports optax.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -94,6 +95,7 @@ def _optimizer(config: TrainingConfig):
     return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(schedule))
 
 
+@functools.lru_cache(maxsize=8)  # one compiled step per (config, sde): resumes in-process reuse it
 def _make_step(config: TrainingConfig, sde: VESDE):
     optimizer = _optimizer(config)
 
@@ -230,12 +232,14 @@ def heldout_loss_by_sigma(
     ``denoiser(x, sigma)`` acts on one image. Returns an array of the ``sigmas``' shape.
     """
     data = jnp.asarray(data)
-
-    @jax.jit
-    def err(sigma, k):
-        z = jr.normal(k, data.shape)
-        d = jax.vmap(lambda x: denoiser(x, sigma))(data + sigma * z)
-        return jnp.mean((d - data) ** 2)
-
     keys = jr.split(key, len(sigmas))
-    return np.array([float(err(s, k)) for s, k in zip(sigmas, keys)])
+    return np.array([float(_denoising_error(denoiser, data, s, k)) for s, k in zip(sigmas, keys)])
+
+
+@eqx.filter_jit
+def _denoising_error(denoiser, data, sigma, key):
+    # `denoiser` is an argument (a bound method of an equinox Module is a pytree), so networks of
+    # the same architecture share one compilation.
+    z = jr.normal(key, data.shape)
+    d = jax.vmap(lambda x: denoiser(x, sigma))(data + sigma * z)
+    return jnp.mean((d - data) ** 2)
