@@ -46,6 +46,25 @@ _EXPORTS: dict[str, str] = {
     "train_score_prior": "training",
     "TrainingConfig": "training",
     "morphology_summaries": "morphology",
+    # analytic priors, likelihood scores, source posterior
+    "GaussianSourcePrior": "gaussian_prior",
+    "GaussianMixtureSourcePrior": "gaussian_prior",
+    "CLA": "likelihood_score",
+    "PiGDM": "likelihood_score",
+    "CalibratedTweedie": "likelihood_score",
+    "ExactGaussianLikelihoodScore": "likelihood_score",
+    "SourceSamplerConfig": "source_posterior",
+    "sample_source_posterior": "source_posterior",
+    "fixed_lens_posterior": "source_posterior",
+    # joint inference (NumPyro) and results (ArviZ)
+    "sie_shear": "numpyro_model",
+    "epl_shear": "numpyro_model",
+    "epl_shear_multipole": "numpyro_model",
+    "joint_model": "numpyro_model",
+    "BlindLensGibbs": "gibbs_kernel",
+    "GibbsDDRMConfig": "gibbs_kernel",
+    "sample_gibbsddrm": "gibbs_kernel",
+    "to_inference_data": "arviz_conversion",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,0 +1,161 @@
+"""Tests of the InferenceData conversion, figures and the joint CLI paths (sample, demo)."""
+
+import json
+
+import arviz as az
+import jax
+import jax.random as jr
+import matplotlib
+import numpy as np
+import pytest
+from _joint_problem import LowRankExactGuidance, Problem
+from numpyro.infer import MCMC
+
+from blindlens import cli
+from blindlens.arviz_conversion import (
+    lens_parameter_names,
+    plot_joint_summary,
+    plot_lens_pair,
+    residual_chi2,
+    summary_text,
+    to_inference_data,
+)
+from blindlens.gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig
+from blindlens.lens_models import SIE, SIS, ExternalShear
+from blindlens.lensing_operator import LensingOperator
+from blindlens.source_posterior import SourceSamplerConfig
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(scope="module")
+def run():
+    problem = Problem(source_shape=(8, 8), image_shape=(12, 12), pixel_scale=0.15, rank=30, length_scale=1.5,
+                      theta_E=0.6, free=("theta_E", "center_x"))
+    kernel = BlindLensGibbs(
+        problem.lens_model, problem.observation, problem.prior,
+        source_config=SourceSamplerConfig(guidance=LowRankExactGuidance(basis=problem.basis), num_steps=20),
+        warm_start=GibbsDDRMConfig(guidance=LowRankExactGuidance(basis=problem.basis), num_steps=20),
+        source_grid=problem.source_grid,
+    )
+    mcmc = MCMC(kernel, num_warmup=10, num_samples=12, num_chains=2, chain_method=jax.vmap, progress_bar=False)
+    mcmc.run(jr.key(0))
+    return problem, kernel, mcmc
+
+
+def test_inference_data_groups_coords_and_predictions(run, tmp_path):
+    problem, kernel, mcmc = run
+    idata = to_inference_data(mcmc, problem.observation, truth=problem.truth, chunk_size=5)
+    for group in ("posterior", "sample_stats", "observed_data", "constant_data", "posterior_predictive"):
+        assert group in idata.groups()
+    post = idata.posterior
+    assert post["source"].dims == ("chain", "draw", "source_y", "source_x")
+    np.testing.assert_allclose(post["source_x"].values, np.asarray(problem.source_grid.x_coords), rtol=1e-6)
+    np.testing.assert_allclose(idata.observed_data["image_y"].values, np.asarray(problem.image_grid.y_coords), rtol=1e-6)
+    assert {"diverging", "lp", "acceptance_rate", "step_size", "n_steps", "tree_depth"} <= set(idata.sample_stats.data_vars)
+    np.testing.assert_allclose(idata.constant_data["psf"].values, problem.psf)
+    assert lens_parameter_names(idata) == ["theta_E", "center_x"]
+    # model images are A_theta s of the stored draws (checked for one draw, by hand)
+    c, d = 1, 7
+    lens = SIS(theta_E=float(post["theta_E"][c, d]), center_x=float(post["center_x"][c, d]))
+    op = LensingOperator(lens, problem.image_grid, problem.source_grid, psf=problem.psf)
+    expected = np.asarray(op(post["source"].values[c, d]))
+    pp = idata.posterior_predictive
+    np.testing.assert_allclose(pp["model_image"].values[c, d], expected, rtol=1e-4, atol=1e-5)
+    resid = (np.asarray(problem.observation.image) - expected) / problem.noise
+    np.testing.assert_allclose(pp["normalized_residual"].values[c, d], resid, rtol=1e-3, atol=1e-3)
+    chi2 = residual_chi2(idata)
+    assert chi2.shape == (2, 12) and np.all(np.isfinite(chi2))
+    assert json.loads(post.attrs["truth"]) == pytest.approx(problem.truth)
+    # netCDF round trip, and the ArviZ functions users call first work on the lens parameters
+    path = tmp_path / "posterior.nc"
+    idata.to_netcdf(str(path))
+    back = az.from_netcdf(str(path))
+    np.testing.assert_allclose(back.posterior["theta_E"].values, post["theta_E"].values)
+    summ = az.summary(back, var_names=lens_parameter_names(back))
+    assert list(summ.index) == ["theta_E", "center_x"]
+    az.plot_trace(back, var_names=["theta_E", "center_x"])
+    az.plot_pair(back, var_names=["theta_E", "center_x"])
+
+
+def test_dict_input_matches_mcmc_input(run):
+    problem, kernel, mcmc = run
+    a = to_inference_data(mcmc, problem.observation, predictive=False)
+    b = to_inference_data(
+        jax.device_get(mcmc.get_samples(group_by_chain=True)), problem.observation, kernel=kernel,
+        sample_stats=jax.device_get(mcmc.get_extra_fields(group_by_chain=True)), predictive=False,
+    )
+    np.testing.assert_allclose(a.posterior["source"].values, b.posterior["source"].values)
+    for name in ("lp", "step_size", "n_steps", "tree_depth", "diverging", "acceptance_rate"):
+        np.testing.assert_allclose(a.sample_stats[name].values, b.sample_stats[name].values)
+    with pytest.raises(ValueError, match="BlindLensGibbs"):
+        to_inference_data({"theta_E": np.zeros((1, 2))}, problem.observation)
+
+
+def test_summary_text_and_figures(run, tmp_path):
+    problem, _, mcmc = run
+    idata = to_inference_data(mcmc, problem.observation, truth=problem.truth)
+    text = summary_text(idata)
+    assert "theta_E" in text and "R-hat" in text and "chi^2/N" in text and "68%" in text
+    assert plot_joint_summary(idata, tmp_path / "s.png").exists()
+    assert plot_lens_pair(idata, tmp_path / "p.png").exists()
+
+
+def test_demo_pipeline_with_a_gaussian_prior(tmp_path):
+    """The demo code path end to end (tiny settings), with an analytic prior in place of the network."""
+    problem = Problem(source_shape=(8, 8), image_shape=(16, 16), pixel_scale=0.1, rank=30, length_scale=1.5)
+    source = np.asarray(problem.source) - np.asarray(problem.source).min()
+    lens = SIE(theta_E=0.55, e1=0.05, e2=-0.03, center_x=0.0, center_y=0.0) + ExternalShear(gamma1=0.01, gamma2=0.0)
+    summary = cli._demo(
+        tmp_path, problem.prior, chains=1, warmup=3, draws=4, steps=6, image_shape=(16, 16), pixel_scale=0.1,
+        source=source, source_pixel_scale=0.1, lens=lens, progress=False,
+    )
+    text = summary.read_text()
+    assert "theta_E" in text and "gamma2" in text and "truth inside the 68% interval" in text
+    for name in ("posterior.nc", "posterior_summary.png", "posterior_pair.png", "observation.npz"):
+        assert (tmp_path / name).exists()
+    idata = az.from_netcdf(str(tmp_path / "posterior.nc"))
+    assert idata.posterior["theta_E"].shape == (1, 4)
+    # resumable: a second call finds the finished checkpoint and does not sample again
+    assert (tmp_path / "posterior.nc.ckpt.pkl").exists()
+
+
+def test_lens_model_specs():
+    from blindlens.numpyro_model import epl_shear, sie_shear
+
+    assert cli._load_lens_model("sie+shear") is sie_shear
+    assert cli._load_lens_model("epl+shear") is epl_shear
+    with pytest.raises(ValueError, match="FILE.py:function"):
+        cli._load_lens_model("nfw")
+    with pytest.raises(FileNotFoundError):
+        cli._load_lens_model("/nonexistent/model.py:lens")
+
+
+def test_cli_sample_joint_with_a_user_lens_model_file_and_resume(tmp_path, monkeypatch):
+    """`blindlens sample OBS --lens-model FILE.py:function` end to end, then a resumed rerun."""
+    from blindlens.observation import save_observation
+
+    problem = Problem(source_shape=(8, 8), image_shape=(12, 12), pixel_scale=0.15, rank=30, length_scale=1.5,
+                      theta_E=0.6)
+    obs_path = save_observation(problem.observation, tmp_path / "obs.npz")
+    model_file = tmp_path / "my_lens.py"
+    model_file.write_text(
+        "import numpyro, numpyro.distributions as dist\n"
+        "from blindlens.lens_models import SIS\n"
+        "def lens():\n"
+        "    return SIS(theta_E=numpyro.sample('theta_E', dist.Uniform(0.4, 0.9)))\n"
+    )
+    monkeypatch.setattr(cli, "_load_source_prior", lambda spec: problem.prior)
+    out = tmp_path / "post.nc"
+    argv = ["sample", str(obs_path), "--out", str(out), "--lens-model", f"{model_file}:lens", "--chains", "1",
+            "--warmup", "3", "--draws", "4", "--checkpoint-every", "2", "--steps", "30", "--warm-start-steps", "30",
+            "--guidance", "pigdm", "--supersampling", "1", "--source-center", "0", "0"]
+    assert cli.main(argv) == 0
+    idata = az.from_netcdf(str(out))
+    assert idata.posterior["theta_E"].shape == (1, 4)
+    assert (tmp_path / "post_summary.txt").exists() and (tmp_path / "post_pair.png").exists()
+    first = idata.posterior["theta_E"].values.copy()
+    del idata
+    # the checkpoint holds all 4 draws: a rerun resumes and samples nothing new
+    assert cli.main(argv) == 0
+    np.testing.assert_array_equal(az.from_netcdf(str(out)).posterior["theta_E"].values, first)

@@ -1,0 +1,225 @@
+"""Tests of blind joint inference: the BlindLensGibbs NumPyro kernel and continuous-time GibbsDDRM.
+
+The gold standard (data-and-validation.md §B.2, V-12): with a Gaussian source prior the source
+marginalises analytically, p(theta | y) ∝ p(theta) N(y; 0, A S A^T + sigma^2 I). The Gibbs kernel
+run with the exact Gaussian likelihood score must reproduce that marginal (ESS-based MCSE
+z-scores of mean and sd below Phi^{-1}(0.99) = 2.326, KS distance below its 1% critical value
+at the effective sample size); tempering the likelihood by 2 must fail the same check.
+"""
+
+import pickle
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+from _joint_problem import LowRankExactGuidance, Problem
+from numpyro.infer import MCMC
+from numpyro.infer.util import log_density
+
+from blindlens.gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig, lens_unconstrained, sample_gibbsddrm
+from blindlens.likelihood_score import ExactGaussianLikelihoodScore
+from blindlens.observation import Observation
+from blindlens.source_posterior import SourceSamplerConfig
+
+Z_99 = 2.326  # Phi^{-1}(0.99)
+KS_99 = 1.628  # asymptotic 1% critical value of sqrt(n) D (Kolmogorov distribution)
+ARVIZ_STATS = {"diverging", "lp", "acceptance_rate", "step_size", "n_steps", "tree_depth"}
+
+
+@pytest.fixture(scope="module")
+def gold():
+    """The 16x16 GP-source problem with theta_E free, and its exact marginal on a fine grid."""
+    problem = Problem(free=("theta_E",))
+
+    def log_marginal(grid):
+        return jax.lax.map(
+            lambda te: log_density(problem.marginal_model, (), {}, {"theta_E": te})[0], grid, batch_size=64
+        )
+
+    coarse = jnp.linspace(0.5, 1.2, 351)
+    mode = float(coarse[jnp.argmax(log_marginal(coarse))])
+    grid = jnp.linspace(mode - 0.012, mode + 0.012, 801)  # the posterior sd is ~1e-3
+    logp = log_marginal(grid)
+    assert int(jnp.argmax(logp)) not in (0, grid.size - 1)
+    w = np.array(jnp.exp(logp - logp.max()))
+    w /= w.sum()
+    grid = np.asarray(grid)
+    mean = float(w @ grid)
+    sd = float(np.sqrt(w @ (grid - mean) ** 2))
+    return problem, grid, np.cumsum(w), mean, sd
+
+
+def _exact_kernel(problem, observation=None, steps=40, lens_kernel=None):
+    exact = LowRankExactGuidance(basis=problem.basis)
+    return BlindLensGibbs(
+        problem.lens_model,
+        problem.observation if observation is None else observation,
+        problem.prior,
+        source_config=SourceSamplerConfig(guidance=exact, num_steps=steps),
+        warm_start=GibbsDDRMConfig(guidance=exact, num_steps=steps),
+        source_grid=problem.source_grid,
+        lens_kernel=lens_kernel,
+    )
+
+
+def _mcse_sd(draws):
+    """Monte-Carlo standard error of the sample sd: delta method on the variance, whose MCSE uses
+    the ESS of the squared deviations (Vehtari et al. 2021, Bayesian Analysis 16, 667, App. A)."""
+    sq = (draws - draws.mean()) ** 2
+    ess_sq = float(az.ess(sq))
+    return float(np.sqrt(np.var(sq) / ess_sq) / (2 * draws.std()))
+
+
+def _gold_check(draws, ess, mcse_sd, grid, cdf, mean, sd):
+    """``(z_mean, z_sd, ks_distance, ks_critical)`` of chain draws against the exact marginal."""
+    flat = np.sort(np.ravel(draws))
+    z_mean = (flat.mean() - mean) / (flat.std() / np.sqrt(ess))
+    z_sd = (flat.std() - sd) / mcse_sd
+    f = np.interp(flat, grid, cdf)
+    n = flat.size
+    ks = max(np.max(np.arange(1, n + 1) / n - f), np.max(f - np.arange(n) / n))
+    return z_mean, z_sd, ks, KS_99 / np.sqrt(ess)
+
+
+def _run_gold(problem, observation, key, grid, cdf, mean, sd):
+    kernel = _exact_kernel(problem, observation)
+    mcmc = MCMC(kernel, num_warmup=100, num_samples=250, num_chains=2, chain_method=jax.vmap, progress_bar=False)
+    mcmc.run(key)
+    idata = az.from_numpyro(mcmc, log_likelihood=False)
+    ess = float(az.ess(idata, var_names=["theta_E"])["theta_E"])
+    mcse_sd = _mcse_sd(idata.posterior["theta_E"].values)
+    return idata, _gold_check(idata.posterior["theta_E"].values, ess, mcse_sd, grid, cdf, mean, sd), ess
+
+
+def test_gold_standard_gibbs_matches_exact_marginal_and_tempered_fails(gold):
+    problem, grid, cdf, mean, sd = gold
+    idata, (z_mean, z_sd, ks, ks_crit), ess = _run_gold(problem, None, jr.key(7), grid, cdf, mean, sd)
+    print(f"gold: mean {float(idata.posterior.theta_E.mean()):.5f} vs {mean:.5f}, sd "
+          f"{float(idata.posterior.theta_E.std()):.5f} vs {sd:.5f}, ESS {ess:.0f}, z_mean {z_mean:.2f}, "
+          f"z_sd {z_sd:.2f}, KS {ks:.3f} (crit {ks_crit:.3f})")
+    assert ess > 60
+    assert abs(z_mean) < Z_99 and abs(z_sd) < Z_99 and ks < ks_crit
+    assert ARVIZ_STATS <= set(idata.sample_stats.data_vars)
+
+    # broken control: likelihood tempered by 2 (noise / sqrt 2) in both blocks must fail
+    obs = problem.observation
+    tempered = Observation(obs.image, problem.noise / np.sqrt(2.0), obs.psf, problem.image_grid.pixel_scale)
+    _, (z_mean_b, z_sd_b, ks_b, ks_crit_b), _ = _run_gold(problem, tempered, jr.key(7), grid, cdf, mean, sd)
+    print(f"tempered: z_mean {z_mean_b:.2f}, z_sd {z_sd_b:.2f}, KS {ks_b:.3f} (crit {ks_crit_b:.3f})")
+    assert abs(z_mean_b) > Z_99 or abs(z_sd_b) > Z_99 or ks_b > ks_crit_b
+
+
+def test_kernel_output_structure_and_chain_methods(gold):
+    problem = gold[0]
+    kernel = _exact_kernel(problem, steps=20)
+    for method in ("sequential", jax.vmap):
+        mcmc = MCMC(kernel, num_warmup=5, num_samples=6, num_chains=2, chain_method=method, progress_bar=False)
+        mcmc.run(jr.key(1))
+        idata = az.from_numpyro(mcmc, log_likelihood=False)
+        assert idata.posterior["theta_E"].shape == (2, 6)
+        assert idata.posterior["source"].dims == ("chain", "draw", "source_y", "source_x")
+        assert ARVIZ_STATS <= set(idata.sample_stats.data_vars)
+        assert np.all(np.isfinite(idata.sample_stats["lp"].values))
+        # the two chains are different chains
+        assert not np.allclose(idata.posterior["theta_E"].values[0], idata.posterior["theta_E"].values[1])
+    # "parallel" falls back to sequential on one device, with NumPyro's warning
+    with pytest.warns(UserWarning, match="devices"):
+        mcmc = MCMC(kernel, num_warmup=2, num_samples=2, num_chains=2, chain_method="parallel", progress_bar=False)
+    mcmc.run(jr.key(2))
+    assert mcmc.get_samples(group_by_chain=True)["theta_E"].shape == (2, 2)
+    # "vectorized" is rejected by NumPyro's Gibbs with a clear message
+    mcmc = MCMC(kernel, num_warmup=2, num_samples=2, num_chains=2, chain_method="vectorized", progress_bar=False)
+    with pytest.raises(ValueError, match="jax.vmap"):
+        mcmc.run(jr.key(3))
+
+
+def test_resume_from_post_warmup_state(gold, tmp_path):
+    problem = gold[0]
+    kernel = _exact_kernel(problem, steps=20)
+    mcmc = MCMC(kernel, num_warmup=30, num_samples=5, progress_bar=False)
+    mcmc.warmup(jr.key(4))
+    state = jax.device_get(mcmc.post_warmup_state)
+    path = tmp_path / "state.pkl"
+    path.write_bytes(pickle.dumps(state))
+    adapted = float(state.adapt_state.step_size)
+    mcmc.run(jr.key(5))
+    first = mcmc.get_samples()["theta_E"]
+    # a fresh kernel (as in a new process) continues from the pickled state, adaptation kept,
+    # and the warm start is skipped because init_params come from the state
+    loaded = pickle.loads(path.read_bytes())
+    fresh = MCMC(_exact_kernel(problem, steps=20), num_warmup=0, num_samples=5, progress_bar=False)
+    fresh.post_warmup_state = loaded
+    fresh.run(jr.key(5), init_params=loaded.z)
+    second = fresh.get_samples()["theta_E"]
+    np.testing.assert_allclose(np.asarray(second), np.asarray(first), rtol=1e-5)
+    assert float(fresh.last_state.adapt_state.step_size) == pytest.approx(adapted)
+    assert int(fresh.last_state.num_score_evals) == int(loaded.num_score_evals) + 5 * 21
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known weakness: from theta_E = 1.15 (truth 0.80, posterior sd 0.001) the continuous-time "
+    "draws run to the prior bounds (0.5 / 1.2) in 3-4 of 4 trajectories (lens_start 0.6 or 1.0, 2-5 MALA "
+    "steps per interval): lens and Tweedie source co-adapt to a wrong fixed point. Needs tempering / "
+    "multi-start; see docs/joint_inference.md.",
+)
+def test_cold_start_far_from_truth_is_rescued_by_continuous_time_draw(gold):
+    problem, _, _, mean, sd = gold
+    kernel = _exact_kernel(problem, steps=60)
+    draws = jax.vmap(lambda k: kernel.warm_start_draw(k, init_lens={"theta_E": 1.15}))(jr.split(jr.key(9), 4))
+    theta = np.asarray(draws.lens["theta_E"])
+    print("continuous-time draws from theta_E = 1.15:", theta, "exact", mean, sd)
+    assert np.all(np.abs(theta - mean) < 6 * sd)
+    assert draws.source.shape == (4, 16, 16)
+    assert np.all(np.asarray(draws.accept_rate) > 0.2)
+    # a Gibbs chain started at the same far point without the warm start (warm_start=None and a
+    # given init) is what the warm start replaces: check the helper maps values correctly
+    u = lens_unconstrained(problem.lens_model, {"theta_E": 1.15})
+    assert float(jax.nn.sigmoid(u["theta_E"]) * 0.7 + 0.5) == pytest.approx(1.15, rel=1e-5)
+
+
+def test_bad_inputs_have_clear_errors(gold):
+    problem = gold[0]
+    with pytest.raises(ValueError, match="AbstractSourcePrior"):
+        BlindLensGibbs(problem.lens_model, problem.observation, prior="default")
+    with pytest.raises(ValueError, match="GibbsDDRMConfig.num_steps"):
+        GibbsDDRMConfig(num_steps=0)
+    two = Problem(source_shape=(8, 8), image_shape=(10, 10), rank=20, free=("theta_E", "center_x"))
+    kernel = _exact_kernel(two, steps=5)
+    with pytest.raises(ValueError, match="some lens sites"):
+        kernel.init(jr.key(0), 1, {"theta_E": 0.0}, (), {})
+
+
+def test_gibbsddrm_is_vmappable_and_deterministic(gold):
+    problem = gold[0]
+    kernel = _exact_kernel(problem, steps=30)
+    config = GibbsDDRMConfig(guidance=LowRankExactGuidance(basis=problem.basis), num_steps=30, final_lens_steps=5)
+    f = jax.jit(lambda k: sample_gibbsddrm(k, kernel.joint_model, problem.prior, config))
+    a, b = f(jr.key(3)), f(jr.key(3))
+    np.testing.assert_array_equal(np.asarray(a.source), np.asarray(b.source))
+    assert float(a.lens["theta_E"]) == float(b.lens["theta_E"])
+
+
+def test_low_rank_exact_guidance_equals_the_library_exact_score(gold):
+    """The test's fast exact guidance is the library's ExactGaussianLikelihoodScore, computed cheaper."""
+    problem = gold[0]
+    from blindlens.lens_models import SIS
+    from blindlens.lensing_operator import LensingOperator
+
+    op = LensingOperator(SIS(theta_E=0.82), problem.image_grid, problem.source_grid, psf=problem.psf)
+    y, noise = problem.observation.image, problem.noise
+    fast = LowRankExactGuidance(basis=problem.basis)
+    ref = ExactGaussianLikelihoodScore()
+    p_fast = fast.prepare(problem.prior, op, y, noise)
+    p_ref = ref.prepare(problem.prior, op, y, noise)
+    x = jr.normal(jr.key(0), problem.source_grid.shape)
+    # t >= 0.3 (sigma_t^2 >= 4e-4): the library's float32 eigen-decomposition of the rank-90
+    # covariance leaves ~1e-6 noise eigenvalues where the basis has exact zeros, which only
+    # matters once sigma_t^2 is comparable
+    for t in (0.3, 0.6, 0.9):
+        a = fast.posterior_score(x, t, p_fast)
+        b = ref.posterior_score(x, t, p_ref)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-2, atol=1e-2 * float(jnp.abs(b).max()))
