@@ -491,9 +491,9 @@ def _add_demo(sub):
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--prior", default="default", help="'default' (shipped prior) or a prior file")
     p.add_argument("--chains", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=40)
-    p.add_argument("--draws", type=int, default=40)
-    p.add_argument("--steps", type=int, default=30, help="reverse-SDE steps per source draw")
+    p.add_argument("--warmup", type=int, default=25)
+    p.add_argument("--draws", type=int, default=25)
+    p.add_argument("--steps", type=int, default=25, help="reverse-SDE steps per source draw")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_run_demo)
 
