@@ -279,7 +279,7 @@ def test_cli_sample_fixed_lens(tmp_path, monkeypatch):
     assert np.isnan(resid[:, 0, 0]).all() and np.isfinite(resid[:, mask]).all()
     np.testing.assert_allclose(resid[:, mask], ((image - model) / 0.05)[:, mask], rtol=1e-4, atol=1e-4)
     assert (tmp_path / "posterior.png").stat().st_size > 10_000
-    # the same seed gives the same samples; missing --fixed-lens is a clear error
+    # the same seed gives the same samples; a missing lens file is a clear error (exit 2)
     assert cli.main([a if a != str(out) else str(tmp_path / "b.nc") for a in argv]) == 0
     np.testing.assert_array_equal(az.from_netcdf(tmp_path / "b.nc").posterior["source"].values, src.values)
-    assert cli.main(["sample", str(obs_path), "--out", str(tmp_path / "c.nc")]) == 2
+    assert cli.main(["sample", str(obs_path), "--out", str(tmp_path / "c.nc"), "--fixed-lens", str(tmp_path / "missing.toml")]) == 2
