@@ -1,8 +1,8 @@
 """Train the shipped default prior on the chunked procedural training set, growing the data as
-chunks appear (so training can start while `make_training_set.py` is still drawing).
+chunks appear (so training can start while `blindlens make-galaxies` is still drawing).
 
 Usage (what made src/blindlens/data/default_prior.eqx):
-    python scripts/make_training_set.py --out training_data/train --num 50000 --seed 1 &
+    blindlens make-galaxies --out training_data/train --num 50000 --seed 1 &
     python scripts/train_default_prior.py --data training_data/train --out training_data/default_prior.eqx \
         --until-minutes 110
 then copy training_data/default_prior.eqx to src/blindlens/data/.
