@@ -58,6 +58,7 @@ from blindlens.likelihood_score import (  # noqa: E402
 from blindlens.linear_operator import DenseOperator  # noqa: E402
 from blindlens.psf import gaussian_psf  # noqa: E402
 from blindlens.source_posterior import SourceSamplerConfig, sample_source_posterior  # noqa: E402
+from blindlens.validation import tarp_coverage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -169,32 +170,6 @@ def _score_error_curve(prior, op, y, guidance, sigmas, key, n=4):
 
 
 # ---- TARP (Lemos, Coogan, Hezaveh & Perreault-Levasseur 2023, ICML, Alg. 1) --------------------
-
-
-def tarp_coverage(samples, truths, references, num_alpha=50):
-    """Expected coverage probability of TARP.
-
-    Parameters
-    ----------
-    samples
-        ``(n_sims, n_samples, d)`` posterior samples per simulation.
-    truths
-        ``(n_sims, d)`` true parameters.
-    references
-        ``(n_sims, d)`` reference points (one per simulation).
-
-    Returns
-    -------
-    (alpha, ecp, atc): credibility levels, expected coverage ``ECP(alpha)`` = fraction of
-    simulations with ``f_i < alpha``, where ``f_i`` is the fraction of samples closer to the
-    reference than the truth is, and ``ATC = mean(ECP - alpha)`` (negative: overconfident).
-    """
-    d_samples = np.linalg.norm(samples - references[:, None, :], axis=-1)
-    d_truth = np.linalg.norm(truths - references, axis=-1)
-    f = np.mean(d_samples < d_truth[:, None], axis=1)
-    alpha = np.linspace(0.0, 1.0, num_alpha + 1)
-    ecp = np.array([np.mean(f < a) for a in alpha])
-    return alpha, ecp, float(np.mean(ecp - alpha))
 
 
 def _tarp_ensemble(prior, op, samplers, n_sims, n_per, key):
@@ -451,7 +426,7 @@ columns are indicative only). Every number below is a deterministic function of 
 * Bands: 3σ for χ²/d (±{e16['chi2_band']:.4f} at M = {e16['m']}), 3σ = ±{e16['mean_offset_band']:.2f}
   for the mean offset M·(x̄−μ)ᵀC⁻¹(x̄−μ)/d, and ±4·√(2/M) = ±{e16['ratio_band']:.2f} (Bonferroni over
   d = {e16['d']} modes) for the variance ratios.
-* TARP (Lemos et al. 2023; implemented in numpy in the script): {n_sims} prior draws × {n_per} samples,
+* TARP (Lemos et al. 2023; `blindlens.validation.tarp_coverage`): {n_sims} prior draws × {n_per} samples,
   Euclidean distance on the {e16['d']} pixels, references uniform in the box of the prior draws.
   ATC = mean(ECP − α): negative means overconfident.
 * Network passes: evaluations of the prior network per sample along the trajectory, a forward

@@ -651,6 +651,12 @@ class BlindLensGibbs(Gibbs):
         Source-plane grid; default: the prior's shape and pixel scale, centred on (0, 0).
     supersampling, operator_factory
         Passed to :func:`blindlens.numpyro_model.joint_model`.
+    lens_search
+        Optional :class:`~blindlens.lens_initialization.EvidenceSearchConfig`: before the warm
+        start, a multi-start search of the Gaussian-source evidence picks the starting lens
+        (:func:`~blindlens.lens_initialization.search_lens_by_evidence`). Exact and robust for
+        Gaussian source priors; for the score prior it uses a squared-exponential stand-in whose
+        evidence can prefer unphysical lenses (docs/joint_inference.md), so it is off by default.
     lens_kernel
         ``lens_kernel(joint_model) -> HMC/NUTS kernel`` for the lens block (default
         ``NUTS(model, target_accept_prob=0.8, max_tree_depth=8)``); keep
@@ -672,6 +678,7 @@ class BlindLensGibbs(Gibbs):
         supersampling: int = 1,
         operator_factory: Callable | None = None,
         lens_kernel: Callable | None = None,
+        lens_search=None,
     ):
         if not isinstance(prior, AbstractSourcePrior):
             raise ValueError(
@@ -696,6 +703,11 @@ class BlindLensGibbs(Gibbs):
             operator_factory=operator_factory,
         )
         self.lens_sites = lens_site_names(lens_model)
+        self.lens_search = lens_search
+        if lens_search is not None:
+            self._search_model = self._evidence_search_model(
+                lens_model, observation, source_grid, supersampling, operator_factory, lens_search
+            )
         if source_sampler is None:
             config = _default_source_config() if source_config is None else source_config
             source_sampler = _source_step_sampler(prior, config)
@@ -718,6 +730,34 @@ class BlindLensGibbs(Gibbs):
             "num_score_evals",
         )
 
+    def _evidence_search_model(self, lens_model, observation, source_grid, supersampling, operator_factory, config):
+        from .gaussian_prior import GaussianSourcePrior
+
+        if isinstance(self.prior, GaussianSourcePrior):
+            return self.joint_model
+        if operator_factory is not None:
+            raise ValueError(
+                "lens_search builds its own coarse lensing operator and cannot use a custom "
+                "operator_factory; pass lens_search=None or a GaussianSourcePrior."
+            )
+        p = config.source_pixels
+        field = source_grid.shape[0] * source_grid.pixel_scale
+        coarse = PixelGrid((p, p), field / p, tuple(source_grid.center))
+        return joint_model(lens_model, observation, coarse, supersampling=supersampling)
+
+    def search_lens(self, key: PRNGKeyArray):
+        """The multi-start evidence search of ``lens_search`` (see :mod:`blindlens.lens_initialization`)."""
+        from .gaussian_prior import GaussianSourcePrior
+        from .lens_initialization import EvidenceSearchConfig, default_search_basis, search_lens_by_evidence
+
+        config = self.lens_search if self.lens_search is not None else EvidenceSearchConfig()
+        model = getattr(self, "_search_model", None) or self._evidence_search_model(
+            self.joint_model.lens_model, self.observation, self.source_grid, 1, None, config
+        )
+        basis = default_search_basis(self.prior, model, config)
+        mean = self.prior.mean if isinstance(self.prior, GaussianSourcePrior) else None
+        return search_lens_by_evidence(key, model, basis, config, mean=mean)
+
     def warm_start_draw(self, key: PRNGKeyArray, init_lens: Mapping[str, Array] | None = None) -> GibbsDDRMResult:
         """One continuous-time joint draw (the chain initialisation); see :func:`sample_gibbsddrm`."""
         config = self.warm_start if self.warm_start is not None else GibbsDDRMConfig()
@@ -732,11 +772,15 @@ class BlindLensGibbs(Gibbs):
         rng_key, k_warm, k_src = jr.split(rng_key, 3)
         space = _LensSpace(self.joint_model.lens_model)
         if not given:
+            found = None
+            if self.lens_search is not None:  # (keys of runs without a search stay as they were)
+                k_search, k_warm = jr.split(k_warm)
+                found = self.search_lens(k_search).lens
             if self.warm_start is not None:
-                draw = self.warm_start_draw(k_warm)
+                draw = self.warm_start_draw(k_warm, init_lens=found)
                 lens_values, source = draw.lens, draw.source
             else:
-                lens_values = space.prior_draw(k_warm)
+                lens_values = space.prior_draw(k_warm) if found is None else found
                 source = None
             u = space._unravel(space.unconstrain(lens_values))
             init_params.update({n: u[n] for n in self.lens_sites})
