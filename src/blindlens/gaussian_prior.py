@@ -34,6 +34,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 
 from ._types import Array, Float, Image, PRNGKeyArray, SourceImage
 from .diffusion_sde import VESDE
@@ -100,7 +101,8 @@ def inverse_noise_variance(
             f"noise_sigma must be a scalar or an image of shape {tuple(image_shape)}, got shape "
             f"{tuple(sigma.shape)}. Pass the per-pixel noise standard deviation map."
         )
-    if not isinstance(sigma, jax.core.Tracer) and bool(jnp.any(~(sigma > 0))):
+    # numpy, not jnp: inside a trace jnp would stage the check out even for a constant array
+    if not isinstance(sigma, jax.core.Tracer) and bool(np.any(~(np.asarray(sigma) > 0))):
         raise ValueError(
             "noise_sigma must be > 0 everywhere (use +inf to mask a pixel); found values <= 0 or NaN."
         )
