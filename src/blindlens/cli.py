@@ -218,7 +218,7 @@ def _add_sample(sub):
     p.add_argument("--prior", default="default", help="'default' (shipped prior) or a prior file from train-prior")
     p.add_argument("--guidance", choices=("pigdm", "calibrated", "cla"), default="pigdm",
                    help="likelihood score: pigdm (default), calibrated (exact for Gaussian priors, costlier), cla")
-    p.add_argument("--steps", type=int, default=500, help="reverse-diffusion steps")
+    p.add_argument("--steps", type=int, default=50, help="reverse-diffusion steps (default 50: docs/source_posterior.md)")
     p.add_argument("--solver", choices=("euler", "heun"), default="euler")
     p.add_argument("--source-center", type=float, nargs=2, default=(0.0, 0.0), metavar=("X", "Y"),
                    help="source-grid centre [arcsec]")

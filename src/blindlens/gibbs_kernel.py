@@ -214,7 +214,7 @@ def _probe_diag_aat(operator: AbstractLinearOperator, key: PRNGKeyArray, num_pro
 def _default_source_config():
     from .source_posterior import SourceSamplerConfig
 
-    return SourceSamplerConfig(num_steps=200)
+    return SourceSamplerConfig(num_steps=50)  # the accuracy-cost curve, docs/source_posterior.md
 
 
 def _source_step_sampler(prior: AbstractSourcePrior, config) -> SourceSampler:
@@ -638,7 +638,7 @@ class BlindLensGibbs(Gibbs):
         Source prior (:class:`blindlens.source_prior.AbstractSourcePrior`).
     source_config
         :class:`blindlens.source_posterior.SourceSamplerConfig` of the source step (default:
-        CLA guidance, 200 Euler steps, final denoise).
+        PiGDM guidance, 50 Euler steps, final denoise).
     source_sampler
         Overrides the source step entirely: ``sampler(key, operator, data, noise_sigma) ->
         source`` (e.g. an exact Gaussian draw in tests); an attribute ``num_score_evals`` is
