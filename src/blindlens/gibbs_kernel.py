@@ -58,7 +58,7 @@ Song et al. 2021, ICLR (reverse VE SDE, Euler-Maruyama predictor).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import equinox as eqx
 import jax
@@ -84,6 +84,9 @@ from .numpyro_model import (
     lens_site_names,
 )
 from .source_prior import AbstractSourcePrior
+
+if TYPE_CHECKING:
+    from .lens_initialization import EvidenceSearchConfig
 
 __all__ = [
     "GibbsDDRMConfig",
@@ -680,7 +683,7 @@ class BlindLensGibbs(Gibbs):
         supersampling: int = 1,
         operator_factory: Callable | None = None,
         lens_kernel: Callable | None = None,
-        lens_search=None,
+        lens_search: EvidenceSearchConfig | None = None,
     ):
         if not isinstance(prior, AbstractSourcePrior):
             raise ValueError(
