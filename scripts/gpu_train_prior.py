@@ -52,7 +52,7 @@ def pack(data_dir: Path, out: Path, bin_factor: int) -> None:
     with open(out, "wb") as f:
         f.write(MAGIC + (json.dumps(header) + "\n").encode() + payload)
     back = unpack(out)
-    err = float(np.max(np.abs(back - images) / hi[:, :, :]))
+    err = float(np.max(np.abs(back - images) / hi))
     print(f"packed {n} galaxies {q.shape[1:]} from {len(files)} chunks: {out.stat().st_size / 2**20:.1f} MiB, "
           f"max error {err:.2e} of each image's peak")
 

@@ -57,7 +57,10 @@ def test_covariance_basis_keeps_the_requested_variance():
     assert float(jnp.trace(part @ part.T)) >= 0.9 * float(jnp.trace(cov)) * (1 - 1e-5)
 
 
-def _exact_mode(p):
+@pytest.fixture(scope="module")
+def mode(problem):
+    """theta_E at the maximum of the exact marginal on a 5e-4 grid (computed once per module)."""
+    p = problem
     grid = jnp.linspace(0.5, 1.2, 1401)
     w = jnp.full(p.image_grid.shape, 1 / p.noise**2)
     y = jnp.asarray(p.observation.image)
@@ -69,10 +72,9 @@ def _exact_mode(p):
     return float(grid[jnp.argmax(ev)])
 
 
-def test_search_finds_the_marginal_mode_and_no_search_does_not(problem):
+def test_search_finds_the_marginal_mode_and_no_search_does_not(problem, mode):
     p = problem
-    model = joint_model(p.lens_model, p.observation, p.source_grid)
-    mode = _exact_mode(p)  # grid spacing 5e-4; the posterior sd is ~1e-3
+    model = joint_model(p.lens_model, p.observation, p.source_grid)  # the posterior sd is ~1e-3
     found = search_lens_by_evidence(jr.key(3), model, p.basis, EvidenceSearchConfig(num_starts=4, num_steps=150))
     assert abs(float(found.lens["theta_E"]) - mode) < 3e-3
     assert found.log_posterior.shape == (4,)
@@ -81,7 +83,7 @@ def test_search_finds_the_marginal_mode_and_no_search_does_not(problem):
     assert abs(float(none.lens["theta_E"]) - mode) > 3e-3
 
 
-def test_kernel_uses_the_search_to_start_chains(problem):
+def test_kernel_uses_the_search_to_start_chains(problem, mode):
     p = problem
     kernel = BlindLensGibbs(
         p.lens_model, p.observation, p.prior,
@@ -89,12 +91,12 @@ def test_kernel_uses_the_search_to_start_chains(problem):
     )
     state = kernel.init(jr.key(5), 0, None, (), {})
     theta = float(jax.nn.sigmoid(state.z["theta_E"]) * 0.7 + 0.5)  # Uniform(0.5, 1.2) support
-    assert abs(theta - _exact_mode(p)) < 3e-3
+    assert abs(theta - mode) < 3e-3
     with pytest.raises(ValueError, match="num_starts"):
         EvidenceSearchConfig(num_starts=0)
 
 
-def test_non_gaussian_prior_ranks_runs_by_source_draw_chi2(problem):
+def test_non_gaussian_prior_ranks_runs_by_source_draw_chi2(problem, mode):
     # A prior without a covariance (here: the GP prior hidden behind a wrapper) takes the
     # squared-exponential stand-in and ranks the runs by the chi^2 of a source-step draw. With the
     # exact source step the best-ranked run must be at the marginal mode (runs there differ by
@@ -133,6 +135,5 @@ def test_non_gaussian_prior_ranks_runs_by_source_draw_chi2(problem):
     )
     found = kernel.search_lens(jr.key(3))
     runs = np.asarray(found.runs["theta_E"])
-    mode = _exact_mode(p)
     print("runs:", runs, "chosen:", float(found.lens["theta_E"]), "mode:", mode)
     assert abs(float(found.lens["theta_E"]) - mode) < 3e-3  # the posterior sd is ~1e-3

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from ._types import Array, Float, PRNGKeyArray
-from .gaussian_prior import squared_exponential_covariance
+from .gaussian_prior import GaussianSourcePrior, squared_exponential_covariance
 from .linear_operator import AbstractLinearOperator
 
 __all__ = [
@@ -102,10 +102,14 @@ class EvidenceSearchResult(NamedTuple):
 def covariance_basis(cov: Float[Array, "d d"], variance_fraction: float = 1.0) -> Float[Array, "d k"]:
     """``L`` with ``L L^T`` the leading eigenmodes of ``cov`` holding ``variance_fraction`` of its trace."""
     lam, vec = jnp.linalg.eigh(0.5 * (cov + cov.T))
-    lam, vec = jnp.clip(lam[::-1], 0.0, None), vec[:, ::-1]
+    return _eigenmode_basis(lam, vec, variance_fraction)
+
+
+def _eigenmode_basis(lam, vec, variance_fraction):
+    order = jnp.argsort(lam)[::-1]
+    lam, vec = jnp.clip(lam[order], 0.0, None), vec[:, order]
     cumulative = jnp.cumsum(lam) / jnp.sum(lam)
-    k = int(jnp.searchsorted(cumulative, variance_fraction * (1 - 1e-12))) + 1
-    k = min(k, lam.size)
+    k = min(int(jnp.searchsorted(cumulative, variance_fraction * (1 - 1e-12))) + 1, lam.size)
     return vec[:, :k] * jnp.sqrt(lam[:k])
 
 
@@ -208,10 +212,9 @@ def search_lens_by_evidence(
 
 
 def default_search_basis(prior, model, config: EvidenceSearchConfig) -> Float[Array, "d k"]:
-    """The basis for ``prior``: its own covariance if it has one, else a data-scaled SE process."""
-    cov = getattr(prior, "cov", None)
-    if cov is not None and not callable(cov):
-        return covariance_basis(jnp.asarray(cov), config.variance_fraction)
+    """The basis for ``prior``: its own eigenmodes if it is Gaussian, else a data-scaled SE process."""
+    if isinstance(prior, GaussianSourcePrior):  # reuse the prior's eigendecomposition
+        return _eigenmode_basis(prior.eigvals, prior.eigvecs, config.variance_fraction)
     n = jnp.maximum(jnp.sum(model.mask), 1)
     second_moment = jnp.sum(jnp.where(model.mask, model.image**2 - model.noise**2, 0.0)) / n
     amplitude = jnp.sqrt(jnp.maximum(second_moment, 1e-12))
