@@ -16,7 +16,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 from _joint_problem import LowRankExactGuidance, Problem
-from numpyro.infer import MCMC
+from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import log_density
 
 from blindlens.gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig, lens_unconstrained, sample_gibbsddrm
@@ -84,8 +84,8 @@ def _gold_check(draws, ess, mcse_sd, grid, cdf, mean, sd):
     return z_mean, z_sd, ks, KS_99 / np.sqrt(ess)
 
 
-def _run_gold(problem, observation, key, grid, cdf, mean, sd):
-    kernel = _exact_kernel(problem, observation)
+def _run_gold(problem, observation, key, grid, cdf, mean, sd, lens_kernel=None):
+    kernel = _exact_kernel(problem, observation, lens_kernel=lens_kernel)
     mcmc = MCMC(kernel, num_warmup=100, num_samples=250, num_chains=2, chain_method=jax.vmap, progress_bar=False)
     mcmc.run(key)
     idata = az.from_numpyro(mcmc, log_likelihood=False)
@@ -110,6 +110,25 @@ def test_gold_standard_gibbs_matches_exact_marginal_and_tempered_fails(gold):
     _, (z_mean_b, z_sd_b, ks_b, ks_crit_b), _ = _run_gold(problem, tempered, jr.key(7), grid, cdf, mean, sd)
     print(f"tempered: z_mean {z_mean_b:.2f}, z_sd {z_sd_b:.2f}, KS {ks_b:.3f} (crit {ks_crit_b:.3f})")
     assert abs(z_mean_b) > Z_99 or abs(z_sd_b) > Z_99 or ks_b > ks_crit_b
+
+
+class _StaleNUTS(NUTS):
+    """A deliberately broken lens block: it keeps the potential energy and gradient computed with
+    the previous source, i.e. skips the refresh after the source moved."""
+
+    def refresh(self, state, model_args, model_kwargs):
+        return state
+
+
+def test_gold_standard_fails_without_potential_refresh(gold):
+    problem, grid, cdf, mean, sd = gold
+
+    def stale(model):
+        return _StaleNUTS(model, target_accept_prob=0.8, max_tree_depth=8, find_heuristic_step_size=False)
+
+    _, (z_mean, z_sd, ks, ks_crit), _ = _run_gold(problem, None, jr.key(7), grid, cdf, mean, sd, lens_kernel=stale)
+    print(f"no refresh: z_mean {z_mean:.2f}, z_sd {z_sd:.2f}, KS {ks:.3f} (crit {ks_crit:.3f})")
+    assert abs(z_mean) > Z_99 or abs(z_sd) > Z_99 or ks > ks_crit
 
 
 def test_kernel_output_structure_and_chain_methods(gold):

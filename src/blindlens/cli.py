@@ -219,7 +219,8 @@ def _add_sample(sub):
     p.add_argument("--guidance", choices=("pigdm", "calibrated", "cla"), default="pigdm",
                    help="likelihood score: pigdm (default), calibrated (exact for Gaussian priors, costlier), cla")
     p.add_argument("--steps", type=int, default=50, help="reverse-diffusion steps (default 50: docs/source_posterior.md)")
-    p.add_argument("--solver", choices=("euler", "heun"), default="euler")
+    p.add_argument("--solver", choices=("auto", "euler", "heun", "imex"), default="auto",
+                   help="reverse-SDE solver; auto: imex for CLA (stiff), euler otherwise")
     p.add_argument("--source-center", type=float, nargs=2, default=(0.0, 0.0), metavar=("X", "Y"),
                    help="source-grid centre [arcsec]")
     p.add_argument("--flux-scale", type=float, default=None,

@@ -20,7 +20,7 @@ This module is the only place in blindlens that imports diffrax.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import ClassVar, Literal
 
 import diffrax
 import equinox as eqx
@@ -30,16 +30,18 @@ import jax.random as jr
 import lineax
 
 from ._types import Array, Float, PRNGKeyArray
+from .linear_operator import conjugate_gradient
 
 __all__ = [
     "VESDE",
     "reverse_time_grid",
     "ReverseDiffusion",
     "sample_reverse_diffusion",
+    "LinearlyImplicitEulerMaruyama",
 ]
 
 ScoreFn = Callable[[Float[Array, "..."], Float[Array, ""], object], Float[Array, "..."]]
-SolverName = Literal["euler", "heun"]
+SolverName = Literal["euler", "heun", "imex"]
 
 
 class VESDE(eqx.Module):
@@ -100,7 +102,93 @@ def reverse_time_grid(num_steps: int, t_final: float = 1e-3) -> Float[Array, " n
     return jnp.linspace(1.0, t_final, num_steps + 1)
 
 
-_SOLVERS = {"euler": diffrax.Euler, "heun": diffrax.Heun}
+class LinearlyImplicitEulerMaruyama(diffrax.AbstractItoSolver):
+    """IMEX Euler-Maruyama: explicit drift and noise, a stiff *affine* drift taken implicitly.
+
+    For ``dy = f(s, y) ds + l(s, y) ds + G(s) dW`` with ``l`` affine in ``y`` and symmetric
+    negative semi-definite linear part (``l(s, y) = c(s) - L(s) y``, ``L`` SPD), one step is the
+    theta-method on ``l`` and Euler-Maruyama on the rest:
+
+        (I + theta h L(s_1)) y_1 = y_0 + h f(s_0, y_0) + theta h c(s_1)
+                                   + (1 - theta) h l(s_0, y_0) + G(s_0) dW,    h = s_1 - s_0,
+
+    solved matrix-free by conjugate gradients warm-started at ``y_0``. The linear part is
+    recovered from ``l`` itself, ``L v = l(s_1, 0) - l(s_1, v)``, so any affine term works.
+    This is an implicit-explicit (IMEX) scheme in the sense of Ascher, Ruuth & Wetton (1995,
+    SIAM J. Numer. Anal. 32, 797) with an Ito noise increment: strong order 1/2 like
+    Euler-Maruyama, but A-stable in the stiff linear part for ``theta >= 1/2``, so the step is no
+    longer bounded by ``2 / lambda_max(L)``. The default ``theta = 1/2`` (Crank-Nicolson on
+    ``l``) also keeps the stationary variance of a stiff linear mode exact, which the fully
+    implicit ``theta = 1`` shrinks by ``1 / (1 + h lambda / 2)``; measured on the 16x16 exact
+    Gaussian problem it is the more accurate of the two at 50-200 steps
+    (docs/source_posterior.md).
+
+    In blindlens the stiff part is a likelihood score that is affine in ``x_t`` (CLA):
+    with lensing, ``g^2 A^T D^{-1} A`` reaches ``lambda_max ~ 6e3`` on the trained-prior study
+    problems, so explicit Euler needs > 3000 steps there while this scheme is stable at 50.
+
+    Parameters
+    ----------
+    rtol
+        Relative residual tolerance of the CG solve, ``||r|| <= rtol ||b||``.
+    max_steps
+        CG iteration cap per step (the iterate is used even when it is reached).
+    theta
+        Implicitness of the stiff part, in ``[1/2, 1]``.
+
+    Terms: ``MultiTerm(ODETerm(f), ODETerm(l))`` (an ODE) or
+    ``MultiTerm(ODETerm(f), ODETerm(l), ControlTerm(G, brownian))``.
+    """
+
+    rtol: float = 1e-5
+    max_steps: int = 200
+    theta: float = 0.5
+
+    term_structure: ClassVar = diffrax.MultiTerm
+    interpolation_cls: ClassVar = diffrax.LocalLinearInterpolation
+
+    def __check_init__(self):
+        if not 0.5 <= self.theta <= 1.0:
+            raise ValueError(f"theta must be in [0.5, 1] for A-stability, got {self.theta}.")
+
+    def order(self, terms):
+        return 1
+
+    def strong_order(self, terms):
+        return 0.5
+
+    def init(self, terms, t0, t1, y0, args):
+        return None
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        del solver_state, made_jump
+        explicit, stiff, *noise = terms.terms
+        h = t1 - t0
+        rhs = y0 + explicit.vf_prod(t0, y0, args, h)
+        if noise:
+            (noise,) = noise
+            rhs = rhs + noise.vf_prod(t0, y0, args, noise.contr(t0, t1))
+        theta = self.theta
+        offset = stiff.vf(t1, jnp.zeros_like(y0), args)
+        rhs = rhs + theta * h * offset
+        if theta < 1:
+            rhs = rhs + (1 - theta) * h * stiff.vf(t0, y0, args)
+
+        def matvec(v):
+            return v - theta * h * (stiff.vf(t1, v, args) - offset)
+
+        y1, _ = conjugate_gradient(matvec, rhs, self.rtol, self.max_steps, x0=y0)
+        return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
+
+    def func(self, terms, t0, y0, args):
+        return terms.vf(t0, y0, args)
+
+
+_SOLVERS = {
+    "euler": diffrax.Euler,
+    "heun": diffrax.Heun,
+    "imex": LinearlyImplicitEulerMaruyama,
+}
 
 
 def _make_solver(name: str):
@@ -131,10 +219,15 @@ class ReverseDiffusion(eqx.Module):
     shape
         Image shape.
     solver
-        ``"euler"`` (Euler-Maruyama, strong order 1/2) or ``"heun"`` (strong order 1 for
-        additive noise).
+        ``"euler"`` (Euler-Maruyama, strong order 1/2), ``"heun"`` (strong order 1 for
+        additive noise) or ``"imex"`` (:class:`LinearlyImplicitEulerMaruyama`: ``score_fn``
+        explicit, ``stiff_score_fn`` implicit; needs ``stiff_score_fn``).
     probability_flow
         Integrate the deterministic probability-flow ODE instead of the reverse SDE.
+    stiff_score_fn
+        Optional second part of the score, affine in ``x`` with a symmetric negative
+        semi-definite linear part (e.g. the CLA likelihood score). The drift uses
+        ``score_fn + stiff_score_fn``; only ``"imex"`` treats it implicitly.
     """
 
     sde: VESDE
@@ -142,18 +235,35 @@ class ReverseDiffusion(eqx.Module):
     shape: tuple[int, ...] = eqx.field(static=True)
     solver_name: str = eqx.field(static=True, default="euler")
     probability_flow: bool = eqx.field(static=True, default=False)
+    stiff_score_fn: ScoreFn | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        if self.solver_name == "imex" and self.stiff_score_fn is None:
+            raise ValueError(
+                "solver='imex' treats a stiff affine part of the score implicitly, but no "
+                "stiff_score_fn was given; pass one (e.g. a CLA likelihood score) or use 'euler'."
+            )
 
     def _terms(self, key: PRNGKeyArray):
-        sde, shape, score_fn = self.sde, self.shape, self.score_fn
+        sde, shape, score_fn, stiff_fn = self.sde, self.shape, self.score_fn, self.stiff_score_fn
         scale = 0.5 if self.probability_flow else 1.0
+        split = self.solver_name == "imex"
 
-        def drift(s, y, args):
-            t = 1.0 - s
-            score = score_fn(y.reshape(shape), t, args).reshape(-1)
-            return scale * sde.diffusion(t) ** 2 * score
+        def as_drift(fn):
+            def drift(s, y, args):
+                t = 1.0 - s
+                return scale * sde.diffusion(t) ** 2 * fn(y.reshape(shape), t, args).reshape(-1)
 
-        if self.probability_flow:
             return diffrax.ODETerm(drift)
+
+        if stiff_fn is not None and not split:
+            drift_terms = (as_drift(lambda x, t, args: score_fn(x, t, args) + stiff_fn(x, t, args)),)
+        elif split:
+            drift_terms = (as_drift(score_fn), as_drift(stiff_fn))
+        else:
+            drift_terms = (as_drift(score_fn),)
+        if self.probability_flow:
+            return drift_terms[0] if len(drift_terms) == 1 else diffrax.MultiTerm(*drift_terms)
         size = 1
         for n in shape:
             size *= n
@@ -162,7 +272,7 @@ class ReverseDiffusion(eqx.Module):
         def noise(s, y, args):
             return lineax.DiagonalLinearOperator(jnp.full(y.shape, sde.diffusion(1.0 - s), y.dtype))
 
-        return diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(noise, brownian))
+        return diffrax.MultiTerm(*drift_terms, diffrax.ControlTerm(noise, brownian))
 
     def step(self, key: PRNGKeyArray, x, t0, t1, args=None):
         """Advance ``x`` (image shape) from diffusion time ``t0`` to ``t1 < t0``.
@@ -203,6 +313,7 @@ def sample_reverse_diffusion(
     corrector_snr: float = 0.16,
     denoise: bool = True,
     x_init: Float[Array, "..."] | None = None,
+    stiff_score_fn: ScoreFn | None = None,
 ) -> Float[Array, "..."]:
     """Draw one sample by integrating the reverse VE diffusion from ``t = 1`` to ``t_final``.
 
@@ -215,7 +326,8 @@ def sample_reverse_diffusion(
     num_steps
         Number of uniform time steps.
     solver
-        ``"euler"`` or ``"heun"``.
+        ``"euler"``, ``"heun"`` or ``"imex"`` (stiff part implicit, see
+        :class:`LinearlyImplicitEulerMaruyama`).
     probability_flow
         Use the probability-flow ODE (deterministic given the initial draw).
     corrector_steps, corrector_snr
@@ -225,6 +337,9 @@ def sample_reverse_diffusion(
         the terminal ``sigma_min`` noise.
     x_init
         Starting state at ``t = 1``; default a draw from ``N(0, sigma_max^2 I)``.
+    stiff_score_fn
+        Optional affine part of the score (see :class:`ReverseDiffusion`); the corrector and the
+        final denoise use the full score ``score_fn + stiff_score_fn``.
 
     Returns
     -------
@@ -233,7 +348,12 @@ def sample_reverse_diffusion(
     key_init, key_path = jr.split(key)
     x = sde.prior_sample(key_init, shape) if x_init is None else x_init
     ts = reverse_time_grid(num_steps, t_final)
-    integrator = ReverseDiffusion(sde, score_fn, shape, solver, probability_flow)
+    integrator = ReverseDiffusion(sde, score_fn, shape, solver, probability_flow, stiff_score_fn)
+
+    def full_score(x, t, args):
+        if stiff_score_fn is None:
+            return score_fn(x, t, args)
+        return score_fn(x, t, args) + stiff_score_fn(x, t, args)
 
     def body(x, inputs):
         t0, t1, k = inputs
@@ -241,7 +361,7 @@ def sample_reverse_diffusion(
         x = integrator.step(k_step, x, t0, t1, args)
 
         def correct(i, x):
-            return langevin_corrector(jr.fold_in(k_corr, i), x, score_fn(x, t1, args), corrector_snr)
+            return langevin_corrector(jr.fold_in(k_corr, i), x, full_score(x, t1, args), corrector_snr)
 
         x = jax.lax.fori_loop(0, corrector_steps, correct, x)
         return x, None
@@ -249,5 +369,5 @@ def sample_reverse_diffusion(
     keys = jr.split(key_path, num_steps)
     x, _ = jax.lax.scan(body, x, (ts[:-1], ts[1:], keys))
     if denoise:
-        x = x + sde.sigma(ts[-1]) ** 2 * score_fn(x, ts[-1], args)
+        x = x + sde.sigma(ts[-1]) ** 2 * full_score(x, ts[-1], args)
     return x

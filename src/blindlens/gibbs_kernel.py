@@ -72,7 +72,7 @@ from numpyro.infer.gibbs import GIBBS_SITES_KWARG, Gibbs, GibbsState
 from numpyro.infer.mcmc import MCMCKernel
 
 from ._types import Array, Float, PRNGKeyArray, SourceImage
-from .diffusion_sde import reverse_time_grid
+from .diffusion_sde import ReverseDiffusion, reverse_time_grid
 from .grid import PixelGrid
 from .linear_operator import AbstractLinearOperator
 from .numpyro_model import (
@@ -247,7 +247,8 @@ class GibbsDDRMConfig(eqx.Module):
         :class:`~blindlens.likelihood_score.AbstractLikelihoodScore`); ``None`` means
         :class:`~blindlens.likelihood_score.CLA`.
     num_steps
-        Uniform reverse-SDE (Euler-Maruyama) intervals from ``t = 1`` to ``t_final``.
+        Uniform reverse-SDE intervals from ``t = 1`` to ``t_final`` (Euler-Maruyama, or IMEX
+        for CLA, whose explicit steps are unstable with lensing below thousands of steps).
     t_final
         Last diffusion time; the source is Tweedie-denoised there.
     lens_start
@@ -371,6 +372,19 @@ def _mala(key, u, potential, num_steps: int, log_eps):
     return u, jnp.mean(alphas)
 
 
+def _precomputed_prior_score(x, t, args):
+    return args[2]  # evaluated once per interval at (x, t0), shared with the Tweedie estimate
+
+
+def _step_likelihood_score(x, t, args):
+    guidance, problem, _ = args
+    return guidance.likelihood_score(x, t, problem)
+
+
+def _step_posterior_score(x, t, args):
+    return _precomputed_prior_score(x, t, args) + _step_likelihood_score(x, t, args)
+
+
 def sample_gibbsddrm(
     key: PRNGKeyArray,
     model: JointModel,
@@ -393,9 +407,12 @@ def sample_gibbsddrm(
        the noise variance, a proxy since lensing conserves surface brightness);
        ``diag(A A^T)`` is a Rademacher-probe estimate held fixed within the interval, and the
        MALA metric is the local Hessian of that potential;
-    3. one Euler-Maruyama step of the guided reverse SDE with the *new* lens:
-       ``x <- x + g^2 (score_prior + score_lik) dt + g sqrt(dt) z`` (``score_lik`` from
-       ``config.guidance`` with the probe estimate of ``diag(A A^T)``).
+    3. one step of the guided reverse SDE with the *new* lens, by
+       :class:`~blindlens.diffusion_sde.ReverseDiffusion` (diffrax): Euler-Maruyama
+       ``x <- x + g^2 (score_prior + score_lik) dt + g sqrt(dt) z``, or for scores that are
+       affine in ``x`` and stiff (CLA) the IMEX step with ``score_lik`` implicit
+       (:class:`~blindlens.diffusion_sde.LinearlyImplicitEulerMaruyama`); ``score_lik`` from
+       ``config.guidance`` with the probe estimate of ``diag(A A^T)``.
 
     After the last interval the source is Tweedie-denoised and the lens gets
     ``final_lens_steps`` MALA moves against the plain likelihood ``N(y; A_theta s, sigma_n^2)``,
@@ -437,6 +454,12 @@ def sample_gibbsddrm(
         v = jnp.sum(jnp.where(mask, data**2 - noise**2, 0.0)) / n_obs
         v = jnp.maximum(v, 1e-6 * jnp.max(jnp.where(mask, data**2, 0.0)) + 1e-30)
     ts = reverse_time_grid(config.num_steps, config.t_final)
+    solver = guidance.default_solver if guidance.affine_in_x(prior) else "euler"
+    if solver == "imex":  # the prior score is explicit (reused from the Tweedie estimate)
+        integrator = ReverseDiffusion(sde, _precomputed_prior_score, prior.shape, solver,
+                                      stiff_score_fn=_step_likelihood_score)
+    else:
+        integrator = ReverseDiffusion(sde, _step_posterior_score, prior.shape, solver)
     k_lens, k_x, k_path, k_final = jr.split(key, 4)
     values = space.prior_draw(k_lens) if init_lens is None else init_lens
     u = space.unconstrain(values)
@@ -478,10 +501,7 @@ def sample_gibbsddrm(
         op = operator_at(u)
         probed = _ProbedOperator(op, _probe_diag_aat(op, k_probe, config.num_probes, dtype))
         problem = guidance.prepare(prior, probed, data, _staged(noise))
-        lik = guidance.likelihood_score(x, t0, problem)
-        g2 = sde.diffusion(t0) ** 2
-        dt = t0 - t1
-        x = x + g2 * (s_prior + lik) * dt + jnp.sqrt(g2 * dt) * jr.normal(k_noise, x.shape, dtype)
+        x = integrator.step(k_noise, x, t0, t1, (guidance, problem, s_prior))
         return (x, u, log_eps, acc_sum + alpha, n_upd + did), None
 
     log_eps0 = jnp.log(jnp.asarray(config.step_size, dtype))

@@ -50,7 +50,7 @@ from .gaussian_prior import (
     _check_problem,
     inverse_noise_variance,
 )
-from .linear_operator import AbstractLinearOperator
+from .linear_operator import AbstractLinearOperator, conjugate_gradient
 from .source_prior import AbstractSourcePrior
 
 __all__ = [
@@ -128,43 +128,6 @@ def _estimate_data_variance(problem: LikelihoodProblem, num_probes: int = 32) ->
     return jnp.maximum(excess / seen, 1e-12)
 
 
-def conjugate_gradient(matvec, b, tol: float, maxiter: int, x0=None):
-    """Solve ``M u = b`` for a symmetric positive-definite ``M`` by conjugate gradients.
-
-    Hestenes & Stiefel (1952), J. Res. NBS 49, 409; stops when ``||r|| <= tol ||b||``, after
-    ``maxiter`` iterations, or if a non-positive curvature ``p^T M p <= 0`` appears (a network
-    Jacobian need not be exactly positive definite).
-
-    Returns
-    -------
-    (u, iterations)
-    """
-    u = jnp.zeros_like(b) if x0 is None else x0
-    r = b - matvec(u) if x0 is not None else b
-    p = r
-    rs = jnp.vdot(r, r)
-    target = (tol**2) * jnp.vdot(b, b)
-
-    def cond(state):
-        _, _, _, rs, k, ok = state
-        return (rs > target) & (k < maxiter) & ok
-
-    def body(state):
-        u, r, p, rs, k, _ = state
-        mp = matvec(p)
-        curv = jnp.vdot(p, mp)
-        ok = curv > 0
-        alpha = jnp.where(ok, rs / jnp.where(ok, curv, 1.0), 0.0)
-        u = u + alpha * p
-        r = r - alpha * mp
-        rs_new = jnp.vdot(r, r)
-        p = r + (rs_new / jnp.where(rs > 0, rs, 1.0)) * p
-        return u, r, p, rs_new, k + 1, ok
-
-    u, _, _, _, k, _ = jax.lax.while_loop(cond, body, (u, r, p, rs, jnp.asarray(0), jnp.asarray(True)))
-    return u, k
-
-
 class AbstractLikelihoodScore(eqx.Module):
     """Interface of a (possibly approximate) likelihood score for a linear forward model.
 
@@ -189,6 +152,18 @@ class AbstractLikelihoodScore(eqx.Module):
     def posterior_score(self, x: SourceImage, t: Float[Array, ""], problem: LikelihoodProblem) -> SourceImage:
         """Prior score plus likelihood score: the drift of the guided reverse diffusion."""
         return problem.prior.score(x, t) + self.likelihood_score(x, t, problem)
+
+    @property
+    def default_solver(self) -> str:
+        """The reverse-SDE solver ``solver="auto"`` picks for this score: ``"euler"``, or
+        ``"imex"`` for scores that are stiff under explicit steps and affine in ``x_t``."""
+        return "euler"
+
+    def affine_in_x(self, prior: AbstractSourcePrior) -> bool:
+        """Whether :meth:`likelihood_score` is affine in ``x_t`` with a symmetric negative
+        semi-definite linear part for this prior (then the sampler may treat it implicitly,
+        ``solver="imex"``)."""
+        return False
 
     def network_passes(self, x: SourceImage, t: Float[Array, ""], problem: LikelihoodProblem) -> Float[Array, ""]:
         """Passes through the prior network for one :meth:`posterior_score` call.
@@ -242,6 +217,14 @@ class CLA(AbstractLikelihoodScore):
         w_eff = w / (1.0 + w * r2 * problem.diag_aat)
         resid = problem.data - problem.operator(x)
         return problem.operator.adjoint(w_eff * resid)
+
+    def affine_in_x(self, prior) -> bool:
+        return True  # A^T W_eff (y - A x): linear part -A^T W_eff A
+
+    @property
+    def default_solver(self) -> str:
+        # explicit Euler needs h * lambda_max(g^2 A^T W_eff A) < 2: > 3000 steps with lensing
+        return "imex"
 
     def network_passes(self, x, t, problem):
         return jnp.asarray(1.0)
@@ -468,6 +451,10 @@ class ExactGaussianLikelihoodScore(AbstractLikelihoodScore):
     def likelihood_score(self, x, t, problem):
         return self.posterior_score(x, t, problem) - problem.prior.score(x, t)
 
+    def affine_in_x(self, prior) -> bool:
+        # difference of two Gaussian scores: -(C_post + s^2)^-1 + (C + s^2)^-1 <= 0 (C_post <= C)
+        return isinstance(prior, GaussianSourcePrior)
+
     def network_passes(self, x, t, problem):
         return jnp.asarray(0.0)
 
@@ -495,6 +482,13 @@ class TemperedLikelihoodScore(AbstractLikelihoodScore):
 
     def likelihood_score(self, x, t, problem):
         return self.factor * self.base.likelihood_score(x, t, problem)
+
+    def affine_in_x(self, prior) -> bool:
+        return self.base.affine_in_x(prior)
+
+    @property
+    def default_solver(self) -> str:
+        return self.base.default_solver
 
     def network_passes(self, x, t, problem):
         return self.base.network_passes(x, t, problem) + 1.0

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from ._types import Array, Float
 
-__all__ = ["AbstractLinearOperator", "DenseOperator"]
+__all__ = ["AbstractLinearOperator", "DenseOperator", "conjugate_gradient"]
 
 
 class AbstractLinearOperator(eqx.Module):
@@ -98,3 +98,40 @@ class DenseOperator(AbstractLinearOperator):
 
     def diag_aat(self):
         return jnp.sum(self.matrix**2, axis=1).reshape(self._image_shape)
+
+
+def conjugate_gradient(matvec, b, tol: float, maxiter: int, x0=None):
+    """Solve ``M u = b`` for a symmetric positive-definite ``M`` by conjugate gradients.
+
+    Hestenes & Stiefel (1952), J. Res. NBS 49, 409; stops when ``||r|| <= tol ||b||``, after
+    ``maxiter`` iterations, or if a non-positive curvature ``p^T M p <= 0`` appears (a network
+    Jacobian need not be exactly positive definite).
+
+    Returns
+    -------
+    (u, iterations)
+    """
+    u = jnp.zeros_like(b) if x0 is None else x0
+    r = b - matvec(u) if x0 is not None else b
+    p = r
+    rs = jnp.vdot(r, r)
+    target = (tol**2) * jnp.vdot(b, b)
+
+    def cond(state):
+        _, _, _, rs, k, ok = state
+        return (rs > target) & (k < maxiter) & ok
+
+    def body(state):
+        u, r, p, rs, k, _ = state
+        mp = matvec(p)
+        curv = jnp.vdot(p, mp)
+        ok = curv > 0
+        alpha = jnp.where(ok, rs / jnp.where(ok, curv, 1.0), 0.0)
+        u = u + alpha * p
+        r = r - alpha * mp
+        rs_new = jnp.vdot(r, r)
+        p = r + (rs_new / jnp.where(rs > 0, rs, 1.0)) * p
+        return u, r, p, rs_new, k + 1, ok
+
+    u, _, _, _, k, _ = jax.lax.while_loop(cond, body, (u, r, p, rs, jnp.asarray(0), jnp.asarray(True)))
+    return u, k

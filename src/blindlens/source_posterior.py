@@ -40,6 +40,9 @@ __all__ = [
 ]
 
 
+_SOLVER_NAMES = ("auto", "euler", "heun", "imex")
+
+
 class SourceSamplerConfig(eqx.Module):
     """Settings of the guided reverse diffusion for the source (all static: changing one recompiles).
 
@@ -55,7 +58,10 @@ class SourceSamplerConfig(eqx.Module):
         Uniform reverse-time steps from ``t = 1`` to ``t_final`` (default 50: with the shipped prior
         more steps did not improve the residuals or coverage, docs/source_posterior.md).
     solver
-        ``"euler"`` (Euler-Maruyama) or ``"heun"``.
+        ``"auto"`` (default: the guidance's ``default_solver``, i.e. ``"imex"`` for CLA and
+        ``"euler"`` otherwise), ``"euler"`` (Euler-Maruyama), ``"heun"``, or ``"imex"``
+        (:class:`~blindlens.diffusion_sde.LinearlyImplicitEulerMaruyama`: prior score explicit,
+        a likelihood score that is affine in ``x_t`` implicit by CG; stable at any step count).
     t_final
         Last diffusion time (``sigma(t_final)`` is the residual noise the final denoise removes).
     corrector_steps, corrector_snr
@@ -68,7 +74,7 @@ class SourceSamplerConfig(eqx.Module):
 
     guidance: AbstractLikelihoodScore = PiGDM()
     num_steps: int = eqx.field(static=True, default=50)
-    solver: str = eqx.field(static=True, default="euler")
+    solver: str = eqx.field(static=True, default="auto")
     t_final: float = eqx.field(static=True, default=1e-3)
     corrector_steps: int = eqx.field(static=True, default=0)
     corrector_snr: float = eqx.field(static=True, default=0.16)
@@ -78,8 +84,8 @@ class SourceSamplerConfig(eqx.Module):
     def __check_init__(self):
         if int(self.num_steps) < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}.")
-        if self.solver not in ("euler", "heun"):
-            raise ValueError(f"solver must be 'euler' or 'heun', got {self.solver!r}.")
+        if self.solver not in _SOLVER_NAMES:
+            raise ValueError(f"solver must be one of {_SOLVER_NAMES}, got {self.solver!r}.")
         if not 0 <= self.t_final < 1:
             raise ValueError(f"t_final must be in [0, 1), got {self.t_final}.")
         if int(self.corrector_steps) < 0:
@@ -96,17 +102,43 @@ def _guided_score(x, t, args):
     return guidance.posterior_score(x, t, problem)
 
 
+def _prior_score(x, t, args):
+    _, problem = args
+    return problem.prior.score(x, t)
+
+
+def _likelihood_score(x, t, args):
+    guidance, problem = args
+    return guidance.likelihood_score(x, t, problem)
+
+
+def _resolved_solver(config: SourceSamplerConfig, prior: AbstractSourcePrior) -> str:
+    affine = config.guidance.affine_in_x(prior)
+    if config.solver == "auto":
+        return config.guidance.default_solver
+    if config.solver == "imex" and not affine:
+        raise ValueError(
+            f"solver={config.solver!r} treats the likelihood score implicitly and needs one that is affine in "
+            f"x_t (CLA, or ExactGaussianLikelihoodScore with a Gaussian prior); {type(config.guidance).__name__} "
+            f"with {type(prior).__name__} is not. Use solver='euler' or 'heun'."
+        )
+    return config.solver
+
+
 def _draw(key: PRNGKeyArray, problem: LikelihoodProblem, config: SourceSamplerConfig) -> SourceImage:
     prior = problem.prior
+    solver = _resolved_solver(config, prior)
+    split = solver == "imex"
     return sample_reverse_diffusion(
         key,
         prior.sde,
-        _guided_score,
+        _prior_score if split else _guided_score,
         prior.shape,
         args=(config.guidance, problem),
+        stiff_score_fn=_likelihood_score if split else None,
         num_steps=config.num_steps,
         t_final=config.t_final,
-        solver=config.solver,
+        solver=solver,
         probability_flow=config.probability_flow,
         corrector_steps=config.corrector_steps,
         corrector_snr=config.corrector_snr,
@@ -183,7 +215,7 @@ def sample_source_posterior(
     num_samples: int,
     guidance: AbstractLikelihoodScore | None = None,
     num_steps: int = 50,
-    solver: str = "euler",
+    solver: str = "auto",
     t_final: float = 1e-3,
     corrector_steps: int = 0,
     corrector_snr: float = 0.16,
