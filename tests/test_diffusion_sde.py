@@ -87,7 +87,7 @@ def test_bad_sde_parameters():
 
 def test_imex_step_solves_its_linear_system(getkey, x64):
     """One IMEX step equals the dense solve of (I + theta h L) y1 = rhs (no noise: probability flow)."""
-    from blindlens.diffusion_sde import ReverseDiffusion
+    from blindlens.diffusion_sde import LinearlyImplicitEulerMaruyama, ReverseDiffusion
 
     sde = VESDE(0.01, 10.0)
     n = 6
@@ -104,12 +104,12 @@ def test_imex_step_solves_its_linear_system(getkey, x64):
 
     x0 = jr.normal(getkey(), (n,), jnp.float64)
     t0, t1 = 0.7, 0.6
-    integrator = ReverseDiffusion(sde, explicit, (n,), "imex", True, stiff)
+    theta = 0.6
+    integrator = ReverseDiffusion(sde, explicit, (n,), LinearlyImplicitEulerMaruyama(theta=theta), True, stiff)
     y1 = integrator.step(getkey(), x0, t0, t1)
     h = t0 - t1  # the solver runs in s = 1 - t
     g0 = 0.5 * sde.diffusion(t0) ** 2  # probability flow: 1/2 g^2
     g1 = 0.5 * sde.diffusion(t1) ** 2
-    theta = 0.5
     rhs = x0 + h * g0 * explicit_matrix @ x0 + theta * h * g1 * c + (1 - theta) * h * g0 * stiff(x0, t0, None)
     expected = jnp.linalg.solve(jnp.eye(n) + theta * h * g1 * spd, rhs)
     np.testing.assert_allclose(y1, expected, rtol=1e-4, atol=1e-6)

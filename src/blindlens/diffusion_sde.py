@@ -117,11 +117,15 @@ class LinearlyImplicitEulerMaruyama(diffrax.AbstractItoSolver):
     This is an implicit-explicit (IMEX) scheme in the sense of Ascher, Ruuth & Wetton (1995,
     SIAM J. Numer. Anal. 32, 797) with an Ito noise increment: strong order 1/2 like
     Euler-Maruyama, but A-stable in the stiff linear part for ``theta >= 1/2``, so the step is no
-    longer bounded by ``2 / lambda_max(L)``. The default ``theta = 1/2`` (Crank-Nicolson on
-    ``l``) also keeps the stationary variance of a stiff linear mode exact, which the fully
-    implicit ``theta = 1`` shrinks by ``1 / (1 + h lambda / 2)``; measured on the 16x16 exact
-    Gaussian problem it is the more accurate of the two at 50-200 steps
-    (docs/source_posterior.md).
+    longer bounded by ``2 / lambda_max(L)``. The choice of ``theta`` trades two errors: for a stiff
+    linear mode (``h lambda >> 1``) the amplification factor tends to ``-(1 - theta) / theta``, so
+    ``theta = 1/2`` (Crank-Nicolson) does not damp stiff transients (the ``N(0, sigma_max^2)``
+    start and each step's noise survive with a flipping sign), while ``theta = 1`` damps them but
+    shrinks the stationary variance of the mode by ``1 / (1 + h lambda / 2)`` (``theta = 1/2``
+    keeps it exact). Measured (docs/imex_solver.md): with CLA on a trained-prior study system,
+    ``theta = 1/2`` gives chi^2/N ~ 1e8 at 10 steps and ~ 6e5 at 25, ``theta = 0.6`` ~ 4e4 at
+    10 steps; ``theta = 0.75`` and ``1`` are fine at 10 steps (1.06, 1.04) and on the 16x16
+    exact-Gaussian problem ``0.75`` is the more accurate of those two. Default ``theta = 0.75``.
 
     In blindlens the stiff part is a likelihood score that is affine in ``x_t`` (CLA):
     with lensing, ``g^2 A^T D^{-1} A`` reaches ``lambda_max ~ 6e3`` on the trained-prior study
@@ -142,7 +146,7 @@ class LinearlyImplicitEulerMaruyama(diffrax.AbstractItoSolver):
 
     rtol: float = 1e-5
     max_steps: int = 200
-    theta: float = 0.5
+    theta: float = 0.75
 
     term_structure: ClassVar = diffrax.MultiTerm
     interpolation_cls: ClassVar = diffrax.LocalLinearInterpolation
@@ -191,16 +195,25 @@ _SOLVERS = {
 }
 
 
-def _make_solver(name: str):
+def _make_solver(solver):
+    """A solver instance from a name in ``_SOLVERS`` or a :class:`LinearlyImplicitEulerMaruyama`."""
+    if isinstance(solver, LinearlyImplicitEulerMaruyama):
+        return solver
     try:
-        return _SOLVERS[name]()
-    except KeyError:
+        return _SOLVERS[solver]()
+    except (KeyError, TypeError):
         raise ValueError(
-            f"Unknown reverse-diffusion solver {name!r}; choose one of {sorted(_SOLVERS)}. "
+            f"Unknown reverse-diffusion solver {solver!r}; choose one of {sorted(_SOLVERS)} or pass a "
+            "LinearlyImplicitEulerMaruyama(theta=..., rtol=..., max_steps=...). "
             "Stochastic Runge-Kutta solvers (SRA1, ShARK, SEA) are not offered: diffrax 0.7.2 "
             "integrates them wrongly backwards in time, and blindlens' VE noise is additive, "
             "where Heun already has strong order 1."
         ) from None
+
+
+def is_implicit_solver(solver) -> bool:
+    """Whether ``solver`` (a name or an instance) is the IMEX solver, which needs a stiff part."""
+    return isinstance(_make_solver(solver), LinearlyImplicitEulerMaruyama)
 
 
 class ReverseDiffusion(eqx.Module):
@@ -220,8 +233,9 @@ class ReverseDiffusion(eqx.Module):
         Image shape.
     solver
         ``"euler"`` (Euler-Maruyama, strong order 1/2), ``"heun"`` (strong order 1 for
-        additive noise) or ``"imex"`` (:class:`LinearlyImplicitEulerMaruyama`: ``score_fn``
-        explicit, ``stiff_score_fn`` implicit; needs ``stiff_score_fn``).
+        additive noise) or ``"imex"`` (:class:`LinearlyImplicitEulerMaruyama` with its defaults, or
+        an instance of it for other settings: ``score_fn`` explicit, ``stiff_score_fn``
+        implicit; needs ``stiff_score_fn``).
     probability_flow
         Integrate the deterministic probability-flow ODE instead of the reverse SDE.
     stiff_score_fn
@@ -233,12 +247,12 @@ class ReverseDiffusion(eqx.Module):
     sde: VESDE
     score_fn: ScoreFn = eqx.field(static=True)
     shape: tuple[int, ...] = eqx.field(static=True)
-    solver_name: str = eqx.field(static=True, default="euler")
+    solver_name: str | LinearlyImplicitEulerMaruyama = eqx.field(static=True, default="euler")
     probability_flow: bool = eqx.field(static=True, default=False)
     stiff_score_fn: ScoreFn | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
-        if self.solver_name == "imex" and self.stiff_score_fn is None:
+        if is_implicit_solver(self.solver_name) and self.stiff_score_fn is None:
             raise ValueError(
                 "solver='imex' treats a stiff affine part of the score implicitly, but no "
                 "stiff_score_fn was given; pass one (e.g. a CLA likelihood score) or use 'euler'."
@@ -247,7 +261,7 @@ class ReverseDiffusion(eqx.Module):
     def _terms(self, key: PRNGKeyArray):
         sde, shape, score_fn, stiff_fn = self.sde, self.shape, self.score_fn, self.stiff_score_fn
         scale = 0.5 if self.probability_flow else 1.0
-        split = self.solver_name == "imex"
+        split = is_implicit_solver(self.solver_name)
 
         def as_drift(fn):
             def drift(s, y, args):
@@ -307,7 +321,7 @@ def sample_reverse_diffusion(
     args=None,
     num_steps: int = 500,
     t_final: float = 1e-3,
-    solver: SolverName = "euler",
+    solver: SolverName | LinearlyImplicitEulerMaruyama = "euler",
     probability_flow: bool = False,
     corrector_steps: int = 0,
     corrector_snr: float = 0.16,

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from ._types import Array, Float, Image, PRNGKeyArray, SourceImage
-from .diffusion_sde import sample_reverse_diffusion
+from .diffusion_sde import LinearlyImplicitEulerMaruyama, is_implicit_solver, sample_reverse_diffusion
 from .gaussian_prior import _check_problem, inverse_noise_variance
 from .likelihood_score import AbstractLikelihoodScore, LikelihoodProblem, PiGDM
 from .linear_operator import AbstractLinearOperator
@@ -61,7 +61,8 @@ class SourceSamplerConfig(eqx.Module):
         ``"auto"`` (default: the guidance's ``default_solver``, i.e. ``"imex"`` for CLA and
         ``"euler"`` otherwise), ``"euler"`` (Euler-Maruyama), ``"heun"``, or ``"imex"``
         (:class:`~blindlens.diffusion_sde.LinearlyImplicitEulerMaruyama`: prior score explicit,
-        a likelihood score that is affine in ``x_t`` implicit by CG; stable at any step count).
+        a likelihood score that is affine in ``x_t`` implicit by CG; stable at any step count), or
+        a ``LinearlyImplicitEulerMaruyama(theta=..., rtol=..., max_steps=...)`` instance.
     t_final
         Last diffusion time (``sigma(t_final)`` is the residual noise the final denoise removes).
     corrector_steps, corrector_snr
@@ -74,7 +75,7 @@ class SourceSamplerConfig(eqx.Module):
 
     guidance: AbstractLikelihoodScore = PiGDM()
     num_steps: int = eqx.field(static=True, default=50)
-    solver: str = eqx.field(static=True, default="auto")
+    solver: str | LinearlyImplicitEulerMaruyama = eqx.field(static=True, default="auto")
     t_final: float = eqx.field(static=True, default=1e-3)
     corrector_steps: int = eqx.field(static=True, default=0)
     corrector_snr: float = eqx.field(static=True, default=0.16)
@@ -84,8 +85,10 @@ class SourceSamplerConfig(eqx.Module):
     def __check_init__(self):
         if int(self.num_steps) < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}.")
-        if self.solver not in _SOLVER_NAMES:
-            raise ValueError(f"solver must be one of {_SOLVER_NAMES}, got {self.solver!r}.")
+        if self.solver not in _SOLVER_NAMES and not isinstance(self.solver, LinearlyImplicitEulerMaruyama):
+            raise ValueError(
+                f"solver must be one of {_SOLVER_NAMES} or a LinearlyImplicitEulerMaruyama(...), got {self.solver!r}."
+            )
         if not 0 <= self.t_final < 1:
             raise ValueError(f"t_final must be in [0, 1), got {self.t_final}.")
         if int(self.corrector_steps) < 0:
@@ -112,11 +115,10 @@ def _likelihood_score(x, t, args):
     return guidance.likelihood_score(x, t, problem)
 
 
-def _resolved_solver(config: SourceSamplerConfig, prior: AbstractSourcePrior) -> str:
-    affine = config.guidance.affine_in_x(prior)
+def _resolved_solver(config: SourceSamplerConfig, prior: AbstractSourcePrior):
     if config.solver == "auto":
         return config.guidance.default_solver
-    if config.solver == "imex" and not affine:
+    if is_implicit_solver(config.solver) and not config.guidance.affine_in_x(prior):
         raise ValueError(
             f"solver={config.solver!r} treats the likelihood score implicitly and needs one that is affine in "
             f"x_t (CLA, or ExactGaussianLikelihoodScore with a Gaussian prior); {type(config.guidance).__name__} "
@@ -128,7 +130,7 @@ def _resolved_solver(config: SourceSamplerConfig, prior: AbstractSourcePrior) ->
 def _draw(key: PRNGKeyArray, problem: LikelihoodProblem, config: SourceSamplerConfig) -> SourceImage:
     prior = problem.prior
     solver = _resolved_solver(config, prior)
-    split = solver == "imex"
+    split = is_implicit_solver(solver)
     return sample_reverse_diffusion(
         key,
         prior.sde,
