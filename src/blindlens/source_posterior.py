@@ -52,8 +52,10 @@ class SourceSamplerConfig(eqx.Module):
         The likelihood score. Default :class:`~blindlens.likelihood_score.PiGDM` (full
         ``A A^T``): two network passes per step, stable from a few tens of steps. Use
         :class:`~blindlens.likelihood_score.CalibratedTweedie` when calibration matters more than
-        cost (exact for a Gaussian prior, ~10-50x the network passes); ``CLA`` needs >= 1000
-        Euler steps with lensing (stiff). See ``docs/source_posterior.md``.
+        cost (exact for a Gaussian prior, ~10-50x the network passes); ``CLA`` is stiff with
+        lensing (explicit Euler needs thousands of steps) and runs with the IMEX solver under
+        ``solver="auto"``: one network pass per step, more over-confident than PiGDM. See
+        ``docs/source_posterior.md`` and ``docs/imex_solver.md``.
     num_steps
         Uniform reverse-time steps from ``t = 1`` to ``t_final`` (default 50: with the shipped prior
         more steps did not improve the residuals or coverage, docs/source_posterior.md).
