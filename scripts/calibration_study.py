@@ -82,6 +82,7 @@ def simulate(i, heldout, prior, snr):
 
 
 def run_one(i, name, heldout, prior, args):
+    t_start = time.time()
     truth, source, obs = simulate(i, heldout, prior, args.snr)
     kernel = BlindLensGibbs(
         lens_model, obs, prior,
@@ -93,8 +94,12 @@ def run_one(i, name, heldout, prior, args):
     mcmc = MCMC(kernel, num_warmup=args.warmup, num_samples=args.draws, num_chains=1, progress_bar=False)
     t0 = time.time()
     mcmc.run(jr.key(i), init_params=init, extra_fields=("num_score_evals", "num_steps", "diverging"))
+    jax.block_until_ready(mcmc.get_samples())  # JAX dispatches asynchronously
     seconds = time.time() - t0
+    t1 = time.time()
     idata = to_inference_data(mcmc, obs)
+    print(f"  (system {i}: simulate+build {t0 - t_start:.0f} s, run {seconds:.0f} s, InferenceData {time.time() - t1:.0f} s)",
+          flush=True)
     post = idata.posterior
     draws = {n: post[n].values.reshape(-1).tolist() for n in SIE_SHEAR_SITES}
     def halves(v):  # one chain: split-R-hat needs >= 2 chains, so compare its two halves

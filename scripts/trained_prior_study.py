@@ -91,7 +91,8 @@ def main():
     parser.add_argument("--prior", default=None, help="prior file (default: the shipped prior)")
     parser.add_argument("--systems", type=int, default=20)
     parser.add_argument("--samples", type=int, default=32, help="posterior samples per system")
-    parser.add_argument("--methods", default="pigdm:200,cla:1000", help="name:steps, comma-separated")
+    parser.add_argument("--methods", default="pigdm:200,cla:1000",
+                        help="name:steps[:systems], comma-separated; name@K caps CG at K iterations (pigdm@30)")
     parser.add_argument("--snr", type=float, default=20.0, help="peak source brightness / noise sigma")
     parser.add_argument("--image-size", type=int, default=72)
     parser.add_argument("--pixel-scale", type=float, default=0.05)
@@ -127,7 +128,8 @@ def main():
     print(f"{len(systems)} systems simulated ({time.time() - began:.0f} s)", flush=True)
 
     def run(name, steps, subset, key_offset):
-        guidance = GUIDANCE[name]()
+        base, _, cg_cap = name.partition("@")  # "pigdm@30": PiGDM with at most 30 CG iterations
+        guidance = GUIDANCE[base](cg_maxiter=int(cg_cap)) if cg_cap else GUIDANCE[base]()
         config = SourceSamplerConfig(guidance=guidance, num_steps=steps)
         rows = []
         s = subset[0]  # compile once outside the timings

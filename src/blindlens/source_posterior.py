@@ -219,7 +219,7 @@ def sample_source_posterior(
     num_samples: int,
     guidance: AbstractLikelihoodScore | None = None,
     num_steps: int = 50,
-    solver: str = "auto",
+    solver: str | LinearlyImplicitEulerMaruyama = "auto",
     t_final: float = 1e-3,
     corrector_steps: int = 0,
     corrector_snr: float = 0.16,
