@@ -124,7 +124,7 @@ class LinearlyImplicitEulerMaruyama(diffrax.AbstractItoSolver):
     shrinks the stationary variance of the mode by ``1 / (1 + h lambda / 2)`` (``theta = 1/2``
     keeps it exact). Measured (docs/imex_solver.md): with CLA on a trained-prior study system,
     ``theta = 1/2`` gives chi^2/N ~ 1e8 at 10 steps and ~ 6e5 at 25, ``theta = 0.6`` ~ 4e4 at
-    10 steps; ``theta = 0.75`` and ``1`` are fine at 10 steps (1.06, 1.04) and on the 16x16
+    10 steps; ``theta = 0.75`` and ``1`` are fine at 10 steps (1.07, 1.05) and on the 16x16
     exact-Gaussian problem ``0.75`` is the more accurate of those two. Default ``theta = 0.75``.
 
     In blindlens the stiff part is a likelihood score that is affine in ``x_t`` (CLA):

@@ -63,7 +63,8 @@ class SourceSamplerConfig(eqx.Module):
         ``"auto"`` (default: the guidance's ``default_solver``, i.e. ``"imex"`` for CLA and
         ``"euler"`` otherwise), ``"euler"`` (Euler-Maruyama), ``"heun"``, or ``"imex"``
         (:class:`~blindlens.diffusion_sde.LinearlyImplicitEulerMaruyama`: prior score explicit,
-        a likelihood score that is affine in ``x_t`` implicit by CG; stable at any step count), or
+        a likelihood score that is affine in ``x_t`` implicit by CG; A-stable, fine from 10 steps on
+        the trained-prior study problems), or
         a ``LinearlyImplicitEulerMaruyama(theta=..., rtol=..., max_steps=...)`` instance.
     t_final
         Last diffusion time (``sigma(t_final)`` is the residual noise the final denoise removes).
