@@ -222,6 +222,21 @@ def test_gibbsddrm_is_vmappable_and_deterministic(gold):
     assert float(a.lens["theta_E"]) == float(b.lens["theta_E"])
 
 
+def test_gibbsddrm_with_default_cla_guidance_is_finite_at_few_steps(gold):
+    """The default CLA guidance runs through the IMEX step: finite at 20 intervals, where an explicit
+    Euler step of CLA diverges on this lensing problem (tests/test_source_posterior.py)."""
+    problem = gold[0]
+    kernel = _exact_kernel(problem, steps=20)
+    config = GibbsDDRMConfig(num_steps=20, final_lens_steps=2)
+    draws = jax.jit(jax.vmap(lambda k: sample_gibbsddrm(k, kernel.joint_model, problem.prior, config)))(
+        jr.split(jr.key(4), 2)
+    )
+    assert np.all(np.isfinite(np.asarray(draws.source)))
+    assert np.all(np.isfinite(np.asarray(draws.lens["theta_E"])))
+    scale = float(jnp.max(jnp.abs(problem.observation.image)))
+    assert float(jnp.max(jnp.abs(draws.source))) < 100 * scale  # no blow-up
+
+
 def test_low_rank_exact_guidance_equals_the_library_exact_score(gold):
     """The test's fast exact guidance is the library's ExactGaussianLikelihoodScore, computed cheaper."""
     problem = gold[0]
