@@ -38,6 +38,7 @@ __all__ = [
     "ReverseDiffusion",
     "sample_reverse_diffusion",
     "LinearlyImplicitEulerMaruyama",
+    "SOLVER_NAMES",
 ]
 
 ScoreFn = Callable[[Float[Array, "..."], Float[Array, ""], object], Float[Array, "..."]]
@@ -193,6 +194,8 @@ _SOLVERS = {
     "heun": diffrax.Heun,
     "imex": LinearlyImplicitEulerMaruyama,
 }
+SOLVER_NAMES = tuple(_SOLVERS)
+"""Names accepted for ``solver`` by :class:`ReverseDiffusion` and :func:`sample_reverse_diffusion`."""
 
 
 def _make_solver(solver):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from ._types import Array, Float, Image, PRNGKeyArray, SourceImage
-from .diffusion_sde import LinearlyImplicitEulerMaruyama, is_implicit_solver, sample_reverse_diffusion
+from .diffusion_sde import SOLVER_NAMES, LinearlyImplicitEulerMaruyama, is_implicit_solver, sample_reverse_diffusion
 from .gaussian_prior import _check_problem, inverse_noise_variance
 from .likelihood_score import AbstractLikelihoodScore, LikelihoodProblem, PiGDM
 from .linear_operator import AbstractLinearOperator
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-_SOLVER_NAMES = ("auto", "euler", "heun", "imex")
+_SOLVER_NAMES = ("auto", *SOLVER_NAMES)
 
 
 class SourceSamplerConfig(eqx.Module):
