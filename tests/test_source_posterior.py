@@ -19,10 +19,9 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from _lensed_gaussian import gaussian_problem, lensing_operator, posterior_metrics
+from _lensed_gaussian import gaussian_problem, lensing_operator, mixture_problem, posterior_metrics
 
 from blindlens.diffusion_sde import VESDE
-from blindlens.gaussian_prior import GaussianMixtureSourcePrior, squared_exponential_covariance
 from blindlens.likelihood_score import (
     CLA,
     CalibratedTweedie,
@@ -30,7 +29,6 @@ from blindlens.likelihood_score import (
     PiGDM,
     TemperedLikelihoodScore,
 )
-from blindlens.linear_operator import DenseOperator
 from blindlens.source_posterior import (
     SourceSamplerConfig,
     _TRACES,
@@ -161,22 +159,6 @@ def test_residual_chi2_of_fixed_lens_posterior(problem):
 # ---- Gaussian mixture: mode weights (V-11) ------------------------------------------------------
 
 
-def _mixture_problem():
-    ns, ni = 8, 12
-    op = lensing_operator(ns, ni, 0.4)
-    op = DenseOperator(op.as_dense(), (ns, ns), (ni, ni))
-    yy, xx = jnp.mgrid[:ns, :ns]
-    blob_a = jnp.exp(-((xx - 2.5) ** 2 + (yy - 3.5) ** 2) / 4.0)
-    blob_b = jnp.exp(-((xx - 5.0) ** 2 + (yy - 4.0) ** 2) / 4.0)
-    cov = squared_exponential_covariance((ns, ns), 1.5, 0.1, 1e-2)
-    prior = GaussianMixtureSourcePrior(
-        jnp.array([0.5, 0.5]), jnp.stack([blob_a, blob_b]), jnp.stack([cov, cov]), VESDE(1e-3, 100.0), 0.05
-    )
-    sigma = 0.5
-    y = op(0.6 * blob_a + 0.4 * blob_b) + sigma * jr.normal(jr.key(0), (ni, ni))
-    return prior, op, y, sigma
-
-
 _CALIBRATED_GMM = pytest.param(
     CalibratedTweedie(),
     id="calibrated",
@@ -191,7 +173,7 @@ _CALIBRATED_GMM = pytest.param(
 
 @pytest.mark.parametrize("guidance", [pytest.param(ExactGaussianLikelihoodScore(), id="exact"), _CALIBRATED_GMM])
 def test_mixture_mode_weights(guidance):
-    prior, op, y, sigma = _mixture_problem()
+    prior, op, y, sigma = mixture_problem()
     post = prior.posterior(op, y, sigma)
     weights = np.asarray(post.weights)
     assert 0.2 < weights[0] < 0.5  # a genuinely two-mode posterior

@@ -235,6 +235,10 @@ class GaussianPosterior(eqx.Module):
         out = _noised_score(x.reshape(-1), self.mean.reshape(-1), self.eigvals, self.eigvecs, sigma**2)
         return out.reshape(self.shape)
 
+    def noised_log_prob(self, x: SourceImage, sigma: Float[Array, ""]) -> Float[Array, ""]:
+        """``log N(x; mu, C + sigma^2 I)``, the log density of the noised posterior."""
+        return _noised_log_density(x.reshape(-1), self.mean.reshape(-1), self.eigvals, self.eigvecs, sigma**2)
+
     def sample(self, key: PRNGKeyArray, num_samples: int) -> Float[Array, "n sy sx"]:
         """Exact draws from ``N(mu, C)``."""
         z = jr.normal(key, (num_samples, self.eigvals.size))
@@ -290,6 +294,10 @@ class GaussianMixturePosterior(eqx.Module):
             x_flat, self.means.reshape(self.means.shape[0], -1), self.eigvals, self.eigvecs, sigma**2
         )
         return (resp @ scores).reshape(self.shape)
+
+    def noised_log_prob(self, x: SourceImage, sigma: Float[Array, ""]) -> Float[Array, ""]:
+        """Log density of the posterior mixture noised by ``N(0, sigma^2 I)``."""
+        return jax.nn.logsumexp(self._log_joint(x.reshape(-1), sigma**2))
 
     def responsibilities(self, samples: Float[Array, "n sy sx"], sigma: float = 0.0) -> Float[Array, "n K"]:
         """Posterior probability that each sample belongs to each mode (optionally noised)."""

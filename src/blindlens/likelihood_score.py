@@ -153,6 +153,22 @@ class AbstractLikelihoodScore(eqx.Module):
         """Prior score plus likelihood score: the drift of the guided reverse diffusion."""
         return problem.prior.score(x, t) + self.likelihood_score(x, t, problem)
 
+    def log_likelihood_and_scores(
+        self, x: SourceImage, t: Float[Array, ""], problem: LikelihoodProblem
+    ) -> tuple[Float[Array, ""], SourceImage, SourceImage]:
+        """``(log p~_t(y | x_t) + c_t, prior score, likelihood score)`` at one state.
+
+        The approximate log-likelihood whose gradient :meth:`likelihood_score` is, up to a
+        constant ``c_t`` that may depend on ``t`` but not on ``x_t``: what twisted sequential
+        Monte Carlo (:mod:`blindlens.twisted_smc`) needs to weight particles at a common time.
+        Scores whose covariance depends on ``x_t`` (:class:`CalibratedTweedie`) cannot provide it
+        without a log-determinant per particle and raise.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not expose its log-likelihood; twisted SMC supports PiGDM, CLA, "
+            "ExactGaussianLikelihoodScore and TemperedLikelihoodScore of those."
+        )
+
     @property
     def default_solver(self) -> str:
         """The reverse-SDE solver ``solver="auto"`` picks for this score: ``"euler"``, or
@@ -209,14 +225,20 @@ class CLA(AbstractLikelihoodScore):
         problem = _base_problem(prior, operator, data, noise_sigma)
         return eqx.tree_at(lambda p: p.diag_aat, problem, operator.diag_aat(), is_leaf=lambda v: v is None)
 
-    def likelihood_score(self, x, t, problem):
+    def _weighted_residual(self, x, t, problem):
         r2 = problem.prior.sde.sigma(t) ** 2
         if self.anneal_factor is not None:
             r2 = r2 * ((1.0 + self.anneal_factor) ** 2 * t**4 + 1.0)
         w = problem.inv_var
-        w_eff = w / (1.0 + w * r2 * problem.diag_aat)
         resid = problem.data - problem.operator(x)
-        return problem.operator.adjoint(w_eff * resid)
+        return resid, w / (1.0 + w * r2 * problem.diag_aat) * resid
+
+    def likelihood_score(self, x, t, problem):
+        return problem.operator.adjoint(self._weighted_residual(x, t, problem)[1])
+
+    def log_likelihood_and_scores(self, x, t, problem):
+        resid, w_resid = self._weighted_residual(x, t, problem)
+        return -0.5 * jnp.sum(resid * w_resid), problem.prior.score(x, t), problem.operator.adjoint(w_resid)
 
     def affine_in_x(self, prior) -> bool:
         return True  # A^T W_eff (y - A x): linear part -A^T W_eff A
@@ -315,22 +337,28 @@ class PiGDM(AbstractLikelihoodScore):
         w = problem.inv_var
         resid = problem.data - problem.operator(x0)
         if self.covariance == "diag":
-            return problem.operator.adjoint(w / (1.0 + w * r2 * problem.diag_aat) * resid)
-        kinv_r, _ = _solve_whitened(
-            problem.operator, w, lambda s: r2 * s, resid, self.cg_tol, self.cg_maxiter
-        )
-        return problem.operator.adjoint(kinv_r)
+            kinv_r = w / (1.0 + w * r2 * problem.diag_aat) * resid
+        else:
+            kinv_r, _ = _solve_whitened(problem.operator, w, lambda s: r2 * s, resid, self.cg_tol, self.cg_maxiter)
+        return problem.operator.adjoint(kinv_r), -0.5 * jnp.sum(resid * kinv_r)
 
     def _evaluate(self, x, t, problem):
         score, x0, _, jt = _tweedie_linearized(problem.prior, x, t, transpose=True)
-        return score, jt(self._guidance(x0, t, problem))
+        guidance, log_lik = self._guidance(x0, t, problem)
+        return score, jt(guidance), log_lik
 
     def posterior_score(self, x, t, problem):
-        score, lik = self._evaluate(x, t, problem)
+        score, lik, _ = self._evaluate(x, t, problem)
         return score + lik
 
     def likelihood_score(self, x, t, problem):
         return self._evaluate(x, t, problem)[1]
+
+    def log_likelihood_and_scores(self, x, t, problem):
+        # log N(y; A x0_hat, K) with K = Sigma + r_t^2 A A^T independent of x_t: the log-determinant
+        # is the same for every particle at time t and is dropped
+        score, lik, log_lik = self._evaluate(x, t, problem)
+        return log_lik, score, lik
 
     def network_passes(self, x, t, problem):
         return jnp.asarray(2.0)
@@ -405,7 +433,7 @@ class CalibratedTweedie(AbstractLikelihoodScore):
         cheap = self._cheap()
 
         def cheap_branch(x):
-            score, lik = cheap._evaluate(x, t, problem)
+            score, lik, _ = cheap._evaluate(x, t, problem)
             return score, lik, jnp.asarray(0)
 
         use_cheap = problem.prior.sde.sigma(t) > self.cheap_above_sigma
@@ -451,6 +479,13 @@ class ExactGaussianLikelihoodScore(AbstractLikelihoodScore):
     def likelihood_score(self, x, t, problem):
         return self.posterior_score(x, t, problem) - problem.prior.score(x, t)
 
+    def log_likelihood_and_scores(self, x, t, problem):
+        # Bayes at time t: log p_t(y | x_t) = log p_t(x_t | y) - log p_t(x_t) + log p(y)
+        sigma = problem.prior.sde.sigma(t)
+        log_lik = problem.posterior.noised_log_prob(x, sigma) - problem.prior.log_prob(x, t)
+        prior_score = problem.prior.score(x, t)
+        return log_lik, prior_score, self.posterior_score(x, t, problem) - prior_score
+
     def affine_in_x(self, prior) -> bool:
         # difference of two Gaussian scores: -(C_post + s^2)^-1 + (C + s^2)^-1 <= 0 (C_post <= C)
         return isinstance(prior, GaussianSourcePrior)
@@ -482,6 +517,10 @@ class TemperedLikelihoodScore(AbstractLikelihoodScore):
 
     def likelihood_score(self, x, t, problem):
         return self.factor * self.base.likelihood_score(x, t, problem)
+
+    def log_likelihood_and_scores(self, x, t, problem):
+        log_lik, prior_score, lik = self.base.log_likelihood_and_scores(x, t, problem)
+        return self.factor * log_lik, prior_score, self.factor * lik
 
     def affine_in_x(self, prior) -> bool:
         return self.base.affine_in_x(prior)
