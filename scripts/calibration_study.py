@@ -87,7 +87,7 @@ def run_one(i, name, heldout, prior, args):
     kernel = BlindLensGibbs(
         lens_model, obs, prior,
         source_config=SourceSamplerConfig(guidance=GUIDANCE[name](), num_steps=args.steps),
-        warm_start=None, supersampling=2,
+        warm_start=None, supersampling=2, source_refresh_sigma=args.refresh_sigma,
         lens_kernel=lambda model: NUTS(model, target_accept_prob=0.8, max_tree_depth=args.tree_depth),
     )
     init = {**lens_unconstrained(lens_model, {n: jnp.asarray(v) for n, v in truth.items()}), "source": jnp.asarray(source)}
@@ -114,7 +114,7 @@ def run_one(i, name, heldout, prior, args):
         "system": i, "guidance": name, "truth": truth, "draws": draws, "rhat": rhat, "ess": ess,
         "chi2": chi2.tolist(), "num_pixels": int(obs.image.size), "seconds": seconds,
         "score_evals": float(evals[-1]), "divergences": int(np.sum(mcmc.get_extra_fields()["diverging"])),
-        "settings": {k: getattr(args, k) for k in ("steps", "warmup", "draws", "tree_depth", "snr")},
+        "settings": {k: getattr(args, k) for k in ("steps", "warmup", "draws", "tree_depth", "snr", "refresh_sigma")},
     }
 
 
@@ -178,6 +178,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--draws", type=int, default=40)
     parser.add_argument("--tree-depth", type=int, default=6)
+    parser.add_argument("--refresh-sigma", type=float, default=None,
+                        help="partial source refresh from this noise level each sweep (default: full draws)")
     parser.add_argument("--snr", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--tag", default="calibration")

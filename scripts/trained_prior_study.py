@@ -17,8 +17,9 @@ Run (CPU, writes docs/trained_prior_study.md, .json and docs/figures/trained_pri
 
     JAX_PLATFORMS=cpu python scripts/trained_prior_study.py --heldout training_data/heldout.npy
 
-``--methods pigdm:200,cla:1000`` picks likelihood scores and Euler step counts; ``--step-curve``
-adds PiGDM's accuracy-cost curve over step counts on the first systems.
+``--methods pigdm:200,cla:1000`` picks likelihood scores and Euler step counts (``smc16:50``: twisted
+SMC with PiGDM twists and 16 particles, one weighted draw per run, blindlens.twisted_smc);
+``--step-curve`` adds PiGDM's accuracy-cost curve over step counts on the first systems.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from blindlens.morphology import morphology_summaries  # noqa: E402
 from blindlens.psf import gaussian_psf  # noqa: E402
 from blindlens.score_prior import ScorePrior  # noqa: E402
 from blindlens.source_posterior import SourceSamplerConfig, sample_source_posterior  # noqa: E402
+from blindlens.twisted_smc import TwistedSMCConfig, sample_source_posterior_smc  # noqa: E402
 from blindlens.validation import tarp_coverage  # noqa: E402
 
 GUIDANCE = {"cla": CLA, "pigdm": PiGDM, "calibrated": CalibratedTweedie}
@@ -129,20 +131,33 @@ def main():
 
     def run(name, steps, subset, key_offset):
         base, _, cg_cap = name.partition("@")  # "pigdm@30": PiGDM with at most 30 CG iterations
-        guidance = GUIDANCE[base](cg_maxiter=int(cg_cap)) if cg_cap else GUIDANCE[base]()
-        config = SourceSamplerConfig(guidance=guidance, num_steps=steps)
+        particles = int(base[3:]) if base.startswith("smc") else 0  # "smc16": twisted SMC, 16 particles
+        guidance_name = "pigdm" if particles else base
+        guidance = GUIDANCE[guidance_name](cg_maxiter=int(cg_cap)) if cg_cap else GUIDANCE[guidance_name]()
+        if particles:
+            smc_config = TwistedSMCConfig(guidance=guidance, num_particles=particles, num_steps=steps)
+            smc_runs = []
+
+            def draw(key, s):  # one particle per SMC run, drawn by its weight
+                out, res = sample_source_posterior_smc(key, prior, s["op"], s["data"], s["noise"], args.samples,
+                                                       smc_config)
+                smc_runs.append(res)
+                return out
+        else:
+            config = SourceSamplerConfig(guidance=guidance, num_steps=steps)
+
+            def draw(key, s):
+                return sample_source_posterior(key, prior, s["op"], s["data"], s["noise"], num_samples=args.samples,
+                                               config=config)
         rows = []
         s = subset[0]  # compile once outside the timings
-        jax.block_until_ready(sample_source_posterior(jr.key(0), prior, s["op"], s["data"], s["noise"],
-                                                      num_samples=args.samples, config=config))
+        jax.block_until_ready(draw(jr.key(0), s))
         for i, s in enumerate(subset):
             if args.max_minutes is not None and time.time() - began > 60 * args.max_minutes:
                 print(f"  {name}:{steps}: time budget spent, stopping after {i} systems", flush=True)
                 break
             t0 = time.time()
-            samples = sample_source_posterior(jr.key(key_offset + i), prior, s["op"], s["data"], s["noise"],
-                                              num_samples=args.samples, config=config)
-            samples = np.asarray(jax.block_until_ready(samples))
+            samples = np.asarray(jax.block_until_ready(draw(jr.key(key_offset + i), s)))
             seconds = time.time() - t0
             if not np.all(np.isfinite(samples)):
                 rows.append({"finite": False, "seconds": seconds})
@@ -167,10 +182,19 @@ def main():
                 "z": z.ravel().tolist(), "z_bright": z[bright].tolist(),
                 "summaries": np.stack([summ[k] for k in SUMMARIES], 1).tolist(),
                 "summaries_true": [float(summ_true[k][0]) for k in SUMMARIES],
-                "passes": passes_per_sample(guidance, prior, s["op"], s["data"], s["noise"], s["truth"], steps),
+                "passes": max(particles, 1) * passes_per_sample(guidance, prior, s["op"], s["data"], s["noise"],
+                                                                s["truth"], steps),
             })
+            if particles:
+                res = smc_runs[-1]
+                w = np.exp(np.asarray(res.log_weights))
+                rows[-1]["smc_final_ess"] = float(np.mean(1.0 / np.sum(w**2, axis=1)))
+                rows[-1]["smc_resamples"] = float(np.mean(np.sum(np.asarray(res.resampled), axis=1)))
+                rows[-1]["smc_min_ess"] = float(np.mean(np.min(np.asarray(res.ess), axis=1)))
+            smc_note = (f", SMC final ESS {rows[-1]['smc_final_ess']:.1f}/{particles}, min ESS "
+                        f"{rows[-1]['smc_min_ess']:.1f}, {rows[-1]['smc_resamples']:.0f} resamplings") if particles else ""
             print(f"  {name}:{steps} system {i}: chi2/N {np.mean(chi2) / n_pix:.3f} (mean image {chi2_mean / n_pix:.3f}), "
-                  f"cover68 {rows[-1]['cover68']:.2f}, {seconds:.1f} s", flush=True)
+                  f"cover68 {rows[-1]['cover68']:.2f}, {seconds:.1f} s{smc_note}", flush=True)
         return rows
 
     results = {}
@@ -216,6 +240,8 @@ def main():
             "z_bright_mean": float(np.mean(zb)), "z_bright_sd": float(np.std(zb)),
             "tarp_atc": atc, "tarp_alpha": alpha.tolist(), "tarp_ecp": ecp.tolist(),
             "passes_per_sample": float(np.mean([r["passes"] for r in ok])),
+            **({k: float(np.mean([r[k] for r in ok])) for k in ("smc_final_ess", "smc_min_ess", "smc_resamples")}
+               if "smc_final_ess" in ok[0] else {}),
             "seconds_per_sample": float(np.mean([r["seconds"] for r in ok]) / args.samples),
             "chi2_all": chi2.tolist(),
         }

@@ -159,3 +159,14 @@ def test_cli_sample_joint_with_a_user_lens_model_file_and_resume(tmp_path, monke
     # the checkpoint holds all 4 draws: a rerun resumes and samples nothing new
     assert cli.main(argv) == 0
     np.testing.assert_array_equal(az.from_netcdf(str(out)).posterior["theta_E"].values, first)
+
+
+def test_refresh_sigma_option_parses_auto_none_and_levels():
+    import argparse
+
+    assert cli._refresh_sigma_arg("auto") == "auto"
+    assert cli._refresh_sigma_arg("None") is None
+    assert cli._refresh_sigma_arg("0.1") == pytest.approx(0.1)
+    for bad in ("-1", "0", "often"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli._refresh_sigma_arg(bad)

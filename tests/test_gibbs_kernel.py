@@ -19,10 +19,16 @@ from _joint_problem import LowRankExactGuidance, Problem
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import log_density
 
-from blindlens.gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig, lens_unconstrained, sample_gibbsddrm
+from blindlens.gibbs_kernel import (
+    BlindLensGibbs,
+    GibbsDDRMConfig,
+    auto_refresh_sigma,
+    lens_unconstrained,
+    sample_gibbsddrm,
+)
 from blindlens.likelihood_score import ExactGaussianLikelihoodScore
 from blindlens.observation import Observation
-from blindlens.source_posterior import SourceSamplerConfig
+from blindlens.source_posterior import SourceSamplerConfig, refresh_steps
 
 Z_99 = 2.326  # Phi^{-1}(0.99)
 KS_99 = 1.628  # asymptotic 1% critical value of sqrt(n) D (Kolmogorov distribution)
@@ -52,7 +58,7 @@ def gold():
     return problem, grid, np.cumsum(w), mean, sd
 
 
-def _exact_kernel(problem, observation=None, steps=40, lens_kernel=None):
+def _exact_kernel(problem, observation=None, steps=40, lens_kernel=None, refresh_sigma="auto"):
     exact = LowRankExactGuidance(basis=problem.basis)
     return BlindLensGibbs(
         problem.lens_model,
@@ -62,6 +68,7 @@ def _exact_kernel(problem, observation=None, steps=40, lens_kernel=None):
         warm_start=GibbsDDRMConfig(guidance=exact, num_steps=steps),
         source_grid=problem.source_grid,
         lens_kernel=lens_kernel,
+        source_refresh_sigma=refresh_sigma,
     )
 
 
@@ -84,8 +91,8 @@ def _gold_check(draws, ess, mcse_sd, grid, cdf, mean, sd):
     return z_mean, z_sd, ks, KS_99 / np.sqrt(ess)
 
 
-def _run_gold(problem, observation, key, grid, cdf, mean, sd, lens_kernel=None):
-    kernel = _exact_kernel(problem, observation, lens_kernel=lens_kernel)
+def _run_gold(problem, observation, key, grid, cdf, mean, sd, lens_kernel=None, refresh_sigma="auto"):
+    kernel = _exact_kernel(problem, observation, lens_kernel=lens_kernel, refresh_sigma=refresh_sigma)
     mcmc = MCMC(kernel, num_warmup=100, num_samples=250, num_chains=2, chain_method=jax.vmap, progress_bar=False)
     mcmc.run(key)
     idata = az.from_numpyro(mcmc, log_likelihood=False)
@@ -97,7 +104,7 @@ def _run_gold(problem, observation, key, grid, cdf, mean, sd, lens_kernel=None):
 def test_gold_standard_gibbs_matches_exact_marginal_and_tempered_fails(gold):
     problem, grid, cdf, mean, sd = gold
     idata, (z_mean, z_sd, ks, ks_crit), ess = _run_gold(problem, None, jr.key(7), grid, cdf, mean, sd)
-    print(f"gold: mean {float(idata.posterior.theta_E.mean()):.5f} vs {mean:.5f}, sd "
+    print(f"gold (refresh 0.3): mean {float(idata.posterior.theta_E.mean()):.5f} vs {mean:.5f}, sd "
           f"{float(idata.posterior.theta_E.std()):.5f} vs {sd:.5f}, ESS {ess:.0f}, z_mean {z_mean:.2f}, "
           f"z_sd {z_sd:.2f}, KS {ks:.3f} (crit {ks_crit:.3f})")
     assert ess > 60
@@ -110,6 +117,32 @@ def test_gold_standard_gibbs_matches_exact_marginal_and_tempered_fails(gold):
     _, (z_mean_b, z_sd_b, ks_b, ks_crit_b), _ = _run_gold(problem, tempered, jr.key(7), grid, cdf, mean, sd)
     print(f"tempered: z_mean {z_mean_b:.2f}, z_sd {z_sd_b:.2f}, KS {ks_b:.3f} (crit {ks_crit_b:.3f})")
     assert abs(z_mean_b) > Z_99 or abs(z_sd_b) > Z_99 or ks_b > ks_crit_b
+
+
+def test_gold_standard_with_full_source_draws_each_sweep(gold):
+    """The default kernel refreshes the source partially (sigma_r = 3 x noise = 0.3 here, 24 of 40
+    steps); a full reverse trajectory every sweep must match the exact marginal as well."""
+    problem, grid, cdf, mean, sd = gold
+    assert _exact_kernel(problem).source_refresh_sigma == pytest.approx(0.3)
+    idata, (z_mean, z_sd, ks, ks_crit), ess = _run_gold(problem, None, jr.key(7), grid, cdf, mean, sd, refresh_sigma=None)
+    evals = int(idata.sample_stats["num_score_evals"].values[0, -1])
+    print(f"full draws: mean {float(idata.posterior.theta_E.mean()):.5f} vs {mean:.5f}, sd "
+          f"{float(idata.posterior.theta_E.std()):.5f} vs {sd:.5f}, ESS {ess:.0f}, z_mean {z_mean:.2f}, "
+          f"z_sd {z_sd:.2f}, KS {ks:.3f} (crit {ks_crit:.3f}), score evals per chain {evals}")
+    assert ess > 60
+    assert abs(z_mean) < Z_99 and abs(z_sd) < Z_99 and ks < ks_crit
+
+
+def test_auto_refresh_level_follows_the_noise_and_falls_back_to_full_draws(gold):
+    problem = gold[0]
+    obs = problem.observation
+    kernel = _exact_kernel(problem)
+    assert auto_refresh_sigma(kernel.joint_model, problem.prior) == pytest.approx(3 * problem.noise)
+    # noise so large that 3 sigma_n exceeds sigma_max / 4 of the prior: full draws
+    loud = Observation(obs.image, 2.0, obs.psf, problem.image_grid.pixel_scale)
+    assert _exact_kernel(problem, loud).source_refresh_sigma is None
+    with pytest.raises(ValueError, match="source_refresh_sigma"):
+        _exact_kernel(problem, refresh_sigma="sometimes")
 
 
 class _StaleNUTS(NUTS):
@@ -175,7 +208,10 @@ def test_resume_from_post_warmup_state(gold, tmp_path):
     second = fresh.get_samples()["theta_E"]
     np.testing.assert_allclose(np.asarray(second), np.asarray(first), rtol=1e-5)
     assert float(fresh.last_state.adapt_state.step_size) == pytest.approx(adapted)
-    assert int(fresh.last_state.num_score_evals) == int(loaded.num_score_evals) + 5 * 21
+    # per sweep: the partial refresh from sigma_r = 0.3 (its share of the 20 steps) + the final denoise
+    per_sweep = refresh_steps(problem.prior, SourceSamplerConfig(num_steps=20), 0.3)[1] + 1
+    assert per_sweep == 13
+    assert int(fresh.last_state.num_score_evals) == int(loaded.num_score_evals) + 5 * per_sweep
 
 
 @pytest.mark.xfail(

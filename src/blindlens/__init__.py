@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "SourceSamplerConfig": "source_posterior",
     "sample_source_posterior": "source_posterior",
     "fixed_lens_posterior": "source_posterior",
+    "source_refresh": "source_posterior",
     "TwistedSMCConfig": "twisted_smc",
     "twisted_smc": "twisted_smc",
     "sample_source_posterior_smc": "twisted_smc",

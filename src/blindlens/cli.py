@@ -286,6 +286,21 @@ def _run_sample(args):
 # --- joint lens + source sampling (blindlens sample without --fixed-lens) and the demo ----------
 
 
+def _refresh_sigma_arg(text: str):
+    """``--refresh-sigma``: 'auto', 'none' or a positive number."""
+    if text.lower() == "auto":
+        return "auto"
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'none' or a noise level, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"the refresh noise level must be > 0, got {value}")
+    return value
+
+
 def _add_joint_sample_arguments(p) -> None:
     g = p.add_argument_group("joint lens + source inference (without --fixed-lens)")
     g.add_argument("--lens-model", default="sie+shear",
@@ -298,6 +313,9 @@ def _add_joint_sample_arguments(p) -> None:
     g.add_argument("--chain-method", choices=("sequential", "parallel", "vectorized"), default="sequential",
                    help="how chains run: sequential (progress bar), parallel (one device per chain), "
                         "vectorized (jax.vmap, no progress bar)")
+    g.add_argument("--refresh-sigma", default="auto", type=_refresh_sigma_arg,
+                   help="source move per sweep: 'auto' (partial refresh from 3x the median noise sd), a noise "
+                        "level in image units, or 'none' (a full reverse trajectory every sweep)")
     g.add_argument("--warm-start-steps", type=int, default=200,
                    help="reverse-SDE steps of the continuous-time GibbsDDRM draw that starts each chain")
     g.add_argument("--checkpoint-every", type=int, default=100,
@@ -458,7 +476,7 @@ def _run_joint_sample(args):
         lens_model, obs, prior,
         source_config=SourceSamplerConfig(guidance=guidance, num_steps=args.steps, solver=args.solver),
         warm_start=GibbsDDRMConfig(guidance=guidance, num_steps=args.warm_start_steps),
-        source_grid=grid, supersampling=args.supersampling,
+        source_grid=grid, supersampling=args.supersampling, source_refresh_sigma=args.refresh_sigma,
     )
     truth = None
     if args.truth:

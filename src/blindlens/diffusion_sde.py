@@ -94,13 +94,15 @@ class VESDE(eqx.Module):
         return x0 + self.sigma(t) * noise, noise
 
 
-def reverse_time_grid(num_steps: int, t_final: float = 1e-3) -> Float[Array, " num_steps+1"]:
-    """Uniform diffusion times from ``1`` down to ``t_final`` (``num_steps`` intervals)."""
+def reverse_time_grid(num_steps: int, t_final: float = 1e-3, t_start: float = 1.0) -> Float[Array, " num_steps+1"]:
+    """Uniform diffusion times from ``t_start`` (default 1) down to ``t_final`` (``num_steps`` intervals)."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
     if not 0 <= t_final < 1:
         raise ValueError(f"t_final must be in [0, 1), got {t_final}.")
-    return jnp.linspace(1.0, t_final, num_steps + 1)
+    if not t_final < t_start <= 1:
+        raise ValueError(f"t_start must be in (t_final, 1] = ({t_final}, 1], got {t_start}.")
+    return jnp.linspace(t_start, t_final, num_steps + 1)
 
 
 class LinearlyImplicitEulerMaruyama(diffrax.AbstractItoSolver):
@@ -331,8 +333,9 @@ def sample_reverse_diffusion(
     denoise: bool = True,
     x_init: Float[Array, "..."] | None = None,
     stiff_score_fn: ScoreFn | None = None,
+    t_start: float = 1.0,
 ) -> Float[Array, "..."]:
-    """Draw one sample by integrating the reverse VE diffusion from ``t = 1`` to ``t_final``.
+    """Draw one sample by integrating the reverse VE diffusion from ``t_start`` (default 1) to ``t_final``.
 
     Parameters
     ----------
@@ -353,10 +356,15 @@ def sample_reverse_diffusion(
         Finish with Tweedie's denoiser ``x + sigma(t_final)^2 score(x, t_final)``, which removes
         the terminal ``sigma_min`` noise.
     x_init
-        Starting state at ``t = 1``; default a draw from ``N(0, sigma_max^2 I)``.
+        Starting state at ``t_start``; default a draw from ``N(0, sigma_max^2 I)`` (which is the
+        marginal only at ``t_start = 1``).
     stiff_score_fn
         Optional affine part of the score (see :class:`ReverseDiffusion`); the corrector and the
         final denoise use the full score ``score_fn + stiff_score_fn``.
+    t_start
+        First diffusion time: ``< 1`` continues a trajectory from a noised state ``x_init`` (e.g.
+        a partial refresh ``x_t = x_0 + sigma(t) z`` of a previous sample), ``num_steps`` uniform
+        steps down to ``t_final``.
 
     Returns
     -------
@@ -364,7 +372,7 @@ def sample_reverse_diffusion(
     """
     key_init, key_path = jr.split(key)
     x = sde.prior_sample(key_init, shape) if x_init is None else x_init
-    ts = reverse_time_grid(num_steps, t_final)
+    ts = reverse_time_grid(num_steps, t_final, t_start)
     integrator = ReverseDiffusion(sde, score_fn, shape, solver, probability_flow, stiff_score_fn)
 
     def full_score(x, t, args):

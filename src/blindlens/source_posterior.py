@@ -17,6 +17,8 @@ clock ``s = 1 - t``, optional Langevin corrector, final Tweedie denoise).
 
 from __future__ import annotations
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -32,6 +34,8 @@ from .source_prior import AbstractSourcePrior
 __all__ = [
     "SourceSamplerConfig",
     "source_step",
+    "source_refresh",
+    "refresh_steps",
     "sample_source_posterior",
     "FixedLensPosterior",
     "fixed_lens_posterior",
@@ -130,7 +134,9 @@ def _resolved_solver(config: SourceSamplerConfig, prior: AbstractSourcePrior):
     return config.solver
 
 
-def _draw(key: PRNGKeyArray, problem: LikelihoodProblem, config: SourceSamplerConfig) -> SourceImage:
+def _draw(
+    key: PRNGKeyArray, problem: LikelihoodProblem, config: SourceSamplerConfig, x_init=None, t_start=1.0, num_steps=None
+) -> SourceImage:
     prior = problem.prior
     solver = _resolved_solver(config, prior)
     split = is_implicit_solver(solver)
@@ -141,8 +147,10 @@ def _draw(key: PRNGKeyArray, problem: LikelihoodProblem, config: SourceSamplerCo
         prior.shape,
         args=(config.guidance, problem),
         stiff_score_fn=_likelihood_score if split else None,
-        num_steps=config.num_steps,
+        num_steps=config.num_steps if num_steps is None else num_steps,
         t_final=config.t_final,
+        t_start=t_start,
+        x_init=x_init,
         solver=solver,
         probability_flow=config.probability_flow,
         corrector_steps=config.corrector_steps,
@@ -196,6 +204,68 @@ def source_step(
     _check_pixel_scale(prior, operator)
     problem = config.guidance.prepare(prior, operator, data, noise_sigma)
     return _draw(key, problem, config)
+
+
+def refresh_steps(prior: AbstractSourcePrior, config: SourceSamplerConfig, refresh_sigma: float) -> tuple[float, int]:
+    """``(t_start, num_steps)`` of a partial refresh from noise level ``refresh_sigma``.
+
+    ``t_start = sigma^-1(refresh_sigma)``; the steps keep the full trajectory's step length,
+    ``ceil(num_steps (t_start - t_final) / (1 - t_final))`` (at least one).
+    """
+    sde = prior.sde
+    if not sde.sigma_min < refresh_sigma < sde.sigma_max:
+        raise ValueError(
+            f"refresh_sigma must lie inside the prior's noise range ({sde.sigma_min}, {sde.sigma_max}), got "
+            f"{refresh_sigma}."
+        )
+    # plain floats (the SDE's bounds are static), so this also works under jit
+    t_start = math.log(refresh_sigma / sde.sigma_min) / math.log(sde.sigma_max / sde.sigma_min)
+    if t_start <= config.t_final:
+        raise ValueError(
+            f"refresh_sigma {refresh_sigma} is below the sampler's final noise level sigma(t_final); raise it."
+        )
+    frac = (t_start - config.t_final) / (1.0 - config.t_final)
+    return t_start, max(1, int(math.ceil(int(config.num_steps) * frac - 1e-9)))
+
+
+def source_refresh(
+    key: PRNGKeyArray,
+    prior: AbstractSourcePrior,
+    operator: AbstractLinearOperator,
+    data: Image,
+    noise_sigma: Float[Array, "..."] | float,
+    current: SourceImage,
+    refresh_sigma: float,
+    config: SourceSamplerConfig = SourceSamplerConfig(),
+) -> SourceImage:
+    """A Markov move of the source that leaves ``p(s | y, A)`` invariant: partial noising + guided denoising.
+
+    Data augmentation with ``u = s + sigma_r z`` (``z ~ N(0, I)``, ``sigma_r = refresh_sigma``):
+    drawing ``u | s`` and then ``s | u, y`` is a two-block Gibbs sampler of ``p(s, u | y)``,
+    whose ``s``-marginal is the posterior. ``s | u, y`` is the guided reverse diffusion started
+    at ``u`` at the time ``t_r`` with ``sigma(t_r) = sigma_r`` (the reverse process of the noised
+    posterior, conditioned on its state at ``t_r``), so a move costs only the steps below
+    ``t_r`` (:func:`refresh_steps`). With an exact posterior score the move is exact for any
+    ``sigma_r``; with CLA or PiGDM it avoids the high-noise steps where their likelihood-score
+    error is largest (``docs/source_posterior.md``). Small ``sigma_r`` moves the source less per
+    call (the usual Gibbs trade-off): use it inside a Markov chain where the source is refreshed
+    every sweep (:class:`blindlens.gibbs_kernel.BlindLensGibbs`), not for independent draws.
+
+    Parameters
+    ----------
+    current
+        The current source ``s`` (image units).
+    refresh_sigma
+        ``sigma_r``, in image units; must lie in the prior's noise range.
+    key, prior, operator, data, noise_sigma, config
+        As for :func:`source_step` (``config.num_steps`` counts steps of a full trajectory).
+    """
+    _check_pixel_scale(prior, operator)
+    t_start, steps = refresh_steps(prior, config, refresh_sigma)
+    k_noise, k_path = jr.split(key)
+    u, _ = prior.sde.perturb(k_noise, jnp.asarray(current), t_start)
+    problem = config.guidance.prepare(prior, operator, data, noise_sigma)
+    return _draw(k_path, problem, config, x_init=u, t_start=t_start, num_steps=steps)
 
 
 _TRACES = {"sample_batch": 0}
