@@ -50,7 +50,10 @@ class TwistedSMCConfig(eqx.Module):
     ----------
     guidance
         The likelihood score; it must provide ``log_likelihood_and_scores`` (PiGDM, CLA,
-        ExactGaussianLikelihoodScore, a TemperedLikelihoodScore of those).
+        ExactGaussianLikelihoodScore, a TemperedLikelihoodScore of those). The proposal is an
+        explicit Euler-Maruyama step (its density enters the weights), so CLA, which is stiff
+        under explicit steps with lensing (``docs/imex_solver.md``), gives non-finite particles at
+        practical step counts: use PiGDM (the default).
     num_particles
         ``K``, particles per run.
     num_steps
