@@ -187,8 +187,7 @@ def main():
             })
             if particles:
                 res = smc_runs[-1]
-                w = np.exp(np.asarray(res.log_weights))
-                rows[-1]["smc_final_ess"] = float(np.mean(1.0 / np.sum(w**2, axis=1)))
+                rows[-1]["smc_final_ess"] = float(np.mean(res.final_ess))
                 rows[-1]["smc_resamples"] = float(np.mean(np.sum(np.asarray(res.resampled), axis=1)))
                 rows[-1]["smc_min_ess"] = float(np.mean(np.min(np.asarray(res.ess), axis=1)))
             smc_note = (f", SMC final ESS {rows[-1]['smc_final_ess']:.1f}/{particles}, min ESS "

@@ -42,7 +42,7 @@ def mixture_rows(particle_counts, runs, steps):
         in0 = jax.vmap(post.responsibilities)(res.particles)[..., 0] > 0.5
         per_run = np.asarray(jnp.sum(jnp.exp(res.log_weights) * in0, axis=1))
         est, se = per_run.mean(), per_run.std(ddof=1) / np.sqrt(runs)
-        ess = float(jnp.mean(1 / jnp.sum(jnp.exp(2 * res.log_weights), axis=1)))
+        ess = float(jnp.mean(res.final_ess))
         lines.append(f"| {k} | {reweight} | {est:.3f} +- {se:.3f} | {(est - w0) / se:+.1f} | {ess:.1f} | "
                      f"{float(jnp.mean(jnp.sum(res.resampled, axis=1))):.1f} | {time.time() - t0:.0f} |")
         print(lines[-1], flush=True)

@@ -121,7 +121,7 @@ def test_smc_passes_exact_gaussian_test_where_plain_pigdm_fails():
         print(
             f"\nreweight={reweight}: chi2/d {m['chi2_per_dim']:.4f} (expect {m['chi2_expected']:.4f} +- "
             f"{m['chi2_sd']:.4f}), mean offset {m['mean_offset']:.2f} +- {m['mean_offset_sd']:.2f}, "
-            f"final ESS {float(jnp.mean(1 / jnp.sum(jnp.exp(2 * res.log_weights), 1))):.1f} / 32"
+            f"final ESS {float(jnp.mean(res.final_ess)):.1f} / 32"
         )
         results[reweight] = m
     good, plain = results[True], results[False]
@@ -129,3 +129,14 @@ def test_smc_passes_exact_gaussian_test_where_plain_pigdm_fails():
     assert abs(good["mean_offset"] - 1.0) < Z * good["mean_offset_sd"]
     assert abs(plain["mean_offset"] - 1.0) > Z * plain["mean_offset_sd"]
     assert abs(plain["chi2_per_dim"] - plain["chi2_expected"]) > Z * plain["chi2_sd"]
+
+
+def test_final_ess_per_run_for_stacked_results():
+    prior, op, y, sigma = mixture_problem()
+    config = TwistedSMCConfig(num_particles=8, num_steps=20)
+    _, runs = sample_source_posterior_smc(jr.key(1), prior, op, y, sigma, 3, config)
+    w = np.exp(np.asarray(runs.log_weights))
+    np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(runs.final_ess), 1.0 / np.sum(w**2, axis=1), rtol=1e-5)
+    one = twisted_smc(jr.key(1), prior, op, y, sigma, config)
+    assert one.final_ess.shape == () and 1.0 <= float(one.final_ess) <= 8.0

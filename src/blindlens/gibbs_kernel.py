@@ -256,8 +256,9 @@ def auto_refresh_sigma(model: JointModel, prior: AbstractSourcePrior) -> float |
 
     The move must decorrelate the source on the scale of its posterior uncertainty, which is set
     by the noise (each source pixel is seen by several image pixels, so it is measured to better
-    than the noise sd; ``3 sigma_n`` decorrelates all but the prior-dominated modes: median
-    start/refresh correlation 0.03 on the 16x16 exact test). Returns ``None`` (full draws) when
+    than the noise sd). Measured: ``6 sigma_n`` gives a median start/refresh correlation of 0.03
+    over the posterior modes of the 16x16 exact test; ``3 sigma_n`` passes the gold standard
+    (docs/joint_inference.md). Returns ``None`` (full draws) when
     that level lies outside ``(4 sigma_min, sigma_max / 4)`` of the prior's diffusion, where a
     refresh would either barely move the source or cost as much as a full draw.
     """
@@ -748,7 +749,7 @@ class BlindLensGibbs(Gibbs):
         :func:`auto_refresh_sigma`, three times the median noise sd (ignored with a custom
         ``source_sampler``). ``None``: a full reverse trajectory from ``t = 1`` every sweep.
         Measured (docs/joint_inference.md): the gold standard passes with it at 117 instead of
-        168 score evaluations per effective sample; on the study systems a sweep costs 2-4x less
+        150 score evaluations per effective sample; on the study systems a sweep costs 2-4x less
         at the same effective samples per sweep.
     """
 

@@ -115,17 +115,17 @@ class SMCResult(eqx.Module):
         return jnp.exp(self.log_weights)
 
     @property
-    def final_ess(self) -> Float[Array, ""]:
-        """``1 / sum(w^2)`` of the final weights."""
-        return 1.0 / jnp.sum(self.weights**2)
+    def final_ess(self) -> Float[Array, "*runs"]:
+        """``1 / sum(w^2)`` of the final weights (one value per run for stacked results)."""
+        return _ess(self.log_weights)
 
 
 def _normalise(log_w):
-    return log_w - jax.nn.logsumexp(log_w)
+    return log_w - jax.nn.logsumexp(log_w, axis=-1, keepdims=True)
 
 
 def _ess(log_w):
-    return jnp.exp(-jax.nn.logsumexp(2.0 * _normalise(log_w)))
+    return jnp.exp(-jax.nn.logsumexp(2.0 * _normalise(log_w), axis=-1))
 
 
 def systematic_resample(key: PRNGKeyArray, log_weights: Float[Array, " K"]) -> Array:
