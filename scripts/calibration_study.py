@@ -40,10 +40,10 @@ import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 import numpyro.distributions as dist  # noqa: E402
 from numpyro import handlers  # noqa: E402
-from numpyro.infer import MCMC, NUTS  # noqa: E402
+from numpyro.infer import MCMC  # noqa: E402
 
 from blindlens.arviz_conversion import residual_chi2, to_inference_data  # noqa: E402
-from blindlens.gibbs_kernel import BlindLensGibbs, lens_unconstrained  # noqa: E402
+from blindlens.gibbs_kernel import BlindLensGibbs, LensNUTS, lens_unconstrained  # noqa: E402
 from blindlens.image_sets import load_image_set  # noqa: E402
 from blindlens.likelihood_score import CLA, PiGDM  # noqa: E402
 from blindlens.numpyro_model import SIE_SHEAR_SITES, lens_from_values, sie_shear  # noqa: E402
@@ -88,7 +88,8 @@ def run_one(i, name, heldout, prior, args):
         lens_model, obs, prior,
         source_config=SourceSamplerConfig(guidance=GUIDANCE[name](), num_steps=args.steps),
         warm_start=None, supersampling=2, source_refresh_sigma=args.refresh_sigma,
-        lens_kernel=lambda model: NUTS(model, target_accept_prob=0.8, max_tree_depth=args.tree_depth),
+        lens_kernel=lambda model: LensNUTS(model, target_accept_prob=0.8, max_tree_depth=args.tree_depth,
+                                           curvature_metric=args.lens_metric == "curvature"),
     )
     init = {**lens_unconstrained(lens_model, {n: jnp.asarray(v) for n, v in truth.items()}), "source": jnp.asarray(source)}
     mcmc = MCMC(kernel, num_warmup=args.warmup, num_samples=args.draws, num_chains=1, progress_bar=False)
@@ -114,7 +115,7 @@ def run_one(i, name, heldout, prior, args):
         "system": i, "guidance": name, "truth": truth, "draws": draws, "rhat": rhat, "ess": ess,
         "chi2": chi2.tolist(), "num_pixels": int(obs.image.size), "seconds": seconds,
         "score_evals": float(evals[-1]), "divergences": int(np.sum(mcmc.get_extra_fields()["diverging"])),
-        "settings": {k: getattr(args, k) for k in ("steps", "warmup", "draws", "tree_depth", "snr", "refresh_sigma")},
+        "settings": {k: getattr(args, k) for k in ("steps", "warmup", "draws", "tree_depth", "snr", "refresh_sigma", "lens_metric")},
     }
 
 
@@ -178,6 +179,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--draws", type=int, default=40)
     parser.add_argument("--tree-depth", type=int, default=6)
+    parser.add_argument("--lens-metric", choices=("curvature", "identity"), default="curvature",
+                        help="NUTS metric of the lens block: LensNUTS's curvature metric (default) or the identity")
     parser.add_argument("--refresh-sigma", type=float, default=None,
                         help="partial source refresh from this noise level each sweep (default: full draws)")
     parser.add_argument("--snr", type=float, default=20.0)

@@ -66,6 +66,7 @@ _EXPORTS: dict[str, str] = {
     "epl_shear_multipole": "numpyro_model",
     "joint_model": "numpyro_model",
     "BlindLensGibbs": "gibbs_kernel",
+    "LensNUTS": "gibbs_kernel",
     "EvidenceSearchConfig": "lens_initialization",
     "search_lens_by_evidence": "lens_initialization",
     "tarp_coverage": "validation",
