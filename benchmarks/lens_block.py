@@ -61,7 +61,8 @@ def run(name, obs, truth, source, prior, args):
     rows = {}
     for n in SIE_SHEAR_SITES:
         v = np.asarray(post[n])
-        rows[n] = (v.std(), np.std(np.diff(v)), float(az.ess(v.reshape(1, -1))))
+        moved = np.any(np.diff(v) != 0)  # a chain that never moves has no effective samples (ArviZ says n)
+        rows[n] = (v.std(), np.std(np.diff(v)), float(az.ess(v.reshape(1, -1))) if moved else 0.0)
     return seconds, float(np.mean(extra["num_steps"])), float(np.asarray(extra["adapt_state.step_size"])[-1]), rows
 
 

@@ -159,8 +159,9 @@ def report(path: Path, out: Path, tag: str):
             f"* residual chi^2/N per draw: mean {chi2.mean():.3f}, sd {chi2.std():.3f} (chi^2_N/N: 1 +- "
             f"{np.sqrt(2 / rs[0]['num_pixels']):.3f})",
             f"* convergence: max R-hat median {np.median(rhat_max):.2f}, min bulk ESS median {np.median(ess_min):.1f}",
-            f"* cost: {np.median(evals / np.maximum(ess_min, 1e-9)):.0f} network evaluations per effective sample "
-            f"(median over systems, min-ESS parameter); {np.median(secs / np.maximum(ess_min, 1e-9)):.0f} s per "
+            f"* cost: {np.median(evals / np.maximum(ess_min, 1e-9)):.0f} prior-score evaluations per effective sample "
+            f"(warm-up included; median over systems, min-ESS parameter; PiGDM adds a VJP to each, i.e. twice as "
+            f"many network passes); {np.median(secs / np.maximum(ess_min, 1e-9)):.0f} s per "
             f"effective sample on this CPU; {np.median(secs):.0f} s per run",
             "",
         ]
