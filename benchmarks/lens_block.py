@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from calibration_study import lens_model, simulate  # noqa: E402
 
 from blindlens.gibbs_kernel import BlindLensGibbs, LensNUTS, lens_unconstrained  # noqa: E402
-from blindlens.image_sets import load_image_set  # noqa: E402
+from blindlens.image_sets import bin_images, load_image_set  # noqa: E402
 from blindlens.likelihood_score import PiGDM  # noqa: E402
 from blindlens.numpyro_model import SIE_SHEAR_SITES  # noqa: E402
 from blindlens.score_prior import ScorePrior  # noqa: E402
@@ -77,7 +77,7 @@ def main():
     prior = ScorePrior.default()
     heldout = load_image_set(args.heldout)
     b = heldout.shape[1] // prior.shape[0]  # binned to the prior's grid, as in the calibration study
-    heldout = heldout[: args.system + 1].reshape(-1, prior.shape[0], b, prior.shape[1], b).mean(axis=(2, 4))
+    heldout = bin_images(heldout[: args.system + 1], b)
     truth, source, obs = simulate(args.system, heldout, prior, 20.0)
     results = {name: run(name, obs, truth, source, prior, args) for name in BLOCKS}
     print(f"system {args.system}, {args.warmup} + {args.draws} sweeps, tree depth <= {args.tree_depth}")

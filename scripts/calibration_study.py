@@ -44,7 +44,7 @@ from numpyro.infer import MCMC  # noqa: E402
 
 from blindlens.arviz_conversion import residual_chi2, to_inference_data  # noqa: E402
 from blindlens.gibbs_kernel import BlindLensGibbs, LensNUTS, lens_unconstrained  # noqa: E402
-from blindlens.image_sets import load_image_set  # noqa: E402
+from blindlens.image_sets import bin_images, load_image_set  # noqa: E402
 from blindlens.likelihood_score import CLA, PiGDM  # noqa: E402
 from blindlens.numpyro_model import SIE_SHEAR_SITES, lens_from_values, sie_shear  # noqa: E402
 from blindlens.score_prior import ScorePrior  # noqa: E402
@@ -198,7 +198,7 @@ def main():
     prior = ScorePrior.default()
     heldout = load_image_set(args.heldout)
     b = heldout.shape[1] // prior.shape[0]
-    heldout = heldout.reshape(len(heldout), prior.shape[0], b, prior.shape[1], b).mean(axis=(2, 4))
+    heldout = bin_images(heldout, b)
     done = set()
     if path.exists():
         done = {(r["system"], r["guidance"]) for r in map(json.loads, path.read_text().splitlines()) if r}

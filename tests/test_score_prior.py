@@ -182,3 +182,16 @@ def test_procedural_galaxies_are_deterministic_and_chunkable():
     lo, hi = GalaxyRecipe.peak_range
     assert np.all((peaks >= lo * 0.999) & (peaks <= hi * 1.001))
     assert np.all(whole >= -1e-6)
+
+
+def test_bin_images_averages_blocks_exactly_and_rejects_bad_factors():
+    from blindlens.image_sets import bin_images
+
+    images = np.arange(2 * 4 * 6, dtype=float).reshape(2, 4, 6)
+    binned = bin_images(images, 2)
+    assert binned.shape == (2, 2, 3)
+    assert binned[1, 1, 2] == np.mean(images[1, 2:4, 4:6])  # one block by hand
+    assert np.sum(binned) * 4 == np.sum(images)  # flux per area conserved
+    np.testing.assert_array_equal(bin_images(images[0], 1), images[0])
+    with pytest.raises(ValueError, match="divide both sides"):
+        bin_images(images, 4)

@@ -548,6 +548,7 @@ def _demo(out_dir, prior, *, chains=2, warmup=60, draws=60, steps=40, seed=0, im
 
     from .arviz_conversion import to_inference_data
     from .gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig, LensNUTS
+    from .image_sets import bin_images
     from .lens_config import load_lens_config
     from .likelihood_score import PiGDM
     from .numpyro_model import lens_site_names, sie_shear
@@ -570,7 +571,7 @@ def _demo(out_dir, prior, *, chains=2, warmup=60, draws=60, steps=40, seed=0, im
                     f"the bundled source ({source.shape} at {source_pixel_scale}\"/pixel) cannot be binned to the "
                     f"prior's {prior.pixel_scale}\"/pixel grid; use --source-resolution native."
                 )
-            source = source.reshape(source.shape[0] // b, b, source.shape[1] // b, b).mean(axis=(1, 3))
+            source = bin_images(source, b)
             source_pixel_scale *= b
         elif source_resolution != "native":
             raise ValueError(f"source_resolution must be 'prior' or 'native', got {source_resolution!r}.")

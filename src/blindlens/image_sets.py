@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_image_set"]
+__all__ = ["load_image_set", "bin_images"]
 
 
 def _check(images: np.ndarray, source: str) -> np.ndarray:
@@ -68,3 +68,17 @@ def load_image_set(path: str | Path) -> np.ndarray:
     raise ValueError(
         f"{path}: unsupported image-set format {suffix!r}; use .npy, .npz, .fits or .h5 of shape (N, H, W)."
     )
+
+
+def bin_images(images: np.ndarray, factor: int) -> np.ndarray:
+    """Average ``factor x factor`` pixel blocks of ``(..., H, W)`` images (surface brightness kept).
+
+    Used to put galaxies sampled finer than a prior's grid onto it (e.g. 0.05"/pixel stamps on a
+    0.1"/pixel prior: ``factor = 2``). ``H`` and ``W`` must be multiples of ``factor``.
+    """
+    images = np.asarray(images)
+    factor = int(factor)
+    h, w = images.shape[-2:]
+    if factor < 1 or h % factor or w % factor:
+        raise ValueError(f"cannot bin {h}x{w} images by {factor}: the factor must be >= 1 and divide both sides.")
+    return images.reshape(*images.shape[:-2], h // factor, factor, w // factor, factor).mean(axis=(-3, -1))
