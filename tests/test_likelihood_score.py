@@ -13,7 +13,6 @@ from blindlens.diffusion_sde import VESDE
 from blindlens.gaussian_prior import (
     GaussianMixtureSourcePrior,
     GaussianSourcePrior,
-    operator_matrix,
     squared_exponential_covariance,
 )
 from blindlens.likelihood_score import (
