@@ -15,7 +15,7 @@ docs/joint_inference.md.)
 Per system and guidance it records the lens draws, split R-hat and bulk ESS per parameter,
 per-draw residual chi^2/N, network evaluations and wall time, appending one JSON line per run to
 ``<out>/<tag>.jsonl`` (a rerun skips finished runs: resumable). ``--report`` then writes
-``<out>/<tag>_tables.md`` and a figure: per-parameter bias in posterior sd (mean z), coverage of
+``<out>/<tag>_tables.md`` and ``<out>/<tag>_coverage.png``: per-parameter bias in posterior sd (mean z), coverage of
 the 68/95% intervals against binomial bands, TARP on the lens parameters, chi^2/N, and cost per
 effective sample (network evaluations / min bulk ESS).
 
@@ -59,6 +59,10 @@ from blindlens.source_posterior import SourceSamplerConfig  # noqa: E402
 from blindlens.validation import tarp_coverage  # noqa: E402
 
 GUIDANCE = {"pigdm": PiGDM, "cla": CLA}
+NETWORK_PASSES = {  # network passes per prior-score evaluation, by guidance
+    "pigdm": "PiGDM adds a VJP to each, i.e. twice as many network passes",
+    "cla": "CLA adds no network pass: its implicit IMEX step costs lensing-operator products only",
+}
 STUDY_PRIORS = {
     "theta_E": dist.Uniform(0.8, 1.4),
     "e1": dist.TruncatedNormal(0.0, 0.1, low=-0.3, high=0.3),
@@ -163,9 +167,70 @@ def run_continuous_time(i, name, heldout, prior, args):
     }
 
 
+def plot_coverage(curves, path: Path):
+    """Per guidance: empirical coverage of central credible intervals for each lens parameter
+    against the nominal level (binomial 95% band for n systems), and the TARP expected coverage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(curves), 2, figsize=(9, 4.2 * len(curves)), squeeze=False)
+    for row, (name, (levels, cover, alpha, ecp, n)) in zip(axes, curves.items()):
+        band = 1.96 * np.sqrt(levels * (1 - levels) / n)
+        row[0].fill_between(levels, np.clip(levels - band, 0, 1), np.clip(levels + band, 0, 1), color="0.85", label=f"binomial 95% (n={n})")
+        for j, p in enumerate(SIE_SHEAR_SITES):
+            row[0].plot(levels, cover[:, j], lw=1.2, label=p)
+        row[0].plot([0, 1], [0, 1], "k--", lw=0.8)
+        row[0].set(xlabel="credible level of the central interval", ylabel="fraction of truths inside",
+                   title=f"{name}: interval coverage")
+        row[0].legend(fontsize=7, loc="upper left")
+        band = 1.96 * np.sqrt(alpha * (1 - alpha) / n)
+        row[1].fill_between(alpha, np.clip(alpha - band, 0, 1), np.clip(alpha + band, 0, 1), color="0.85")
+        row[1].plot(alpha, ecp, "C3", lw=1.5)
+        row[1].plot([0, 1], [0, 1], "k--", lw=0.8)
+        row[1].set(xlabel="credibility level", ylabel="expected coverage", title=f"{name}: TARP (7 lens parameters)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def paired_comparison(rows) -> list[str]:
+    """One line per guidance over the systems that every guidance ran (a paired comparison)."""
+    names = sorted({r["guidance"] for r in rows})
+    common = set.intersection(*({r["system"] for r in rows if r["guidance"] == g} for g in names))
+    if len(names) < 2 or not common:
+        return []
+    n, d = len(common), len(SIE_SHEAR_SITES)
+    lines = [
+        f"## Paired comparison on the {n} systems run with every guidance", "",
+        f"| guidance | sd of z (all {d} parameters) | 68% coverage (0.68 +- {np.sqrt(0.68 * 0.32 / (n * d)):.2f}) "
+        f"| 95% coverage (0.95 +- {np.sqrt(0.95 * 0.05 / (n * d)):.2f}) | residual chi^2/N | median min bulk ESS "
+        "| score evals / ESS (median) | s / run (median) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for g in names:
+        rs = sorted((r for r in rows if r["guidance"] == g and r["system"] in common), key=lambda r: r["system"])
+        draws = np.array([[r["draws"][p] for p in SIE_SHEAR_SITES] for r in rs])
+        truth = np.array([[r["truth"][p] for p in SIE_SHEAR_SITES] for r in rs])
+        z = (draws.mean(-1) - truth) / draws.std(-1, ddof=1)
+        lo68, hi68 = np.percentile(draws, [16, 84], axis=-1)
+        lo95, hi95 = np.percentile(draws, [2.5, 97.5], axis=-1)
+        ess_min = np.array([min(r["ess"].values()) for r in rs])
+        evals = np.array([r["score_evals"] for r in rs])
+        lines.append(
+            f"| {g} | {z.std(ddof=1):.2f} | {np.mean((truth >= lo68) & (truth <= hi68)):.2f} "
+            f"| {np.mean((truth >= lo95) & (truth <= hi95)):.2f} | {np.mean(np.concatenate([r['chi2'] for r in rs])):.3f} "
+            f"| {np.median(ess_min):.1f} | {np.median(evals / np.maximum(ess_min, 1e-9)):.0f} "
+            f"| {np.median([r['seconds'] for r in rs]):.0f} |"
+        )
+    return lines + ["", "(Coverage bands treat the n x 7 intervals as independent, which they are not quite.)", ""]
+
+
 def report(path: Path, out: Path, tag: str):
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     lines = [f"# Calibration study: {len(rows)} runs from `{path.name}`", ""]
+    curves = {}
     for name in sorted({r["guidance"] for r in rows}):
         rs = sorted((r for r in rows if r["guidance"] == name), key=lambda r: r["system"])
         n = len(rs)
@@ -181,7 +246,10 @@ def report(path: Path, out: Path, tag: str):
         lo, hi = truth.min(0), truth.max(0)
         refs = lo + (hi - lo) * rng.uniform(size=truth.shape)
         scale = truth.std(0)
-        _, _, atc = tarp_coverage(np.transpose(draws, (0, 2, 1)) / scale, truth / scale, refs / scale)
+        alpha, ecp, atc = tarp_coverage(np.transpose(draws, (0, 2, 1)) / scale, truth / scale, refs / scale)
+        levels = np.linspace(0.0, 1.0, 21)
+        lo, hi = np.percentile(draws, 50 * (1 - levels), axis=-1), np.percentile(draws, 50 * (1 + levels), axis=-1)
+        curves[name] = (levels, np.mean((truth >= lo) & (truth <= hi), axis=1), alpha, ecp, n)
         ess_min = np.array([min(r["ess"].values()) for r in rs])
         rhat_max = np.array([max(r["rhat"].values()) for r in rs])
         chi2 = np.concatenate([r["chi2"] for r in rs])
@@ -204,12 +272,14 @@ def report(path: Path, out: Path, tag: str):
             f"{np.sqrt(2 / rs[0]['num_pixels']):.3f})",
             f"* convergence: max R-hat median {np.median(rhat_max):.2f}, min bulk ESS median {np.median(ess_min):.1f}",
             f"* cost: {np.median(evals / np.maximum(ess_min, 1e-9)):.0f} prior-score evaluations per effective sample "
-            f"(warm-up included; median over systems, min-ESS parameter; PiGDM adds a VJP to each, i.e. twice as "
-            f"many network passes); {np.median(secs / np.maximum(ess_min, 1e-9)):.0f} s per "
+            f"(warm-up included; median over systems, min-ESS parameter; {NETWORK_PASSES.get(name.split()[-1], '')}); {np.median(secs / np.maximum(ess_min, 1e-9)):.0f} s per "
             f"effective sample on this CPU; {np.median(secs):.0f} s per run",
             "",
         ]
+    lines += paired_comparison(rows)
     out.mkdir(parents=True, exist_ok=True)
+    plot_coverage(curves, out / f"{tag}_coverage.png")
+    lines += [f"Figure: `{tag}_coverage.png` (coverage of central intervals per parameter, and TARP).", ""]
     (out / f"{tag}_tables.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
