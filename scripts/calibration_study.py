@@ -50,6 +50,7 @@ from blindlens.gibbs_kernel import (  # noqa: E402
     lens_unconstrained,
     sample_gibbsddrm,
 )
+from blindlens.diffusion_sde import sample_reverse_diffusion  # noqa: E402
 from blindlens.image_sets import bin_images, load_image_set  # noqa: E402
 from blindlens.likelihood_score import CLA, PiGDM  # noqa: E402
 from blindlens.numpyro_model import SIE_SHEAR_SITES, lens_from_values, sie_shear  # noqa: E402
@@ -80,9 +81,16 @@ def draw_truth(key):
     return {n: float(trace[n]["value"]) for n in SIE_SHEAR_SITES}
 
 
-def simulate(i, heldout, prior, snr):
+def prior_source(i, prior):
+    """A source drawn from the learned prior itself (500-step reverse SDE, Tweedie-denoised)."""
+    draw = sample_reverse_diffusion(jr.key(30_000 + i), prior.sde, lambda x, t, args: prior.score(x, t), prior.shape,
+                                    num_steps=500)
+    return np.asarray(draw, np.float32)
+
+
+def simulate(i, heldout, prior, snr, source_kind="heldout"):
     truth = draw_truth(jr.key(10_000 + i))
-    source = heldout[i].astype(np.float32)
+    source = heldout[i].astype(np.float32) if source_kind == "heldout" else prior_source(i, prior)
     noise = float(source.max() / snr)
     obs, _ = simulate_observation(
         lens_from_values(lens_model, truth), source, float(prior.pixel_scale), key=jr.key(20_000 + i),
@@ -93,7 +101,7 @@ def simulate(i, heldout, prior, snr):
 
 def run_one(i, name, heldout, prior, args):
     t_start = time.time()
-    truth, source, obs = simulate(i, heldout, prior, args.snr)
+    truth, source, obs = simulate(i, heldout, prior, args.snr, args.source)
     kernel = BlindLensGibbs(
         lens_model, obs, prior,
         source_config=SourceSamplerConfig(guidance=GUIDANCE[name](), num_steps=args.steps),
@@ -125,14 +133,14 @@ def run_one(i, name, heldout, prior, args):
         "system": i, "guidance": name, "truth": truth, "draws": draws, "rhat": rhat, "ess": ess,
         "chi2": chi2.tolist(), "num_pixels": int(obs.image.size), "seconds": seconds,
         "score_evals": float(evals[-1]), "divergences": int(np.sum(mcmc.get_extra_fields()["diverging"])),
-        "settings": {k: getattr(args, k) for k in ("steps", "warmup", "draws", "tree_depth", "snr", "refresh_sigma", "lens_metric")},
+        "settings": {k: getattr(args, k) for k in ("steps", "warmup", "draws", "tree_depth", "snr", "refresh_sigma", "lens_metric", "source")},
     }
 
 
 def run_continuous_time(i, name, heldout, prior, args):
     """``args.draws`` independent continuous-time GibbsDDRM trajectories (each from its own prior
     draw of the lens: a cold start, as the sampler is meant to be used); one joint draw each."""
-    truth, source, obs = simulate(i, heldout, prior, args.snr)
+    truth, source, obs = simulate(i, heldout, prior, args.snr, args.source)
     jm = BlindLensGibbs(lens_model, obs, prior, warm_start=None, supersampling=2).joint_model
     config = GibbsDDRMConfig(guidance=GUIDANCE[name](), num_steps=args.steps)
     n_pix = int(np.sum(np.asarray(jm.mask)))
@@ -163,7 +171,7 @@ def run_continuous_time(i, name, heldout, prior, args):
         "chi2": np.asarray(chi2).tolist(), "num_pixels": n_pix, "seconds": seconds,
         "score_evals": float(config.num_score_evals * args.draws), "divergences": 0,
         "mala_accept": float(np.mean(accept)),
-        "settings": {"sampler": "continuous-time", **{k: getattr(args, k) for k in ("steps", "draws", "snr")}},
+        "settings": {"sampler": "continuous-time", **{k: getattr(args, k) for k in ("steps", "draws", "snr", "source")}},
     }
 
 
@@ -302,6 +310,9 @@ def main():
     parser.add_argument("--refresh-sigma", type=float, default=None,
                         help="partial source refresh from this noise level each sweep (default: full draws)")
     parser.add_argument("--snr", type=float, default=20.0)
+    parser.add_argument("--source", choices=("heldout", "prior"), default="heldout",
+                        help="held-out galaxies, or sources drawn from the learned prior itself (then the "
+                             "source prior is exactly right, isolating the sampler's own error)")
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--tag", default="calibration")
     parser.add_argument("--max-minutes", type=float, default=None, help="start no new run after this")
