@@ -203,6 +203,16 @@ def plot_coverage(curves, path: Path):
     plt.close(fig)
 
 
+def stacked(rs):
+    """Draws ``(runs, params, draws)``, truths ``(runs, params)``, z-scores of the truth in posterior
+    sd, and whether each truth lies inside its central 68% and 95% intervals."""
+    draws = np.array([[r["draws"][p] for p in SIE_SHEAR_SITES] for r in rs])
+    truth = np.array([[r["truth"][p] for p in SIE_SHEAR_SITES] for r in rs])
+    z = (draws.mean(-1) - truth) / draws.std(-1, ddof=1)
+    lo68, hi68, lo95, hi95 = np.percentile(draws, [16, 84, 2.5, 97.5], axis=-1)
+    return draws, truth, z, (truth >= lo68) & (truth <= hi68), (truth >= lo95) & (truth <= hi95)
+
+
 def paired_comparison(rows) -> list[str]:
     """One line per guidance over the systems that every guidance ran (a paired comparison)."""
     names = sorted({r["guidance"] for r in rows})
@@ -219,16 +229,11 @@ def paired_comparison(rows) -> list[str]:
     ]
     for g in names:
         rs = sorted((r for r in rows if r["guidance"] == g and r["system"] in common), key=lambda r: r["system"])
-        draws = np.array([[r["draws"][p] for p in SIE_SHEAR_SITES] for r in rs])
-        truth = np.array([[r["truth"][p] for p in SIE_SHEAR_SITES] for r in rs])
-        z = (draws.mean(-1) - truth) / draws.std(-1, ddof=1)
-        lo68, hi68 = np.percentile(draws, [16, 84], axis=-1)
-        lo95, hi95 = np.percentile(draws, [2.5, 97.5], axis=-1)
+        _, _, z, in68, in95 = stacked(rs)
         ess_min = np.array([min(r["ess"].values()) for r in rs])
         evals = np.array([r["score_evals"] for r in rs])
         lines.append(
-            f"| {g} | {z.std(ddof=1):.2f} | {np.mean((truth >= lo68) & (truth <= hi68)):.2f} "
-            f"| {np.mean((truth >= lo95) & (truth <= hi95)):.2f} | {np.mean(np.concatenate([r['chi2'] for r in rs])):.3f} "
+            f"| {g} | {z.std(ddof=1):.2f} | {np.mean(in68):.2f} | {np.mean(in95):.2f} | {np.mean(np.concatenate([r['chi2'] for r in rs])):.3f} "
             f"| {np.median(ess_min):.1f} | {np.median(evals / np.maximum(ess_min, 1e-9)):.0f} "
             f"| {np.median([r['seconds'] for r in rs]):.0f} |"
         )
@@ -242,14 +247,8 @@ def report(path: Path, out: Path, tag: str):
     for name in sorted({r["guidance"] for r in rows}):
         rs = sorted((r for r in rows if r["guidance"] == name), key=lambda r: r["system"])
         n = len(rs)
-        draws = np.array([[r["draws"][p] for p in SIE_SHEAR_SITES] for r in rs])  # (n, d, draws)
-        truth = np.array([[r["truth"][p] for p in SIE_SHEAR_SITES] for r in rs])
-        mean, sd = draws.mean(-1), draws.std(-1, ddof=1)
-        z = (mean - truth) / sd
-        lo68, hi68 = np.percentile(draws, [16, 84], axis=-1)
-        lo95, hi95 = np.percentile(draws, [2.5, 97.5], axis=-1)
-        c68 = np.mean((truth >= lo68) & (truth <= hi68), 0)
-        c95 = np.mean((truth >= lo95) & (truth <= hi95), 0)
+        draws, truth, z, in68, in95 = stacked(rs)
+        c68, c95 = in68.mean(0), in95.mean(0)
         rng = np.random.default_rng(0)
         lo, hi = truth.min(0), truth.max(0)
         refs = lo + (hi - lo) * rng.uniform(size=truth.shape)

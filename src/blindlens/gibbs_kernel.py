@@ -135,8 +135,15 @@ class _LensSpace:
         tree = self._unravel(u)
         return {n: self.transforms[n](tree[n]) for n in self.names}
 
+    def complete(self, values: Mapping[str, Array]) -> dict:
+        """``values`` as arrays, one per lens site; a missing site is refused by name."""
+        missing = [n for n in self.names if n not in values]
+        if missing:
+            raise ValueError(f"init_lens lacks the lens sites {missing}; give a value for every site.")
+        return {n: jnp.asarray(values[n]) for n in self.names}
+
     def unconstrain(self, values: Mapping[str, Array]) -> Float[Array, " d"]:
-        tree = {n: jnp.asarray(self.transforms[n].inv(jnp.asarray(values[n]))) for n in self.names}
+        tree = {n: jnp.asarray(self.transforms[n].inv(v)) for n, v in self.complete(values).items()}
         return ravel_pytree(tree)[0]
 
     def log_prior_and_lens(self, u):
@@ -1035,10 +1042,7 @@ class BlindLensGibbs(Gibbs):
             draws = jax.lax.map(lambda k: sample_gibbsddrm(k, jm, self.prior, config), keys)
         else:
             space = _LensSpace(jm.lens_model)
-            missing = [n for n in space.names if n not in init_lens]
-            if missing:
-                raise ValueError(f"init_lens lacks the lens sites {missing}; give a value for every site.")
-            given = {n: jnp.asarray(init_lens[n]) for n in space.names}
+            given = space.complete(init_lens)
             starts = jax.vmap(lambda k: space.prior_draw(jr.fold_in(k, 1)))(keys)
             starts = {n: starts[n].at[0].set(given[n].astype(starts[n].dtype)) for n in space.names}
             draws = jax.lax.map(lambda a: sample_gibbsddrm(a[0], jm, self.prior, config, a[1]), (keys, starts))
