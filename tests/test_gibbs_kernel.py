@@ -385,3 +385,70 @@ def test_low_rank_exact_guidance_equals_the_library_exact_score(gold):
         a = fast.posterior_score(x, t, p_fast)
         b = ref.posterior_score(x, t, p_ref)
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-2, atol=1e-2 * float(jnp.abs(b).max()))
+
+
+def _tiny_kernel(**kwargs):
+    """The 8x8-source problem with theta_E free and a 5-step exact source step (fast to compile)."""
+    problem = Problem(source_shape=(8, 8), image_shape=(10, 10), rank=20, free=("theta_E",))
+    exact = LowRankExactGuidance(basis=problem.basis)
+    kernel = BlindLensGibbs(
+        problem.lens_model, problem.observation, problem.prior,
+        source_config=SourceSamplerConfig(guidance=exact, num_steps=5),
+        warm_start=GibbsDDRMConfig(guidance=exact, num_steps=5), source_grid=problem.source_grid,
+        warm_start_tries=1, **kwargs,
+    )
+    return problem, kernel
+
+
+def test_numpyro_init_strategy_and_nuts_settings_are_accepted_and_used():
+    """``init_strategy=init_to_value(...)`` starts the chain at those values (it was rejected), an init
+    strategy given through ``lens_kernel`` is used (it was silently ignored), and ``target_accept_prob``,
+    ``max_tree_depth`` and ``dense_mass`` reach the lens NUTS block."""
+    from numpyro.infer import init_to_value
+
+    source = np.zeros((8, 8), np.float32)  # given too, so init skips the source draw
+    problem, kernel = _tiny_kernel(
+        init_strategy=init_to_value(values={"theta_E": 0.77, "source": source}),
+        target_accept_prob=0.7, max_tree_depth=3, dense_mass=False,
+    )
+    nuts = kernel.blocks[1][0]
+    assert isinstance(nuts, LensNUTS)
+    assert nuts._target_accept_prob == 0.7 and nuts._max_tree_depth == 3 and not nuts._dense_mass
+    state = kernel.init(jr.key(0), 5, None, (), {})
+    theta = float(jax.nn.sigmoid(state.z["theta_E"]) * 0.7 + 0.5)  # Uniform(0.5, 1.2) support
+    assert theta == pytest.approx(0.77, rel=1e-5)
+    np.testing.assert_array_equal(np.asarray(state.z["source"]), source)
+    assert state.adapt_state.inverse_mass_matrix[("theta_E",)].shape == (1,)  # dense_mass=False: diagonal
+    # through lens_kernel: the block's init strategy is the chain's start
+    _, via_block = _tiny_kernel(
+        lens_kernel=lambda m: LensNUTS(m, init_strategy=init_to_value(values={"theta_E": 0.9, "source": source}))
+    )
+    state = via_block.init(jr.key(0), 5, None, (), {})
+    assert float(jax.nn.sigmoid(state.z["theta_E"]) * 0.7 + 0.5) == pytest.approx(0.9, rel=1e-5)
+    assert via_block.blocks[1][0]._max_tree_depth == 10  # NumPyro's default: the user's kernel is kept as given
+    with pytest.raises(ValueError, match="with lens_kernel"):
+        _tiny_kernel(lens_kernel=lambda m: LensNUTS(m), max_tree_depth=4)
+    with pytest.raises(ValueError, match="lens_search"):
+        from blindlens.lens_initialization import EvidenceSearchConfig
+
+        _tiny_kernel(init_strategy=init_to_value(values={"theta_E": 0.8}), lens_search=EvidenceSearchConfig())
+
+
+def test_mcmc_pickles_and_print_summary_lists_only_lens_parameters(capsys):
+    """``pickle.dumps(mcmc)`` failed on local closures; ``print_summary`` printed a row per source pixel."""
+    problem, kernel = _tiny_kernel()
+    mcmc = MCMC(kernel, num_warmup=2, num_samples=4, progress_bar=False)
+    mcmc.run(jr.key(0))
+    samples = mcmc.get_samples()
+    assert set(samples) == {"theta_E", "source"} and samples["source"].shape == (4, 8, 8)
+    assert "z" not in mcmc.get_extra_fields() and "diverging" in mcmc.get_extra_fields()
+    mcmc.print_summary()
+    out = capsys.readouterr().out
+    assert "theta_E" in out and "source" not in out
+    mcmc.print_summary(exclude_deterministic=False)  # the documented way to see the source pixels too
+    assert "source[0,0]" in capsys.readouterr().out
+    restored = pickle.loads(pickle.dumps(mcmc))
+    np.testing.assert_array_equal(np.asarray(restored.get_samples()["theta_E"]), np.asarray(samples["theta_E"]))
+    restored.post_warmup_state = restored.last_state  # and it continues sampling
+    restored.run(jr.key(1))
+    assert restored.get_samples()["source"].shape == (4, 8, 8)

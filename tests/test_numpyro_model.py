@@ -139,3 +139,27 @@ def test_joint_model_is_differentiable_in_the_lens():
     eps = 1e-3
     fd = (f(0.9 + eps) - f(0.9 - eps)) / (2 * eps)
     np.testing.assert_allclose(float(g), float(fd), rtol=2e-2)
+
+
+def test_joint_model_pickles_and_lens_init_values_follow_numpyro_init_strategies():
+    """The default operator factory is a module-level callable (a closure made every kernel and
+    MCMC holding the model unpicklable); init strategies give the lens's starting values."""
+    import pickle
+
+    from numpyro.infer import init_to_median, init_to_uniform, init_to_value
+
+    from blindlens.numpyro_model import is_default_init_strategy, lens_init_values
+
+    model = joint_model(_sis_model, _obs(), SRC)
+    copy = pickle.loads(pickle.dumps(model))
+    source = jr.normal(jr.key(2), SRC.shape)
+    lens = SIS(theta_E=0.9)
+    np.testing.assert_allclose(copy.operator(lens)(source), model.operator(lens)(source), rtol=1e-6)
+    values = lens_init_values(sie_shear, init_to_value(values={"theta_E": 1.3, "e1": 0.05}))
+    assert set(values) == set(SIE_SHEAR_SITES)
+    assert float(values["theta_E"]) == pytest.approx(1.3) and float(values["e1"]) == pytest.approx(0.05)
+    assert -0.6 < float(values["e2"]) < 0.6  # unnamed sites fall back to init_to_uniform, inside the support
+    median = lens_init_values(sie_shear, init_to_median(num_samples=200))
+    assert float(median["theta_E"]) == pytest.approx(1.65, abs=0.15)  # the median of U(0.3, 3)
+    assert is_default_init_strategy(init_to_uniform) and is_default_init_strategy(init_to_uniform(radius=2))
+    assert not is_default_init_strategy(init_to_median) and not is_default_init_strategy(init_to_uniform(radius=1))

@@ -73,6 +73,9 @@ _EXPORTS: dict[str, str] = {
     "GibbsDDRMConfig": "gibbs_kernel",
     "sample_gibbsddrm": "gibbs_kernel",
     "to_inference_data": "arviz_conversion",
+    "check_run": "run_diagnostics",
+    "RunReport": "run_diagnostics",
+    "BlindLensRunWarning": "run_diagnostics",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

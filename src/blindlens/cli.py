@@ -229,6 +229,9 @@ def _add_sample(sub):
     p.add_argument("--batch-size", type=int, default=None, help="samples per compiled batch (bounds memory)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed")
     p.add_argument("--plot", default=None, help="summary PNG (default: <out stem>.png)")
+    p.add_argument("--strict", action="store_true",
+                   help=f"exit with status {STRICT_EXIT} when a run diagnostic fails (R-hat, ESS, divergences, "
+                        "chi^2/N, a chain in a worse mode, non-finite values); they are printed either way")
     p.set_defaults(run=_run_sample)
 
 
@@ -266,10 +269,14 @@ def _run_sample(args):
     op = fixed_lens_operator(obs, lens, prior, source_center=tuple(args.source_center), supersampling=args.supersampling)
     guidance = {"pigdm": PiGDM, "calibrated": CalibratedTweedie, "cla": CLA}[args.guidance]()
     config = SourceSamplerConfig(guidance=guidance, num_steps=args.steps, solver=args.solver)
+    clock = _RunClock()
+    clock.say(f"fixed lens: compiling and drawing {args.num_samples} source samples of {args.steps} reverse-SDE "
+              f"steps{'' if args.batch_size is None else f' in batches of {args.batch_size}'} ...")
     result = fixed_lens_posterior(
         jax.random.key(args.seed), prior, op, obs.image, obs.noise, num_samples=args.num_samples,
         config=config, batch_size=args.batch_size,
     )
+    clock.say(f"{args.num_samples} source samples drawn")
     settings = {"guidance": args.guidance, "steps": args.steps, "solver": args.solver, "seed": args.seed,
                 "prior": args.prior, "lens_file": str(args.fixed_lens)}
     idata = fixed_lens_inference_data(result.samples, result.model_images, obs, op.source_grid, attrs=settings)
@@ -280,7 +287,7 @@ def _run_sample(args):
     chi2 = result.chi2 / result.num_pixels
     print(f"wrote {out} and {plot}; residual chi2/N per sample: mean {float(chi2.mean()):.3f}, "
           f"min {float(chi2.min()):.3f}, max {float(chi2.max()):.3f} (N = {result.num_pixels})")
-    return 0
+    return _report_run(idata, strict=args.strict)
 
 
 # --- joint lens + source sampling (blindlens sample without --fixed-lens) and the demo ----------
@@ -373,7 +380,7 @@ def _save_pickle(path, obj) -> None:
 
 
 def _joint_inference(kernel, *, chains, warmup, draws, thinning, chain_method, seed, chunk, checkpoint, resume,
-                     progress=True):
+                     progress=True, clock=None):
     """Warm-up then chunked sampling with a checkpoint after warm-up and after every chunk.
 
     Returns ``(samples, stats)``: dicts of NumPy arrays grouped by chain.
@@ -393,16 +400,20 @@ def _joint_inference(kernel, *, chains, warmup, draws, thinning, chain_method, s
             raise ValueError(f"checkpoint {checkpoint} was written with other --chains/--thinning; pass --no-resume.")
         print(f"resuming from {checkpoint}: {ckpt['done']} of {draws} draws per chain done")
     key = jax.random.key(seed)
+    clock = _RunClock(progress) if clock is None else clock
     if ckpt is None:
         mcmc = MCMC(kernel, num_warmup=warmup, num_samples=max(1, min(chunk, draws)), num_chains=chains,
                     chain_method=method, thinning=thinning, progress_bar=progress)
+        clock.say(_start_message(kernel, chains))
         mcmc.warmup(jax.random.fold_in(key, 0))
+        clock.warmed_up(warmup, draws)
         ckpt = {"state": jax.device_get(mcmc.post_warmup_state), "done": 0, "samples": [], "stats": [],
                 "chains": chains, "thinning": thinning}
         if checkpoint is not None:
             _save_pickle(checkpoint, ckpt)
     init_params = ckpt["state"].z  # skips the warm-start draw when a fresh process re-inits the kernel
     mcmc = None
+    resumed = ckpt["done"]
     while ckpt["done"] < draws:
         n = min(chunk, draws - ckpt["done"])
         if mcmc is None or mcmc.num_samples != n:
@@ -416,6 +427,7 @@ def _joint_inference(kernel, *, chains, warmup, draws, thinning, chain_method, s
         ckpt["done"] += n
         if checkpoint is not None:
             _save_pickle(checkpoint, ckpt)
+        clock.sampled(ckpt["done"], draws, resumed)
     samples = {k: np.concatenate([c[k] for c in ckpt["samples"]], axis=1) for k in ckpt["samples"][0]}
     stats = {k: np.concatenate([c[k] for c in ckpt["stats"]], axis=1) for k in ckpt["stats"][0]}
     return samples, stats
@@ -483,15 +495,86 @@ def _run_joint_sample(args):
         truth = _truth_values(load_truth(args.truth)["lens"], sites)
     out = Path(args.out)
     t0 = time.time()
+    clock = _RunClock()
     samples, stats = _joint_inference(
         kernel, chains=args.chains, warmup=args.warmup, draws=args.draws, thinning=args.thinning,
         chain_method=args.chain_method, seed=args.seed, chunk=args.checkpoint_every,
-        checkpoint=out.with_name(out.name + ".ckpt.pkl"), resume=not args.no_resume,
+        checkpoint=out.with_name(out.name + ".ckpt.pkl"), resume=not args.no_resume, clock=clock,
     )
+    clock.say("sampling done; computing model images and writing outputs ...")
     idata = to_inference_data(samples, obs, kernel=kernel, sample_stats=stats, truth=truth)
     idata.posterior.attrs["wall_seconds"] = float(time.time() - t0)
-    _write_joint_outputs(idata, out, args.figures, truth, title=f"blindlens sample {args.observation}")
-    return 0
+    summary = _write_joint_outputs(idata, out, args.figures, truth, title=f"blindlens sample {args.observation}")
+    clock.say("done")
+    return _report_run(idata, summary, strict=args.strict)
+
+
+STRICT_EXIT = 3
+"""Exit status of ``--strict`` runs whose diagnostics failed (:func:`blindlens.check_run`)."""
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+class _RunClock:
+    """Elapsed time and ETA of a whole run (warm start and compilation included), as stdout lines."""
+
+    def __init__(self, enabled: bool = True):
+        import time
+
+        self._time = time.time
+        self.start = time.time()
+        self.enabled = enabled
+        self._sampling_start = None
+
+    def say(self, message: str) -> None:
+        if self.enabled:
+            print(f"[{_minutes(self._time() - self.start)}] {message}", flush=True)
+
+    def warmed_up(self, warmup: int, draws: int) -> None:
+        """After warm-up: an upper bound on the rest from the warm-up's rate (it includes the start)."""
+        now = self._time()
+        self._sampling_start = now
+        per_sweep = (now - self.start) / max(warmup, 1)
+        self.say(f"warm-up done; sampling {draws} draws per chain, ETA <= {_minutes(per_sweep * draws)} "
+                 "(from the warm-up rate, which includes the warm start and compilation)")
+
+    def sampled(self, done: int, draws: int, resumed: int = 0) -> None:
+        """After a chunk of draws (``resumed`` of them from a checkpoint): the ETA from this run's rate."""
+        if self._sampling_start is None:
+            self._sampling_start = self.start
+        rate = (self._time() - self._sampling_start) / max(done - resumed, 1)
+        self.say(f"{done} of {draws} draws per chain done, ETA {_minutes(rate * (draws - done))}")
+
+
+def _start_message(kernel, chains: int) -> str:
+    """The line printed before the silent part of a run: warm start and compilation."""
+    ws = getattr(kernel, "warm_start", None)
+    if getattr(kernel, "init_strategy", None) is not None or ws is None:
+        start = "start: a source draw per chain"
+    else:
+        start = (f"warm start: {kernel.warm_start_tries} continuous-time trajectories of {ws.num_steps} steps per "
+                 "chain")
+    return (f"{start}, then compiling the Gibbs sweep, for {chains} chain(s); the progress bar starts after "
+            "this (minutes on a CPU) ...")
+
+
+def _report_run(idata, summary=None, *, strict=False) -> int:
+    """Print the run diagnostics (:func:`blindlens.check_run`), append them to ``summary``; the exit code."""
+    from .run_diagnostics import check_run
+
+    report = check_run(idata, warn=False)  # printed below; Python callers get the warnings
+    text = str(report)
+    print(text, flush=True)
+    if summary is not None:
+        from pathlib import Path
+
+        Path(summary).write_text(Path(summary).read_text() + "\n" + text + "\n")
+    if not report.ok:
+        print(f"blindlens: {len(report.warnings)} diagnostic check(s) failed (see WARNING lines above)"
+              + ("" if strict else "; pass --strict to make this a nonzero exit"), file=sys.stderr)
+    return STRICT_EXIT if strict and not report.ok else 0
 
 
 def _add_demo(sub):
@@ -518,6 +601,9 @@ def _add_demo(sub):
         "specified; 'native': simulated at its own 0.05\"/pixel, finer than the prior's grid (a misspecified "
         "model: expect chi^2/N > 1 and biased lens parameters, docs/joint_inference.md)",
     )
+    p.add_argument("--strict", action="store_true",
+                   help=f"exit with status {STRICT_EXIT} when a run diagnostic fails (the short default demo fails "
+                        "R-hat/ESS: run longer)")
     p.set_defaults(run=_run_demo)
 
 
@@ -525,20 +611,24 @@ def _run_demo(args):
     for name in ("chains", "draws", "steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1.")
+    codes = []
     _demo(args.out, _load_source_prior(args.prior), chains=args.chains, warmup=args.warmup, draws=args.draws,
-          steps=args.steps, seed=args.seed, source_resolution=args.source_resolution)
-    return 0
+          steps=args.steps, seed=args.seed, source_resolution=args.source_resolution, strict=args.strict,
+          exit_codes=codes)
+    return codes[-1] if codes else 0
 
 
 def _demo(out_dir, prior, *, chains=2, warmup=60, draws=60, steps=40, seed=0, image_shape=(72, 72),
           pixel_scale=0.05, noise_sigma=None, source=None, source_pixel_scale=None, lens=None,
-          lens_model=None, progress=True, max_tree_depth=5, source_resolution="prior"):
+          lens_model=None, progress=True, max_tree_depth=5, source_resolution="prior", strict=False, exit_codes=None):
     """The demo pipeline for any source prior (tests pass a small Gaussian prior and source).
 
     Simulates ``lens`` (default: the bundled example lens) observing ``source`` (default: the
     bundled held-out galaxy, binned to the prior's pixel grid unless ``source_resolution="native"``),
     runs BlindLensGibbs and writes
-    ``posterior.nc``, figures and ``summary.txt`` into ``out_dir``. Returns the summary path.
+    ``posterior.nc``, figures and ``summary.txt`` into ``out_dir``. Returns the summary path. The run
+    diagnostics (:func:`blindlens.check_run`) are printed and appended to the summary; their exit code
+    (``--strict``) is appended to ``exit_codes`` when a list is given.
     """
     import time
     from pathlib import Path
@@ -547,7 +637,7 @@ def _demo(out_dir, prior, *, chains=2, warmup=60, draws=60, steps=40, seed=0, im
     import numpy as np
 
     from .arviz_conversion import to_inference_data
-    from .gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig, LensNUTS
+    from .gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig
     from .image_sets import bin_images
     from .lens_config import load_lens_config
     from .likelihood_score import PiGDM
@@ -557,6 +647,7 @@ def _demo(out_dir, prior, *, chains=2, warmup=60, draws=60, steps=40, seed=0, im
     from .source_posterior import SourceSamplerConfig
 
     t_start = time.time()
+    clock = _RunClock(progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lens = load_lens_config(example_lens_path()) if lens is None else lens
@@ -595,19 +686,24 @@ def _demo(out_dir, prior, *, chains=2, warmup=60, draws=60, steps=40, seed=0, im
         source_config=SourceSamplerConfig(guidance=guidance, num_steps=steps),
         warm_start=GibbsDDRMConfig(guidance=guidance, num_steps=max(steps, 50)),
         # curvature-metric NUTS (LensNUTS); a shallow tree bounds the cost of a sweep early in warm-up
-        lens_kernel=lambda model: LensNUTS(model, target_accept_prob=0.8, max_tree_depth=max_tree_depth),
+        target_accept_prob=0.8, max_tree_depth=max_tree_depth,
     )
     print(f"demo: {chains} chains x ({warmup} warm-up + {draws} draws) Gibbs sweeps, {steps} reverse-SDE steps "
           f"per source draw; lens parameters {', '.join(sites)}")
     samples, stats = _joint_inference(
         kernel, chains=chains, warmup=warmup, draws=draws, thinning=1, chain_method="sequential", seed=seed,
-        chunk=draws, checkpoint=out / "posterior.nc.ckpt.pkl", resume=True, progress=progress,
+        chunk=draws, checkpoint=out / "posterior.nc.ckpt.pkl", resume=True, progress=progress, clock=clock,
     )
+    clock.say("sampling done; computing model images and writing outputs ...")
     idata = to_inference_data(samples, obs, kernel=kernel, sample_stats=stats, truth=truth)
     wall = time.time() - t_start
     idata.posterior.attrs["wall_seconds"] = float(wall)
     summary = _write_joint_outputs(idata, out / "posterior.nc", out, truth,
                                    title=f"blindlens demo (wall time {wall / 60:.1f} min)")
+    clock.say("done")
+    code = _report_run(idata, summary, strict=strict)
+    if exit_codes is not None:
+        exit_codes.append(code)
     return summary
 
 

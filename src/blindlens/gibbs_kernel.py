@@ -61,6 +61,7 @@ Song et al. 2021, ICLR (reverse VE SDE, Euler-Maruyama predictor).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
 import equinox as eqx
@@ -83,8 +84,10 @@ from .linear_operator import AbstractLinearOperator
 from .numpyro_model import (
     SOURCE_SITE,
     JointModel,
+    is_default_init_strategy,
     joint_model,
     lens_from_values,
+    lens_init_values,
     lens_log_prior,
     lens_site_names,
 )
@@ -234,15 +237,25 @@ def _default_source_config():
     return SourceSamplerConfig(num_steps=50)  # the accuracy-cost curve, docs/source_posterior.md
 
 
+class _SourceStepSampler:
+    """:func:`blindlens.source_posterior.source_step` as a :data:`SourceSampler`.
+
+    A module-level callable (not a closure) so that kernels holding it can be pickled.
+    """
+
+    def __init__(self, prior: AbstractSourcePrior, config):
+        self.prior = prior
+        self.config = config
+        self.num_score_evals = _evals_per_draw(config, int(config.num_steps))
+
+    def __call__(self, key, operator, data, noise):
+        from .source_posterior import source_step
+
+        return source_step(key, self.prior, operator, data, noise, self.config)
+
+
 def _source_step_sampler(prior: AbstractSourcePrior, config) -> SourceSampler:
-    """:func:`blindlens.source_posterior.source_step` as a :data:`SourceSampler`."""
-    from .source_posterior import source_step
-
-    def sampler(key, operator, data, noise):
-        return source_step(key, prior, operator, data, noise, config)
-
-    sampler.num_score_evals = _evals_per_draw(config, int(config.num_steps))
-    return sampler
+    return _SourceStepSampler(prior, config)
 
 
 def _evals_per_draw(config, num_steps: int) -> int:
@@ -251,15 +264,26 @@ def _evals_per_draw(config, num_steps: int) -> int:
     return steps + int(bool(getattr(config, "denoise", True)))
 
 
+class _SourceRefreshSampler:
+    """:func:`blindlens.source_posterior.source_refresh` as ``refresher(key, op, data, noise, current)``
+    (a module-level callable, picklable)."""
+
+    def __init__(self, prior: AbstractSourcePrior, config, refresh_sigma: float):
+        from .source_posterior import refresh_steps
+
+        self.prior = prior
+        self.config = config
+        self.refresh_sigma = refresh_sigma
+        self.num_score_evals = _evals_per_draw(config, refresh_steps(prior, config, refresh_sigma)[1])
+
+    def __call__(self, key, operator, data, noise, current):
+        from .source_posterior import source_refresh
+
+        return source_refresh(key, self.prior, operator, data, noise, current, self.refresh_sigma, self.config)
+
+
 def _source_refresh_sampler(prior: AbstractSourcePrior, config, refresh_sigma: float):
-    """:func:`blindlens.source_posterior.source_refresh` as ``refresher(key, op, data, noise, current)``."""
-    from .source_posterior import refresh_steps, source_refresh
-
-    def refresher(key, operator, data, noise, current):
-        return source_refresh(key, prior, operator, data, noise, current, refresh_sigma, config)
-
-    refresher.num_score_evals = _evals_per_draw(config, refresh_steps(prior, config, refresh_sigma)[1])
-    return refresher
+    return _SourceRefreshSampler(prior, config, refresh_sigma)
 
 
 def auto_refresh_sigma(model: JointModel, prior: AbstractSourcePrior) -> float | None:
@@ -616,19 +640,29 @@ class LensNUTS(NUTS):
         Initial leapfrog step size (in units of the metric).
     **kwargs
         Passed to :class:`numpyro.infer.NUTS` (``target_accept_prob``, ``max_tree_depth``, ...).
+        With the curvature metric, ``dense_mass=True`` (default) uses the full ``|H|^{-1}`` and
+        ``dense_mass=False`` its diagonal (the marginal variances).
     """
 
     def __init__(self, model: JointModel, *, curvature_metric: bool = True, step_size: float = 0.9, **kwargs):
+        dense = True
         if curvature_metric:
             if kwargs.get("adapt_mass_matrix") or kwargs.get("inverse_mass_matrix") is not None:
                 raise ValueError(
                     "LensNUTS(curvature_metric=True) sets the mass matrix itself; pass "
                     "curvature_metric=False to use adapt_mass_matrix or inverse_mass_matrix."
                 )
-            kwargs.update(adapt_mass_matrix=False, dense_mass=True, adapt_step_size=False)
+            dense = kwargs.pop("dense_mass", True)
+            if not isinstance(dense, bool):
+                raise ValueError(
+                    f"LensNUTS(curvature_metric=True) takes dense_mass=True (the full curvature metric) or False "
+                    f"(its diagonal), got {dense!r}; pass curvature_metric=False for NumPyro's structured mass."
+                )
+            kwargs.update(adapt_mass_matrix=False, dense_mass=dense, adapt_step_size=False)
         super().__init__(model, step_size=step_size, **kwargs)
         self._joint = model
         self._curvature = curvature_metric
+        self._dense_curvature = dense
         self._space = _LensSpace(model.lens_model)
         self._num_warmup = 0
 
@@ -642,6 +676,11 @@ class LensNUTS(NUTS):
 
         vec, lam = _metric(jax.hessian(potential)(flat))
         return (vec / lam) @ vec.T
+
+    def _curvature_metric(self, z, source):
+        """The inverse mass matrix NUTS uses: ``|H|^{-1}``, or its diagonal with ``dense_mass=False``."""
+        inv = self.curvature_inverse_mass(z, source)
+        return inv if self._dense_curvature else jnp.diag(inv)
 
     def _source(self, model_kwargs):
         sites = (model_kwargs or {}).get(GIBBS_SITES_KWARG, {})
@@ -657,7 +696,7 @@ class LensNUTS(NUTS):
         if not self._curvature or not init_params:
             return super().init(rng_key, num_warmup, init_params, model_args, model_kwargs)
         saved = self._inverse_mass_matrix
-        self._inverse_mass_matrix = {self._key(): self.curvature_inverse_mass(init_params, self._source(model_kwargs))}
+        self._inverse_mass_matrix = {self._key(): self._curvature_metric(init_params, self._source(model_kwargs))}
         try:
             return super().init(rng_key, num_warmup, init_params, model_args, model_kwargs)
         finally:
@@ -668,8 +707,9 @@ class LensNUTS(NUTS):
             source = self._source(model_kwargs)
 
             def recompute(state):
-                inv = {self._key(): self.curvature_inverse_mass(state.z, source)}
-                inv, sqrt, sqrt_inv = _initialize_mass_matrix(state.z, inv, [self._key()])
+                inv = {self._key(): self._curvature_metric(state.z, source)}
+                dense = [self._key()] if self._dense_curvature else []
+                inv, sqrt, sqrt_inv = _initialize_mass_matrix(state.z, inv, dense)
                 adapt = state.adapt_state._replace(
                     inverse_mass_matrix=inv, mass_matrix_sqrt=sqrt, mass_matrix_sqrt_inv=sqrt_inv
                 )
@@ -784,22 +824,48 @@ class SourceBlock(MCMCKernel):
         return ""
 
 
+_SOURCE_STATE_KEY = "_source_state"
+"""Key of the source in :attr:`BlindLensGibbsState.sites` (renamed back to ``"source"`` on collection)."""
+
+
+def _sites_postprocess(constrain, sites):
+    """``BlindLensGibbs.postprocess_fn``: the collected view back to site names, then constrained."""
+    z = {k: v for k, v in sites.items() if k != _SOURCE_STATE_KEY}
+    z[SOURCE_SITE] = sites[_SOURCE_STATE_KEY]
+    return constrain(z)
+
+
 class BlindLensGibbsState(GibbsState):
     """:class:`numpyro.infer.gibbs.GibbsState` exposing the lens-NUTS block's statistics.
 
     ``potential_energy`` (``-log p(theta, y | s)`` in unconstrained space, ArviZ's ``lp`` with
     the sign flipped), ``diverging``, ``accept_prob``, ``mean_accept_prob``, ``num_steps``,
     ``adapt_state`` and ``i`` come from the NUTS block; ``num_score_evals`` from the source
-    block.
+    block. ``z`` is the usual ``{site: value}`` of the Gibbs state (lens sites unconstrained, the
+    ``source``); :attr:`sites` is the kernel's ``sample_field`` (see :class:`BlindLensGibbs`).
     """
 
     __slots__ = ()
+
+    @property
+    def sites(self) -> dict:
+        """``z`` with the source under a private key: the field ``numpyro.infer.MCMC`` collects.
+
+        ``BlindLensGibbs.postprocess_fn`` maps it back, so ``mcmc.get_samples()`` has the lens
+        sites and ``"source"`` as usual, while ``mcmc.print_summary()`` (which lists only the
+        collected sites that are keys of this field, hiding deterministic sites) shows the lens
+        parameters and not one row per source pixel.
+        """
+        z = {k: v for k, v in self.z.items() if k != SOURCE_SITE}
+        z[_SOURCE_STATE_KEY] = self.z[SOURCE_SITE]
+        return z
 
     @property
     def lens_state(self):
         return self.block_states[-1]
 
     potential_energy = property(lambda self: self.block_states[-1].potential_energy)
+    energy = property(lambda self: self.block_states[-1].energy)  # Hamiltonian: ArviZ plot_energy / BFMI
     diverging = property(lambda self: self.block_states[-1].diverging)
     accept_prob = property(lambda self: self.block_states[-1].accept_prob)
     mean_accept_prob = property(lambda self: self.block_states[-1].mean_accept_prob)
@@ -822,9 +888,16 @@ class BlindLensGibbs(Gibbs):
 
     Posterior sites: the lens model's sites (``theta_E, e1, ...``) and ``source`` (dims
     ``source_y, source_x``). Sample statistics collected by default (ArviZ names in brackets):
-    ``potential_energy`` (``lp``), ``diverging``, ``accept_prob`` (``acceptance_rate``),
+    ``potential_energy`` (``lp``), ``energy``, ``diverging``, ``accept_prob`` (``acceptance_rate``),
     ``num_steps`` (``n_steps``, ``tree_depth``), ``adapt_state.step_size`` (``step_size``) and
     ``num_score_evals`` (cumulative score-network evaluations).
+
+    NumPyro conventions: ``init_strategy`` (e.g. ``init_to_value(values={...})``) starts the
+    lens; ``target_accept_prob``, ``max_tree_depth`` and ``dense_mass`` go to the lens NUTS block;
+    the kernel and a finished ``MCMC`` pickle; ``mcmc.print_summary()`` lists the lens parameters
+    only (the source is collected like a deterministic site, so
+    ``print_summary(exclude_deterministic=False)`` adds its pixels). To drop the source draws
+    from the collection (memory), pass ``extra_fields=("~sites.source",)`` to ``mcmc.run``.
 
     Each MCMC iteration is one Gibbs sweep: a guided reverse-SDE move of the source given the
     current lens (a partial refresh by default, see ``source_refresh_sigma``), then one NUTS
@@ -873,7 +946,16 @@ class BlindLensGibbs(Gibbs):
         ``LensNUTS(model, target_accept_prob=0.8, max_tree_depth=8)``, NUTS with the curvature
         metric; ``NUTS(model, ...)`` gives NumPyro's identity-metric NUTS with windowed
         adaptation, which Gibbs warm-ups are usually too short for); keep
-        ``find_heuristic_step_size=False``.
+        ``find_heuristic_step_size=False``. An ``init_strategy`` given to that kernel (other than
+        NumPyro's default ``init_to_uniform``) is used like the ``init_strategy`` argument.
+    init_strategy
+        A NumPyro init strategy for the lens (``init_to_value(values=...)``, ``init_to_median``,
+        ...), applied to the lens model; chains then start there (no warm start, no lens search)
+        with a source drawn given that lens, or the ``"source"`` of ``init_to_value``'s values.
+        ``init_params`` given to ``mcmc.run`` take precedence. ``None`` (default): the warm start.
+    target_accept_prob, max_tree_depth, dense_mass
+        NUTS settings of the default lens block (:class:`LensNUTS`; defaults 0.8, 8 and ``True``:
+        the full curvature metric, ``False`` its diagonal). Not with ``lens_kernel``.
     source_refresh_sigma
         A noise level ``sigma_r`` (image units): every sweep noises the current source to
         ``sigma_r`` and runs the guided reverse diffusion from there
@@ -905,6 +987,10 @@ class BlindLensGibbs(Gibbs):
         lens_kernel: Callable | None = None,
         lens_search: EvidenceSearchConfig | None = None,
         source_refresh_sigma: float | str | None = "auto",
+        init_strategy: Callable | None = None,
+        target_accept_prob: float | None = None,
+        max_tree_depth: int | tuple[int, int] | None = None,
+        dense_mass: bool | None = None,
     ):
         if not isinstance(prior, AbstractSourcePrior):
             raise ValueError(
@@ -954,18 +1040,41 @@ class BlindLensGibbs(Gibbs):
             )
         self.source_refresh_sigma = source_refresh_sigma
         self.source_block = SourceBlock(self.joint_model, source_sampler, refresher)
+        nuts = {"target_accept_prob": target_accept_prob, "max_tree_depth": max_tree_depth, "dense_mass": dense_mass}
+        nuts = {k: v for k, v in nuts.items() if v is not None}
         if lens_kernel is None:
-            lens_block = LensNUTS(self.joint_model, target_accept_prob=0.8, max_tree_depth=8)
+            lens_block = LensNUTS(self.joint_model, **{"target_accept_prob": 0.8, "max_tree_depth": 8, **nuts})
         else:
+            if nuts:
+                raise ValueError(
+                    f"{sorted(nuts)} configure the default lens block; with lens_kernel give them to your kernel."
+                )
             lens_block = lens_kernel(self.joint_model)
+            block_init = getattr(lens_block, "_init_strategy", None)
+            if block_init is not None and not is_default_init_strategy(block_init):
+                if init_strategy is not None and init_strategy is not block_init:
+                    raise ValueError("init_strategy is given both to BlindLensGibbs and to the lens_kernel; give one.")
+                init_strategy = block_init
+        if init_strategy is not None and not callable(init_strategy):
+            raise ValueError(f"init_strategy must be a NumPyro init strategy (e.g. init_to_value(values=...)), "
+                             f"got {init_strategy!r}.")
+        if init_strategy is not None and lens_search is not None:
+            raise ValueError("init_strategy sets the starting lens; it cannot be combined with lens_search.")
+        self.init_strategy = init_strategy
         super().__init__([(self.source_block, [SOURCE_SITE]), (lens_block, None)])
+
+    sample_field = "sites"
+
+    def postprocess_fn(self, model_args, model_kwargs):
+        """Gibbs's postprocessing applied to the collected :attr:`BlindLensGibbsState.sites`."""
+        return partial(_sites_postprocess, super().postprocess_fn(model_args, model_kwargs))
 
     @property
     def default_fields(self) -> tuple[str, ...]:
         return (
-            "z",
             "diverging",
             "potential_energy",
+            "energy",
             "accept_prob",
             "num_steps",
             "adapt_state.step_size",
@@ -1063,7 +1172,15 @@ class BlindLensGibbs(Gibbs):
             raise ValueError(f"init_params gives some lens sites but not {missing}; give all or none.")
         rng_key, k_warm, k_src = jr.split(rng_key, 3)
         space = _LensSpace(self.joint_model.lens_model)
-        if not given:
+        if not given and self.init_strategy is not None:
+            lens_values = lens_init_values(self.joint_model.lens_model, self.init_strategy, k_warm)
+            u = space._unravel(space.unconstrain(lens_values))
+            init_params.update({n: u[n] for n in self.lens_sites})
+            source = None
+            values = (getattr(self.init_strategy, "keywords", None) or {}).get("values") or {}
+            if SOURCE_SITE in values and SOURCE_SITE not in init_params:  # init_to_value(values={"source": ...})
+                init_params[SOURCE_SITE] = jnp.asarray(values[SOURCE_SITE])
+        elif not given:
             found = None
             if self.lens_search is not None:  # (keys of runs without a search stay as they were)
                 k_search, k_warm = jr.split(k_warm)

@@ -65,6 +65,8 @@ __all__ = [
     "lens_site_names",
     "lens_from_values",
     "lens_log_prior",
+    "lens_init_values",
+    "split_rhat_and_ess",
     "JointModel",
     "joint_model",
 ]
@@ -288,23 +290,78 @@ def lens_log_prior(lens_model: Callable, values: Mapping[str, Array]) -> tuple[o
     return box["lens"], logp
 
 
+def lens_init_values(lens_model: Callable, init_strategy: Callable, key=None) -> dict[str, Array]:
+    """Constrained starting values of the lens sites from a NumPyro init strategy.
+
+    ``init_strategy`` is any of ``numpyro.infer.init_to_value(values=...)``, ``init_to_median``,
+    ``init_to_uniform``, ... ; it is applied to the lens model exactly as NumPyro applies it to a
+    model (``substitute(seed(model, key), substitute_fn=init_strategy)``), so sites that
+    ``init_to_value`` does not name fall back to ``init_to_uniform``.
+    """
+    key = jax.random.key(0) if key is None else key
+    names = lens_site_names(lens_model)
+    seeded = numpyro.handlers.substitute(numpyro.handlers.seed(lens_model, key), substitute_fn=init_strategy)
+    tr = numpyro.handlers.trace(seeded).get_trace()
+    return {n: jnp.asarray(tr[n]["value"]) for n in names}
+
+
+def is_default_init_strategy(init_strategy) -> bool:
+    """Whether ``init_strategy`` is NumPyro's default for HMC/NUTS (``init_to_uniform``, radius 2)."""
+    from numpyro.infer.initialization import init_to_uniform
+
+    if init_strategy is init_to_uniform:
+        return True
+    func = getattr(init_strategy, "func", None)  # functools.partial(init_to_uniform, radius=2)
+    return func is init_to_uniform and dict(getattr(init_strategy, "keywords", {}) or {}) in ({}, {"radius": 2})
+
+
+def split_rhat_and_ess(draws) -> tuple[float, float]:
+    """``(split R-hat, effective sample size)`` of ``(chain, draw)`` draws of one scalar, by
+    ``numpyro.diagnostics`` (``split_gelman_rubin``, Gelman et al. 2013 BDA3 §11.4;
+    ``effective_sample_size``, Geyer's initial monotone sequence). NaN when a chain has fewer
+    than 4 draws or the draws are not finite."""
+    import numpy as np
+    from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+
+    x = np.asarray(draws, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] < 4 or not np.all(np.isfinite(x)):
+        return float("nan"), float("nan")
+    return float(split_gelman_rubin(x)), float(effective_sample_size(x))
+
+
 # --- the joint model ------------------------------------------------------------------------
 
 
-def _default_operator_factory(observation, source_grid: PixelGrid, supersampling: int):
-    from .lensing_operator import LensingOperator
+class _DefaultOperatorFactory:
+    """The default ``factory(lens, masked=True)`` of :func:`joint_model`: a
+    :class:`~blindlens.lensing_operator.LensingOperator` on the observation's grids and PSF.
 
-    def factory(lens, *, masked: bool = True) -> AbstractLinearOperator:
+    A module-level class rather than a closure so that a joint model, and every kernel and
+    ``numpyro.infer.MCMC`` holding one, can be pickled. It hashes by identity (it is a static
+    field of :class:`JointModel`), as the closure it replaces did.
+    """
+
+    def __init__(self, observation, source_grid: PixelGrid, supersampling: int):
+        self.observation = observation
+        self.source_grid = source_grid
+        self.supersampling = supersampling
+
+    def __call__(self, lens, *, masked: bool = True) -> AbstractLinearOperator:
+        from .lensing_operator import LensingOperator
+
+        obs = self.observation
         return LensingOperator(
             lens,
-            observation.image_grid,
-            source_grid,
-            psf=observation.psf,
-            supersampling=supersampling,
-            mask=observation.mask if masked else None,
+            obs.image_grid,
+            self.source_grid,
+            psf=obs.psf,
+            supersampling=self.supersampling,
+            mask=obs.mask if masked else None,
         )
 
-    return factory
+
+def _default_operator_factory(observation, source_grid: PixelGrid, supersampling: int):
+    return _DefaultOperatorFactory(observation, source_grid, supersampling)
 
 
 class JointModel(eqx.Module):
