@@ -11,6 +11,15 @@ of the cost, because GalSim then sizes each FFT for one component instead of the
 Surface brightness is normalised per galaxy: the brightest pixel is ``peak``, drawn
 log-uniformly in ``peak_range`` (data units), so the prior covers a decade of brightness.
 
+Two populations:
+
+* ``"disk"`` (:class:`GalaxyRecipe`): the disk + clumps + bulge galaxies above, the training set
+  of the shipped 32 x 32 prior.
+* ``"broad"`` (:class:`BroadGalaxyRecipe`): a mixture that also holds compact Sersic galaxies,
+  irregular clump-dominated galaxies with few large knots, and two- or three-component
+  systems (mergers, companions), over a wider range of sizes (half-light radii 0.03-0.8") and
+  axis ratios (0.15-1). The high-resolution prior is trained on it.
+
 This is the only module that imports GalSim (an optional extra: ``pip install blindlens[train]``).
 """
 
@@ -18,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["GalaxyRecipe", "draw_procedural_galaxies"]
+__all__ = ["GalaxyRecipe", "BroadGalaxyRecipe", "POPULATIONS", "draw_procedural_galaxies"]
 
 
 class GalaxyRecipe:
@@ -42,6 +51,28 @@ class GalaxyRecipe:
     peak_range: tuple[float, float] = (0.5, 2.0)
 
 
+class BroadGalaxyRecipe(GalaxyRecipe):
+    """The ``"broad"`` population: a mixture of four kinds of galaxy (angles in arcsec).
+
+    ``kind_weights`` are the probabilities of (disk, compact, irregular, multi-component);
+    the disk kind is :class:`GalaxyRecipe` with the wider ``disk_half_light_radius`` and
+    ``disk_axis_ratio`` below.
+    """
+
+    kind_weights: tuple[float, float, float, float] = (0.35, 0.2, 0.25, 0.2)
+    disk_half_light_radius: tuple[float, float] = (0.1, 0.8)
+    disk_axis_ratio: tuple[float, float] = (0.15, 1.0)
+    compact_half_light_radius: tuple[float, float] = (0.03, 0.15)
+    compact_sersic_n: tuple[float, float] = (0.5, 4.0)
+    compact_axis_ratio: tuple[float, float] = (0.4, 1.0)
+    irregular_knots: tuple[int, int] = (3, 20)
+    irregular_half_light_radius: tuple[float, float] = (0.15, 0.6)
+    irregular_knot_fraction: tuple[float, float] = (0.5, 0.9)
+    multi_components: tuple[int, int] = (2, 3)
+    multi_separation: float = 0.6
+    multi_flux_ratio: tuple[float, float] = (0.2, 1.0)
+
+
 def _import_galsim():
     try:
         import galsim
@@ -53,16 +84,14 @@ def _import_galsim():
     return galsim
 
 
-def _draw_one(galsim, rng: np.random.Generator, recipe: GalaxyRecipe) -> np.ndarray:
+def _disk_components(galsim, rng: np.random.Generator, recipe: GalaxyRecipe) -> list:
+    """Disk, clumps and bulge of unit total flux, and the galaxy's random shift (arcsec)."""
     u = rng.uniform
-    n = recipe.image_size
-    scale = recipe.pixel_scale
-    psf = galsim.Gaussian(fwhm=recipe.psf_fwhm)
     r_d = u(*recipe.disk_half_light_radius)
     inclination = galsim.Shear(q=u(*recipe.disk_axis_ratio), beta=u(0, np.pi) * galsim.radians)
     f_knots = u(*recipe.knot_flux_fraction)
     b_t = u(*recipe.bulge_to_total)
-    dx, dy = u(-recipe.max_shift, recipe.max_shift, size=2)
+    shift = u(-recipe.max_shift, recipe.max_shift, size=2)  # drawn here: keeps the disk population's stream
     seed = int(rng.integers(1, 2**31 - 1))
 
     disk = galsim.Exponential(half_light_radius=r_d, flux=(1 - b_t) * (1 - f_knots))
@@ -77,9 +106,61 @@ def _draw_one(galsim, rng: np.random.Generator, recipe: GalaxyRecipe) -> np.ndar
         half_light_radius=u(*recipe.bulge_radius_fraction) * r_d,
         flux=b_t,
     ).shear(q=u(*recipe.bulge_axis_ratio), beta=u(0, np.pi) * galsim.radians)
+    return [disk.shear(inclination), knots.shear(inclination), bulge], shift
 
+
+def _compact_components(galsim, rng: np.random.Generator, recipe: BroadGalaxyRecipe) -> list:
+    u = rng.uniform
+    galaxy = galsim.Sersic(n=u(*recipe.compact_sersic_n), half_light_radius=u(*recipe.compact_half_light_radius))
+    return [galaxy.shear(q=u(*recipe.compact_axis_ratio), beta=u(0, np.pi) * galsim.radians)]
+
+
+def _irregular_components(galsim, rng: np.random.Generator, recipe: BroadGalaxyRecipe) -> list:
+    u = rng.uniform
+    r = u(*recipe.irregular_half_light_radius)
+    f_knots = u(*recipe.irregular_knot_fraction)
+    shear = galsim.Shear(q=u(*recipe.disk_axis_ratio), beta=u(0, np.pi) * galsim.radians)
+    seed = int(rng.integers(1, 2**31 - 1))
+    knots = galsim.RandomKnots(
+        int(rng.integers(*recipe.irregular_knots)), half_light_radius=r, flux=f_knots, rng=galsim.BaseDeviate(seed)
+    )
+    diffuse = galsim.Exponential(half_light_radius=r, flux=1 - f_knots)
+    return [diffuse.shear(shear), knots.shear(shear)]
+
+
+def _single_kind(galsim, rng: np.random.Generator, recipe: GalaxyRecipe, kind: int) -> list:
+    if kind == 1:
+        return _compact_components(galsim, rng, recipe)
+    if kind == 2:
+        return _irregular_components(galsim, rng, recipe)
+    return _disk_components(galsim, rng, recipe)[0]
+
+
+def _components(galsim, rng: np.random.Generator, recipe: GalaxyRecipe) -> tuple[list, np.ndarray]:
+    """The galaxy's GalSim components and its shift (arcsec)."""
+    if not isinstance(recipe, BroadGalaxyRecipe):
+        return _disk_components(galsim, rng, recipe)
+    kind = int(rng.choice(4, p=np.asarray(recipe.kind_weights) / sum(recipe.kind_weights)))
+    shift = rng.uniform(-recipe.max_shift, recipe.max_shift, size=2)
+    if kind < 3:
+        return _single_kind(galsim, rng, recipe, kind), shift
+    parts = []
+    for i in range(int(rng.integers(recipe.multi_components[0], recipe.multi_components[1] + 1))):
+        flux = 1.0 if i == 0 else rng.uniform(*recipe.multi_flux_ratio)
+        offset = (0.0, 0.0) if i == 0 else rng.uniform(-recipe.multi_separation, recipe.multi_separation, size=2)
+        for c in _single_kind(galsim, rng, recipe, int(rng.integers(0, 3))):
+            parts.append((c * flux).shift(*offset))
+    return parts, shift
+
+
+def _draw_one(galsim, rng: np.random.Generator, recipe: GalaxyRecipe) -> np.ndarray:
+    u = rng.uniform
+    n = recipe.image_size
+    scale = recipe.pixel_scale
+    psf = galsim.Gaussian(fwhm=recipe.psf_fwhm)
+    components, (dx, dy) = _components(galsim, rng, recipe)
     image = np.zeros((n, n))
-    for component in (disk.shear(inclination), knots.shear(inclination), bulge):
+    for component in components:
         if component.flux <= 0:
             continue
         obj = galsim.Convolve(component.shift(dx, dy), psf)
@@ -87,6 +168,9 @@ def _draw_one(galsim, rng: np.random.Generator, recipe: GalaxyRecipe) -> np.ndar
     # GalSim arrays are [row=y, col=x] with row 0 at the most negative y, as in blindlens.
     peak = np.exp(u(np.log(recipe.peak_range[0]), np.log(recipe.peak_range[1])))
     return (image * (peak / image.max())).astype(np.float32)
+
+
+POPULATIONS = {"disk": GalaxyRecipe, "broad": BroadGalaxyRecipe}
 
 
 def draw_procedural_galaxies(
@@ -104,6 +188,8 @@ def draw_procedural_galaxies(
     """
     galsim = _import_galsim()
     recipe = recipe or GalaxyRecipe()
+    if isinstance(recipe, type):
+        recipe = recipe()
     out = np.empty((num, recipe.image_size, recipe.image_size), np.float32)
     children = np.random.SeedSequence(seed).spawn(start + num)[start:]
     iterator = range(num)

@@ -171,6 +171,7 @@ def train_score_prior(
     progress: bool = True,
     metadata: dict | None = None,
     steps_per_call: int = 1,
+    init_network: ScoreUNet | None = None,
 ) -> ScorePrior:
     """Train a score prior on ``data`` ``(N, H, W)`` and write it (EMA weights) to ``out``.
 
@@ -179,7 +180,10 @@ def train_score_prior(
     ``max_minutes`` stops early (after a checkpoint) when the wall-clock budget is spent.
     ``steps_per_call > 1`` runs that many steps per compiled call (``lax.scan``; same result,
     far fewer host round trips: use it on a GPU). Checkpoints then fall on the first call
-    boundary at or after each multiple of ``checkpoint_every``.
+    boundary at or after each multiple of ``checkpoint_every``. ``init_network`` starts from
+    given weights instead of a random initialisation (fine-tuning, e.g. a network made by
+    :func:`~blindlens.score_network.lift_to_subpixel`); its configuration must be
+    ``network_config`` (default: taken from it). A resumed run ignores it.
     """
     if steps_per_call < 1:
         raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}.")
@@ -189,6 +193,13 @@ def train_score_prior(
     if not np.all(np.isfinite(data)):
         raise ValueError("training data contains NaN or infinite values; clean it before training.")
     config = config or TrainingConfig()
+    if network_config is None and init_network is not None:
+        network_config = init_network.config
+    if init_network is not None and init_network.config != network_config:
+        raise ValueError(
+            f"init_network's configuration {init_network.config.to_dict()} differs from network_config "
+            f"{network_config.to_dict()}."
+        )
     if network_config is None:
         network_config = ScoreNetworkConfig(image_size=data.shape[1], sigma_data=float(data.std()))
     if network_config.image_size != data.shape[1]:
@@ -199,7 +210,7 @@ def train_score_prior(
     ckpt = out.with_suffix(out.suffix + ".ckpt")
     sde = VESDE(config.sigma_min, config.sigma_max)
     step_fn, optimizer = _make_step(config, sde)
-    model = ScoreUNet(network_config, key=jr.key(config.seed))
+    model = init_network if init_network is not None else ScoreUNet(network_config, key=jr.key(config.seed))
     state = TrainState(model, model, optimizer.init(eqx.filter(model, eqx.is_inexact_array)),
                        jnp.asarray(0, jnp.int32))  # strong dtype: a resumed state compiles alike
     history: list = []
