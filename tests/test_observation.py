@@ -119,3 +119,43 @@ def test_astropy_not_imported_by_package():
     code = "import blindlens, blindlens.observation, sys; print('astropy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _damaged(path, damage):
+    """Write a damaged copy of the file at ``path`` (truncated, empty or random bytes); returns its path."""
+    data = path.read_bytes()
+    out = path.with_name(f"{damage}_{path.name}")
+    out.write_bytes({"truncated": data[: len(data) // 2 + 100], "empty": b"",
+                     "random": np.random.default_rng(1).bytes(len(data))}[damage])
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".fits", ".npz"])
+@pytest.mark.parametrize("damage", ["truncated", "empty", "random"])
+def test_damaged_observation_files_are_one_line_errors(tmp_path, capsys, suffix, damage):
+    """A truncated, empty or random-bytes FITS/npz gives a ValueError naming the file (exit 2 in the CLI)."""
+    from blindlens.cli import main
+
+    bad = _damaged(save_observation(_obs(), tmp_path / f"obs{suffix}"), damage)
+    kind = "FITS" if suffix == ".fits" else ".npz"
+    with pytest.raises(ValueError, match=f"{bad.name}: not a readable {kind} file"):
+        load_observation(bad)
+    assert main(["plot-observation", str(bad), "--out", str(tmp_path / "fig.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err and "not a readable" in err, err
+    assert not (tmp_path / "fig.png").exists()
+
+
+def test_read_fits_array_and_read_npz_name_a_damaged_file(tmp_path):
+    from blindlens.observation import read_fits_array, read_npz
+
+    path = save_observation(_obs(), tmp_path / "obs.fits")
+    assert read_fits_array(path, 2).shape == (10, 12)
+    with pytest.raises(ValueError, match="truncated_obs.fits: not a readable FITS file"):
+        read_fits_array(_damaged(path, "truncated"), 2)
+    np.save(tmp_path / "a.npy", np.ones(3))
+    with pytest.raises(ValueError, match="a.npy: not a readable .npz file.*single .npy array"):
+        read_npz(tmp_path / "a.npy")
+    np.savez(tmp_path / "objects.npz", x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="objects.npz: not a readable .npz file"):
+        read_npz(tmp_path / "objects.npz")

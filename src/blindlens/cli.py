@@ -39,7 +39,9 @@ def _run_make_galaxies(args) -> int:
 
     if args.num < 1 or args.chunk < 1:
         raise ValueError("--num and --chunk must be positive.")
-    out = Path(args.out)
+    from .run_checkpoint import check_output_dir
+
+    out = check_output_dir("--out", args.out)
     out.mkdir(parents=True, exist_ok=True)
     starts = list(range(0, args.num, args.chunk))
     for start in tqdm(starts, desc="chunks", unit="chunk"):
@@ -57,7 +59,8 @@ def _run_make_galaxies(args) -> int:
 def _add_train_prior(sub) -> None:
     p = sub.add_parser("train-prior", help="train a score-based source prior (denoising score matching)")
     p.add_argument("--data", required=True, help="image set (N, H, W): .npy/.npz/.fits/.h5 or a directory of .npy chunks")
-    p.add_argument("--out", required=True, help="output prior file (.eqx); a resumable <out>.ckpt is kept beside it")
+    p.add_argument("--out", required=True,
+                   help="output prior file (.eqx; replaced if it exists); a resumable <out>.ckpt is kept beside it")
     p.add_argument("--steps", type=int, default=20000, help="optimisation steps (default 20000)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=1e-3)
@@ -76,9 +79,12 @@ def _add_train_prior(sub) -> None:
 def _run_train_prior(args) -> int:
     from .image_sets import load_image_set
     from .score_network import ScoreNetworkConfig
+    from .run_checkpoint import check_output_paths
     from .training import TrainingConfig, train_score_prior
 
-    data = load_image_set(args.data)
+    check_output_paths({"--out": args.out, "the checkpoint": args.out + ".ckpt"}, suffixes={"--out": (".eqx",)},
+                       inputs={"--data": args.data, "--init-from": getattr(args, "init_from", None)})
+    data = _read_input("--data", args.data, load_image_set)
     arch = ScoreNetworkConfig(
         image_size=data.shape[1],
         channels=tuple(args.channels),
@@ -122,14 +128,16 @@ def _add_simulate(sub):
     p.add_argument("--source", default=None, help="source array .npy or .fits; default: bundled example")
     p.add_argument("--source-pixel-scale", type=float, default=None,
                    help="source pixel scale [arcsec/pixel] (required with --source; bundled source: 0.05)")
-    p.add_argument("--out", required=True, help="output observation (.fits or .npz)")
+    p.add_argument("--out", required=True,
+                   help="output observation (.fits or .npz) in an existing folder; it and <stem>_truth.npz are "
+                        "replaced if they exist")
     p.add_argument("--image-shape", type=int, nargs=2, default=(96, 96), metavar=("NY", "NX"))
     p.add_argument("--pixel-scale", type=float, default=0.05, help="image pixel scale [arcsec/pixel]")
     p.add_argument("--psf-fwhm", type=float, default=0.1, help="Gaussian PSF FWHM [arcsec]")
     p.add_argument("--noise-sigma", type=float, default=0.01, help="per-pixel noise sigma (image units)")
     p.add_argument("--supersampling", type=int, default=2, help="rays per pixel per axis (default 2)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
-    p.add_argument("--plot", default=None, help="also write a PNG figure (image, source, curves)")
+    p.add_argument("--plot", default=None, help="also write a figure (.png/.pdf/.svg: image, source, curves)")
     p.set_defaults(run=_run_simulate)
 
 
@@ -147,7 +155,15 @@ def _run_simulate(args):
         simulate_observation,
         truth_path_for,
     )
+    from .run_checkpoint import FIGURE_SUFFIXES, check_output_paths
 
+    suffixes = {"--out": (".fits", ".fit", ".fts", ".fits.gz", ".npz"), "--plot": FIGURE_SUFFIXES}
+    inputs = {"--lens": args.lens, "--source": args.source}
+    check_output_paths({"--out": args.out}, suffixes=suffixes, inputs=inputs)
+    files = {"--out": args.out, "the truth file": truth_path_for(args.out)}
+    if args.plot:
+        files["--plot"] = args.plot
+    check_output_paths(files, suffixes=suffixes, inputs=inputs)
     lens = load_lens_config(args.lens or example_lens_path())
     if args.source is None:
         path = example_source_path()
@@ -157,7 +173,7 @@ def _run_simulate(args):
     else:
         if args.source_pixel_scale is None:
             raise ValueError("--source-pixel-scale is required with --source (arcsec/pixel).")
-        source, scale = load_source(args.source), args.source_pixel_scale
+        source, scale = _read_input("--source", args.source, load_source), args.source_pixel_scale
     obs, noiseless = simulate_observation(
         lens, source, scale, key=jax.random.key(args.seed), image_shape=tuple(args.image_shape),
         pixel_scale=args.pixel_scale, psf_fwhm=args.psf_fwhm, noise_sigma=args.noise_sigma,
@@ -181,19 +197,22 @@ def _add_plot_observation(sub):
         help="plot an observation (and, with --truth, its source, critical curves and caustics)",
     )
     p.add_argument("observation", help="observation file (.fits or .npz)")
-    p.add_argument("--out", required=True, help="output PNG")
+    p.add_argument("--out", required=True, help="output figure (.png, .pdf or .svg; replaced if it exists)")
     p.add_argument("--truth", default=None, help="truth file written by 'blindlens simulate'")
     p.set_defaults(run=_run_plot_observation)
 
 
 def _run_plot_observation(args):
     from .observation import load_observation
+    from .run_checkpoint import FIGURE_SUFFIXES, check_output_paths
     from .simulation import load_truth, plot_observation
 
+    check_output_paths({"--out": args.out}, suffixes={"--out": FIGURE_SUFFIXES},
+                       inputs={"the observation": args.observation, "--truth": args.truth})
     obs = load_observation(args.observation)
     kw = {}
     if args.truth:
-        t = load_truth(args.truth)
+        t = _read_input("--truth", args.truth, load_truth)
         kw = dict(lens=t["lens"], source=t["source"], source_pixel_scale=float(t["source_pixel_scale"]),
                   source_center=tuple(t["source_center"]), noiseless=t.get("noiseless_image"))
     print(f"wrote {plot_observation(obs, args.out, **kw)}")
@@ -214,7 +233,9 @@ def _add_sample(sub):
     p.add_argument("--fixed-lens", default=None, help="lens TOML ([[profile]] tables) to hold fixed")
     _add_joint_sample_arguments(p)
     p.add_argument("--num-samples", type=int, default=16, help="number of source samples")
-    p.add_argument("--out", required=True, help="output InferenceData (.nc)")
+    p.add_argument("--out", required=True,
+                   help="output InferenceData (.nc) in an existing folder; outputs are checked before sampling "
+                        "starts and replaced if they exist")
     p.add_argument("--prior", default="default", help="'default' (shipped prior) or a prior file from train-prior")
     p.add_argument("--guidance", choices=("pigdm", "calibrated", "cla"), default="pigdm",
                    help="likelihood score: pigdm (default), calibrated (exact for Gaussian priors, costlier), cla")
@@ -228,7 +249,7 @@ def _add_sample(sub):
     p.add_argument("--supersampling", type=int, default=2, help="rays per image pixel per axis")
     p.add_argument("--batch-size", type=int, default=None, help="samples per compiled batch (bounds memory)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed")
-    p.add_argument("--plot", default=None, help="summary PNG (default: <out stem>.png)")
+    p.add_argument("--plot", default=None, help="summary figure with --fixed-lens (default: <out stem>.png)")
     p.add_argument("--strict", action="store_true",
                    help=f"exit with status {STRICT_EXIT} when a run diagnostic fails (R-hat, ESS, divergences, "
                         "chi^2/N, a chain in a worse mode, non-finite values); they are printed either way")
@@ -261,6 +282,10 @@ def _run_sample(args):
         return _run_joint_sample(args)
     if args.num_samples < 1 or args.steps < 1:
         raise ValueError("--num-samples and --steps must be >= 1.")
+    from .run_checkpoint import FIGURE_SUFFIXES, check_output_paths
+
+    check_output_paths({"--out": args.out, "--plot": args.plot or Path(args.out).with_suffix(".png")},
+                       suffixes={"--out": (".nc",), "--plot": FIGURE_SUFFIXES}, inputs=_sample_inputs(args))
     obs = load_observation(args.observation)
     lens = load_lens_config(args.fixed_lens)
     prior = _load_source_prior(args.prior)
@@ -326,10 +351,12 @@ def _add_joint_sample_arguments(p) -> None:
     g.add_argument("--warm-start-steps", type=int, default=200,
                    help="reverse-SDE steps of the continuous-time GibbsDDRM draw that starts each chain")
     g.add_argument("--checkpoint-every", type=int, default=100,
-                   help="draws per chunk between checkpoints (<out>.ckpt.pkl; rerun the same command to resume)")
-    g.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start afresh")
+                   help="draws per chunk between checkpoints (<out>.ckpt.npz; rerun the same command to resume; "
+                        "it is removed when the outputs are written, and refused if written by another run)")
+    g.add_argument("--no-resume", action="store_true", help="ignore (and overwrite) an existing checkpoint")
     g.add_argument("--truth", default=None, help="truth file (blindlens simulate) to overlay on the figures")
-    g.add_argument("--figures", default=None, help="directory for the figures (default: beside --out)")
+    g.add_argument("--figures", default=None,
+                   help="directory for the figures and summary text (created if missing; default: beside --out)")
 
 
 def _load_lens_model(spec: str):
@@ -370,66 +397,160 @@ def _truth_values(truth_lens, sites) -> dict:
     return values
 
 
-def _save_pickle(path, obj) -> None:
-    import pickle
+def _sample_inputs(args) -> dict:
+    """The input files of ``blindlens sample`` (for the output-path checks)."""
+    inputs = {"the observation": args.observation, "--truth": getattr(args, "truth", None),
+              "--fixed-lens": args.fixed_lens}
+    if args.prior != "default":
+        inputs["--prior"] = args.prior
+    spec = getattr(args, "lens_model", "")
+    if args.fixed_lens is None and ":" in spec:
+        inputs["--lens-model"] = spec.rsplit(":", 1)[0]
+    return inputs
 
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(obj, f)
-    tmp.replace(path)
+
+def _check_joint_outputs(out, figures, *, inputs):
+    """Check every file joint sampling writes before it starts (creating the figures folder); returns ``out``.
+
+    Files: ``--out`` (netCDF, ``.nc``), its checkpoint and, in the figures folder (default: beside
+    ``--out``), ``<stem>_summary.png``, ``<stem>_pair.png`` and ``<stem>_summary.txt``.
+    """
+    from pathlib import Path
+
+    from .run_checkpoint import check_output_dir, check_output_paths, checkpoint_path
+
+    out = check_output_paths({"--out": out}, suffixes={"--out": (".nc",)}, inputs=inputs)["--out"]
+    fig_dir = check_output_dir("--figures", figures) if figures else out.parent
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    files = {"--out": out, "the checkpoint": checkpoint_path(out)}
+    for name in ("summary.png", "pair.png", "summary.txt"):
+        files[f"figure file {out.stem}_{name}"] = Path(fig_dir) / f"{out.stem}_{name}"
+    check_output_paths(files, inputs=inputs)
+    return out
+
+
+def _read_input(label, path, loader, *args, **kwargs):
+    """``loader(path, ...)``, with a low-level read failure turned into a one-line error naming the file."""
+    import zipfile
+
+    try:
+        return loader(path, *args, **kwargs)
+    except (FileNotFoundError, KeyError):
+        raise
+    except ValueError as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"{label} {path}: {err}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, TypeError) as err:
+        text = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise ValueError(f"{label} {path} cannot be read ({text}); it may be truncated or damaged.") from None
+
+
+def _sample_fingerprint(args, prior) -> dict:
+    """Everything that defines a ``blindlens sample`` joint run, for its checkpoint."""
+    from pathlib import Path
+
+    from . import __version__
+    from .run_checkpoint import file_sha256, prior_fingerprint
+
+    lens = args.lens_model
+    if ":" in lens:
+        file, func = lens.rsplit(":", 1)
+        lens = f"{Path(file).name}:{func} {file_sha256(file)}"
+    settings = ("chains", "warmup", "draws", "thinning", "chain_method", "refresh_sigma", "warm_start_steps",
+                "checkpoint_every", "guidance", "steps", "solver", "source_center", "flux_scale", "supersampling",
+                "seed")
+    return {"observation": file_sha256(args.observation), "lens_model": lens, "prior": prior_fingerprint(prior),
+            **{name: getattr(args, name) for name in settings}, "blindlens": __version__}
+
+
+def _demo_fingerprint(obs, lens_model, prior, **settings) -> dict:
+    """Everything that defines a demo run (the simulated observation by content), for its checkpoint."""
+    from . import __version__
+    from .run_checkpoint import prior_fingerprint, tree_sha256
+
+    return {"observation": tree_sha256((obs, obs.pixel_scale, obs.center)),
+            "lens_model": f"{lens_model.__module__}.{lens_model.__qualname__}", "prior": prior_fingerprint(prior),
+            **settings, "blindlens": __version__}
+
+
+def _resume_state(kernel, ck, chains):
+    """The MCMC state of checkpoint ``ck``, re-assembled with the structure of this process's kernel state.
+
+    The template is the state ``kernel.init`` builds from the checkpoint's sample-site values (the
+    same call ``MCMC.run`` makes for a fresh kernel; no warm start, as every site is given).
+    """
+    import jax
+
+    from .run_checkpoint import CheckpointError, restore_state
+
+    try:
+        z0 = {k: (v[0] if chains > 1 else v) for k, v in ck.init_params.items()}
+        template = kernel.init(jax.random.key(0), 0, z0, (), {})
+    except Exception as err:  # the stored site values do not fit this kernel
+        text = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise CheckpointError(
+            f"checkpoint {ck.path} does not fit this run's sampler (its site values {sorted(ck.init_params)}: "
+            f"{text}); pass --no-resume to start afresh (or delete the file)."
+        ) from None
+    return restore_state(ck, template, num_chains=chains)
 
 
 def _joint_inference(kernel, *, chains, warmup, draws, thinning, chain_method, seed, chunk, checkpoint, resume,
-                     progress=True, clock=None):
+                     progress=True, clock=None, fingerprint=None):
     """Warm-up then chunked sampling with a checkpoint after warm-up and after every chunk.
 
-    Returns ``(samples, stats)``: dicts of NumPy arrays grouped by chain.
+    ``checkpoint`` (or ``None``) is a data-only file (:mod:`blindlens.run_checkpoint`) carrying
+    ``fingerprint``; resuming from one written by another run is refused. Returns
+    ``(samples, stats)``: dicts of NumPy arrays grouped by chain.
     """
-    import pickle
-
     import jax
-    import numpy as np
     from numpyro.infer import MCMC
 
+    from .run_checkpoint import append_draws, check_fingerprint, legacy_checkpoint_path, load_checkpoint, save_checkpoint
+
+    fingerprint = dict(fingerprint or {})
     method = jax.vmap if chain_method == "vectorized" else chain_method
-    ckpt = None
+    state, done, samples, stats = None, 0, None, None
+    if checkpoint is not None:
+        legacy = legacy_checkpoint_path(checkpoint.with_name(checkpoint.name.removesuffix(".ckpt.npz")))
+        if legacy.exists():
+            print(f"note: ignoring {legacy}: pickle checkpoints of older blindlens versions are never loaded "
+                  "(they can run code); delete it.")
     if checkpoint is not None and checkpoint.exists() and resume:
-        with open(checkpoint, "rb") as f:
-            ckpt = pickle.load(f)
-        if ckpt.get("chains") != chains or ckpt.get("thinning") != thinning:
-            raise ValueError(f"checkpoint {checkpoint} was written with other --chains/--thinning; pass --no-resume.")
-        print(f"resuming from {checkpoint}: {ckpt['done']} of {draws} draws per chain done")
+        ck = load_checkpoint(checkpoint)
+        check_fingerprint(ck.fingerprint, fingerprint, checkpoint)
+        state, done = _resume_state(kernel, ck, chains), ck.done
+        samples, stats = ck.samples or None, ck.stats or None
+        print(f"resuming from {checkpoint}: {done} of {draws} draws per chain done")
     key = jax.random.key(seed)
     clock = _RunClock(progress) if clock is None else clock
-    if ckpt is None:
+    if state is None:
         mcmc = MCMC(kernel, num_warmup=warmup, num_samples=max(1, min(chunk, draws)), num_chains=chains,
                     chain_method=method, thinning=thinning, progress_bar=progress)
         clock.say(_start_message(kernel, chains))
         mcmc.warmup(jax.random.fold_in(key, 0))
         clock.warmed_up(warmup, draws)
-        ckpt = {"state": jax.device_get(mcmc.post_warmup_state), "done": 0, "samples": [], "stats": [],
-                "chains": chains, "thinning": thinning}
+        state = jax.device_get(mcmc.post_warmup_state)
         if checkpoint is not None:
-            _save_pickle(checkpoint, ckpt)
-    init_params = ckpt["state"].z  # skips the warm-start draw when a fresh process re-inits the kernel
+            save_checkpoint(checkpoint, fingerprint=fingerprint, state=state, done=0)
+    init_params = state.z  # skips the warm-start draw when a fresh process re-inits the kernel
     mcmc = None
-    resumed = ckpt["done"]
-    while ckpt["done"] < draws:
-        n = min(chunk, draws - ckpt["done"])
+    resumed = done
+    while done < draws:
+        n = min(chunk, draws - done)
         if mcmc is None or mcmc.num_samples != n:
             mcmc = MCMC(kernel, num_warmup=0, num_samples=n, num_chains=chains, chain_method=method,
                         thinning=thinning, progress_bar=progress)
-        mcmc.post_warmup_state = ckpt["state"]
-        mcmc.run(jax.random.fold_in(key, 1 + ckpt["done"]), init_params=init_params)
-        ckpt["samples"].append(jax.device_get(mcmc.get_samples(group_by_chain=True)))
-        ckpt["stats"].append(jax.device_get(mcmc.get_extra_fields(group_by_chain=True)))
-        ckpt["state"] = jax.device_get(mcmc.last_state)
-        ckpt["done"] += n
+        mcmc.post_warmup_state = state
+        mcmc.run(jax.random.fold_in(key, 1 + done), init_params=init_params)
+        samples = append_draws(samples, jax.device_get(mcmc.get_samples(group_by_chain=True)))
+        stats = append_draws(stats, jax.device_get(mcmc.get_extra_fields(group_by_chain=True)))
+        state = jax.device_get(mcmc.last_state)
+        done += n
         if checkpoint is not None:
-            _save_pickle(checkpoint, ckpt)
-        clock.sampled(ckpt["done"], draws, resumed)
-    samples = {k: np.concatenate([c[k] for c in ckpt["samples"]], axis=1) for k in ckpt["samples"][0]}
-    stats = {k: np.concatenate([c[k] for c in ckpt["stats"]], axis=1) for k in ckpt["stats"][0]}
+            save_checkpoint(checkpoint, fingerprint=fingerprint, state=state, done=done, samples=samples, stats=stats)
+        clock.sampled(done, draws, resumed)
     return samples, stats
 
 
@@ -459,7 +580,6 @@ def _write_joint_outputs(idata, out, fig_dir, truth, *, title):
 
 def _run_joint_sample(args):
     import time
-    from pathlib import Path
 
     from .arviz_conversion import to_inference_data
     from .gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig
@@ -467,6 +587,7 @@ def _run_joint_sample(args):
     from .likelihood_score import CLA, CalibratedTweedie, PiGDM
     from .numpyro_model import lens_site_names
     from .observation import load_observation
+    from .run_checkpoint import checkpoint_path
     from .source_posterior import SourceSamplerConfig
 
     for name in ("chains", "draws", "thinning", "steps", "checkpoint_every", "warm_start_steps"):
@@ -474,6 +595,7 @@ def _run_joint_sample(args):
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1.")
     if args.warmup < 0:
         raise ValueError("--warmup must be >= 0.")
+    out = _check_joint_outputs(args.out, args.figures, inputs=_sample_inputs(args))
     obs = load_observation(args.observation)
     lens_model = _load_lens_model(args.lens_model)
     sites = lens_site_names(lens_model)
@@ -492,19 +614,20 @@ def _run_joint_sample(args):
     if args.truth:
         from .simulation import load_truth
 
-        truth = _truth_values(load_truth(args.truth)["lens"], sites)
-    out = Path(args.out)
+        truth = _truth_values(_read_input("--truth", args.truth, load_truth)["lens"], sites)
     t0 = time.time()
     clock = _RunClock()
     samples, stats = _joint_inference(
         kernel, chains=args.chains, warmup=args.warmup, draws=args.draws, thinning=args.thinning,
         chain_method=args.chain_method, seed=args.seed, chunk=args.checkpoint_every,
-        checkpoint=out.with_name(out.name + ".ckpt.pkl"), resume=not args.no_resume, clock=clock,
+        checkpoint=checkpoint_path(out), resume=not args.no_resume, clock=clock,
+        fingerprint=_sample_fingerprint(args, prior),
     )
     clock.say("sampling done; computing model images and writing outputs ...")
     idata = to_inference_data(samples, obs, kernel=kernel, sample_stats=stats, truth=truth)
     idata.posterior.attrs["wall_seconds"] = float(time.time() - t0)
     summary = _write_joint_outputs(idata, out, args.figures, truth, title=f"blindlens sample {args.observation}")
+    checkpoint_path(out).unlink(missing_ok=True)  # complete: the outputs are written
     clock.say("done")
     return _report_run(idata, summary, strict=args.strict)
 
@@ -588,7 +711,8 @@ def _add_demo(sub):
             "InferenceData, figures and a one-page summary (posterior vs truth, chi^2/N, R-hat, ESS)."
         ),
     )
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True,
+                   help="output directory (created if missing; files of an earlier demo in it are replaced)")
     p.add_argument("--prior", default="default", help="'default' (shipped prior) or a prior file")
     p.add_argument("--chains", type=int, default=2)
     p.add_argument("--warmup", type=int, default=25)
@@ -611,6 +735,9 @@ def _run_demo(args):
     for name in ("chains", "draws", "steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1.")
+    from .run_checkpoint import check_output_dir
+
+    check_output_dir("--out", args.out)
     codes = []
     _demo(args.out, _load_source_prior(args.prior), chains=args.chains, warmup=args.warmup, draws=args.draws,
           steps=args.steps, seed=args.seed, source_resolution=args.source_resolution, strict=args.strict,
@@ -643,6 +770,7 @@ def _demo(out_dir, prior, *, chains=2, warmup=60, draws=60, steps=40, seed=0, im
     from .likelihood_score import PiGDM
     from .numpyro_model import lens_site_names, sie_shear
     from .observation import save_observation
+    from .run_checkpoint import checkpoint_path
     from .simulation import example_lens_path, example_source_path, load_source, save_truth, simulate_observation
     from .source_posterior import SourceSamplerConfig
 
@@ -692,7 +820,9 @@ def _demo(out_dir, prior, *, chains=2, warmup=60, draws=60, steps=40, seed=0, im
           f"per source draw; lens parameters {', '.join(sites)}")
     samples, stats = _joint_inference(
         kernel, chains=chains, warmup=warmup, draws=draws, thinning=1, chain_method="sequential", seed=seed,
-        chunk=draws, checkpoint=out / "posterior.nc.ckpt.pkl", resume=True, progress=progress, clock=clock,
+        chunk=draws, checkpoint=checkpoint_path(out / "posterior.nc"), resume=True, progress=progress, clock=clock,
+        fingerprint=_demo_fingerprint(obs, lens_model, prior, chains=chains, warmup=warmup, draws=draws, steps=steps,
+                                      seed=seed, max_tree_depth=max_tree_depth),
     )
     clock.say("sampling done; computing model images and writing outputs ...")
     idata = to_inference_data(samples, obs, kernel=kernel, sample_stats=stats, truth=truth)
@@ -700,6 +830,7 @@ def _demo(out_dir, prior, *, chains=2, warmup=60, draws=60, steps=40, seed=0, im
     idata.posterior.attrs["wall_seconds"] = float(wall)
     summary = _write_joint_outputs(idata, out / "posterior.nc", out, truth,
                                    title=f"blindlens demo (wall time {wall / 60:.1f} min)")
+    checkpoint_path(out / "posterior.nc").unlink(missing_ok=True)  # complete: the outputs are written
     clock.say("done")
     code = _report_run(idata, summary, strict=strict)
     if exit_codes is not None:

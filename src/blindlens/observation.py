@@ -26,7 +26,7 @@ from ._types import Image, Kernel
 from .grid import PixelGrid
 from .psf import PSF, validate_psf_kernel
 
-__all__ = ["Observation", "load_observation", "save_observation"]
+__all__ = ["Observation", "load_observation", "save_observation", "read_fits_array", "read_npz"]
 
 
 class Observation(eqx.Module):
@@ -175,62 +175,117 @@ def load_observation(path: str | os.PathLike) -> Observation:
         raise FileNotFoundError(f"observation file {path} does not exist.")
     kind = _kind(path)
     if kind == "npz":
-        with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in ("image", "noise", "psf", "pixel_scale") if k not in f.files]
-            if missing:
-                raise ValueError(
-                    f"{path}: npz observation is missing key(s) {missing}; it needs image, noise, psf, "
-                    "pixel_scale (and optionally mask, center)."
-                )
-            center = tuple(f["center"]) if "center" in f.files else (0.0, 0.0)
-            return Observation(
-                f["image"], f["noise"], f["psf"], f["pixel_scale"],
-                mask=f["mask"] if "mask" in f.files else None, center=center,
-            )
-    from astropy.io import fits
-
-    with fits.open(path) as hdul:
-        primary = hdul[0]
-        if primary.data is None:
-            raise ValueError(f"{path}: the primary HDU holds no image; put the image in the primary HDU.")
-        header = primary.header
-        if "PIXSCALE" not in header:
+        f = read_npz(path)
+        missing = [k for k in ("image", "noise", "psf", "pixel_scale") if k not in f]
+        if missing:
             raise ValueError(
-                f"{path}: primary header has no PIXSCALE keyword; add PIXSCALE = pixel scale in arcsec/pixel."
+                f"{path}: npz observation is missing key(s) {missing}; it needs image, noise, psf, "
+                "pixel_scale (and optionally mask, center)."
             )
-        names = {h.name.upper(): h for h in hdul[1:]}
-        if "NOISE" in names:
-            noise = np.asarray(names["NOISE"].data, np.float64)
-        elif "NOISESIG" in header:
-            noise = float(header["NOISESIG"])
-        else:
-            raise ValueError(
-                f"{path}: no noise given; add an image extension NOISE (1-sigma map) or a primary-header "
-                "scalar NOISESIG."
-            )
-        if "PSF" not in names or names["PSF"].data is None:
-            raise ValueError(f"{path}: no PSF extension; add an image extension named PSF (odd-sized, unit sum).")
-        psf = np.asarray(names["PSF"].data, np.float64)
-        mask = np.asarray(names["MASK"].data) if "MASK" in names else None
-        center = (float(header.get("CENTERX", 0.0)), float(header.get("CENTERY", 0.0)))
-        return Observation(
-            np.asarray(primary.data, np.float64), noise, psf, header["PIXSCALE"], mask=mask, center=center
+        center = tuple(f["center"]) if "center" in f else (0.0, 0.0)
+        return Observation(f["image"], f["noise"], f["psf"], f["pixel_scale"], mask=f.get("mask"), center=center)
+    hdus = _read_fits(path)
+    _, header, image = hdus[0]
+    if image is None:
+        raise ValueError(f"{path}: the primary HDU holds no image; put the image in the primary HDU.")
+    if "PIXSCALE" not in header:
+        raise ValueError(
+            f"{path}: primary header has no PIXSCALE keyword; add PIXSCALE = pixel scale in arcsec/pixel."
         )
+    names = {name: data for name, _, data in hdus[1:]}
+    for name in ("NOISE", "MASK"):
+        if name in names and names[name] is None:
+            raise ValueError(f"{path}: the {name} extension holds no data.")
+    if "NOISE" in names:
+        noise = np.asarray(names["NOISE"], np.float64)
+    elif "NOISESIG" in header:
+        noise = float(header["NOISESIG"])
+    else:
+        raise ValueError(
+            f"{path}: no noise given; add an image extension NOISE (1-sigma map) or a primary-header "
+            "scalar NOISESIG."
+        )
+    if names.get("PSF") is None:
+        raise ValueError(f"{path}: no PSF extension; add an image extension named PSF (odd-sized, unit sum).")
+    psf = np.asarray(names["PSF"], np.float64)
+    mask = names.get("MASK")
+    center = (float(header.get("CENTERX", 0.0)), float(header.get("CENTERY", 0.0)))
+    return Observation(np.asarray(image, np.float64), noise, psf, header["PIXSCALE"], mask=mask, center=center)
 
 
 def read_fits_array(path: str | os.PathLike, ndim: int) -> np.ndarray:
     """The data of the first HDU of ``path`` with ``ndim`` dimensions (primary HDU first).
 
     The one place besides the observation reader/writer where blindlens touches astropy, so that
-    FITS support stays behind this module. Raises ``ValueError`` if no such HDU exists.
+    FITS support stays behind this module. Raises ``ValueError`` if no such HDU exists or the file
+    cannot be read as FITS (empty, truncated, not FITS).
     """
+    for _, _, data in _read_fits(path):
+        if data is not None and data.ndim == ndim:
+            return data
+    raise ValueError(f"{path}: no {ndim}-d image HDU found (the primary HDU should hold the data).")
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` archive at ``path``, by name (read with ``allow_pickle=False``).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        With a one-line message naming the file if it is empty, truncated, damaged, not an
+        ``.npz`` archive, or holds pickled (object) data.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist.")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not hasattr(loaded, "files"):
+            raise ValueError("it holds a single .npy array, not an .npz archive")
+        with loaded as f:
+            return {name: f[name] for name in f.files}  # reading every member surfaces CRC errors here
+    except Exception as err:  # untrusted bytes: any failure to parse them is a bad file
+        raise ValueError(f"{path}: not a readable .npz file ({_describe(err, path)}); it may be truncated or damaged.") from None
+
+
+def _read_fits(path: str | os.PathLike) -> list:
+    """``(name, header, data)`` of every HDU, data read eagerly; a bad file is one ``ValueError``."""
+    import warnings
+
     from astropy.io import fits
 
-    with fits.open(path) as hdul:
-        for hdu in hdul:
-            if hdu.data is not None and hdu.data.ndim == ndim:
-                return np.array(hdu.data)
-    raise ValueError(f"{path}: no {ndim}-d image HDU found (the primary HDU should hold the data).")
+    def damaged(reason: str) -> ValueError:
+        return ValueError(f"{path}: not a readable FITS file ({reason}); it may be empty, truncated or not FITS.")
+
+    with warnings.catch_warnings(record=True) as caught:  # astropy warns (to stderr) about truncation
+        warnings.simplefilter("always")
+        try:
+            with fits.open(path) as hdul:
+                hdus = [(h.name.upper(), h.header.copy(), None if h.data is None else np.array(h.data)) for h in hdul]
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # untrusted bytes: any failure to parse them is a bad file
+            hdus, reason = None, _describe(err, path)
+    # astropy drops an HDU whose header is cut off with only a warning: that is a damaged file too
+    notes = [str(w.message) for w in caught if "truncated" in str(w.message) or "Error validating header" in str(w.message)]
+    if notes:
+        raise damaged(_describe(notes[0], path))
+    if hdus is None:
+        raise damaged(reason)
+    for w in caught:  # a readable file: pass astropy's warnings on as usual
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return hdus
+
+
+def _describe(err, path) -> str:
+    """One short line describing a low-level read error or warning (without repeating the path)."""
+    lines = str(err).replace(str(path), "the file").strip().splitlines()
+    text = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    if len(text) > 120:
+        text = text[:117] + "..."
+    return text or type(err).__name__
 
 
 def _kind(path: Path) -> str:

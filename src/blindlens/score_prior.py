@@ -119,24 +119,47 @@ class ScorePrior(AbstractSourcePrior):
     def from_bytes(cls, data: bytes, *, source: str = "<bytes>") -> ScorePrior:
         newline = data.find(b"\n")
         try:
+            if newline < 0:
+                raise ValueError
             header = json.loads(data[:newline].decode())
-            if header.get("format") != _FORMAT:
+            if not isinstance(header, dict) or header.get("format") != _FORMAT:
                 raise ValueError
         except (ValueError, UnicodeDecodeError):
             raise ValueError(
                 f"{source} is not a blindlens score-prior file (expected a JSON header line with "
                 f"format={_FORMAT!r}); create one with `blindlens train-prior`."
             ) from None
-        config = ScoreNetworkConfig.from_dict(header["architecture"])
+        try:
+            config = ScoreNetworkConfig.from_dict(header["architecture"])
+            sde = VESDE(float(header["sde"]["sigma_min"]), float(header["sde"]["sigma_max"]))
+            pixel_scale = float(header["pixel_scale"])
+            flux_scale = float(header.get("normalisation", {}).get("flux_scale", 1.0))
+            metadata = header.get("metadata", {})
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(
+                f"{source}: the score-prior header is incomplete or malformed ({type(err).__name__}: {err}); "
+                "re-create the file with `blindlens train-prior`."
+            ) from None
         skeleton = ScoreUNet(config, key=jr.key(0))
-        network = eqx.tree_deserialise_leaves(io.BytesIO(data[newline + 1 :]), skeleton)
-        sde = VESDE(float(header["sde"]["sigma_min"]), float(header["sde"]["sigma_max"]))
+        stream = io.BytesIO(data[newline + 1 :])
+        try:
+            network = eqx.tree_deserialise_leaves(stream, skeleton)
+        except Exception:  # untrusted bytes: truncated or damaged weights
+            raise ValueError(
+                f"{source}: the score-prior weights are truncated or damaged (they end early or do not match "
+                "the header's architecture); re-create the file with `blindlens train-prior` or copy it again."
+            ) from None
+        if stream.read(1):
+            raise ValueError(
+                f"{source}: the score-prior file has unexpected bytes after its weights (damaged, or written "
+                "for another architecture); re-create it with `blindlens train-prior`."
+            )
         return cls(
             network=network,
             network_sde=sde,
-            source_pixel_scale=float(header["pixel_scale"]),
-            flux_scale=float(header.get("normalisation", {}).get("flux_scale", 1.0)),
-            metadata=header.get("metadata", {}),
+            source_pixel_scale=pixel_scale,
+            flux_scale=flux_scale,
+            metadata=metadata,
         )
 
     @classmethod
