@@ -26,6 +26,9 @@ def _add_make_galaxies(sub) -> None:
     p.add_argument("--num", type=int, default=50000, help="number of galaxies (default 50000)")
     p.add_argument("--chunk", type=int, default=2500, help="galaxies per file (default 2500)")
     p.add_argument("--seed", type=int, default=1, help="population seed (default 1; 2 = held-out set)")
+    p.add_argument("--population", choices=("broad", "disk"), default="broad",
+                   help="broad: disks, compact, irregular and multi-component galaxies (the 64x64 prior's); "
+                        "disk: disk + clumps + bulge only (the 32x32 prior's). Default broad")
     p.set_defaults(run=_run_make_galaxies)
 
 
@@ -35,7 +38,7 @@ def _run_make_galaxies(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from .galaxies import draw_procedural_galaxies
+    from .galaxies import POPULATIONS, draw_procedural_galaxies
 
     if args.num < 1 or args.chunk < 1:
         raise ValueError("--num and --chunk must be positive.")
@@ -45,10 +48,12 @@ def _run_make_galaxies(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     starts = list(range(0, args.num, args.chunk))
     for start in tqdm(starts, desc="chunks", unit="chunk"):
-        path = out / f"galaxies_seed{args.seed}_{start:07d}.npy"
+        tag = "" if args.population == "disk" else f"{args.population}_"  # disk keeps its historical names
+        path = out / f"galaxies_{tag}seed{args.seed}_{start:07d}.npy"
         if path.exists():  # resumable: finished chunks are kept
             continue
-        images = draw_procedural_galaxies(min(args.chunk, args.num - start), seed=args.seed, start=start)
+        images = draw_procedural_galaxies(min(args.chunk, args.num - start), seed=args.seed, start=start,
+                                          recipe=POPULATIONS[args.population]())
         tmp = path.with_name(path.stem + ".tmp.npy")
         np.save(tmp, images)
         tmp.rename(path)
@@ -66,6 +71,11 @@ def _add_train_prior(sub) -> None:
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 64], help="U-Net channels per level")
     p.add_argument("--res-blocks", type=int, default=1, help="residual blocks per level")
+    p.add_argument("--pixel-unshuffle", type=int, default=1,
+                   help="sub-pixel stem factor r: the U-Net runs at (H/r, W/r) on r*r channels (default 1)")
+    p.add_argument("--init-from", default=None, metavar="PRIOR",
+                   help="start from a trained prior file ('default' for the shipped one); a coarser prior is "
+                        "lifted to the data's size with a sub-pixel stem (overrides --channels/--res-blocks)")
     p.add_argument("--sigma-min", type=float, default=0.005)
     p.add_argument("--sigma-max", type=float, default=10.0)
     p.add_argument("--pixel-scale", type=float, default=0.05, help="arcsec/pixel of the training images")
@@ -85,12 +95,31 @@ def _run_train_prior(args) -> int:
     check_output_paths({"--out": args.out, "the checkpoint": args.out + ".ckpt"}, suffixes={"--out": (".eqx",)},
                        inputs={"--data": args.data, "--init-from": getattr(args, "init_from", None)})
     data = _read_input("--data", args.data, load_image_set)
-    arch = ScoreNetworkConfig(
-        image_size=data.shape[1],
-        channels=tuple(args.channels),
-        num_res_blocks=args.res_blocks,
-        sigma_data=float(data.std()),
-    )
+    init_network = None
+    if args.init_from is not None:
+        from .score_network import lift_to_subpixel
+        from .score_prior import ScorePrior
+
+        base = ScorePrior.default() if args.init_from == "default" else ScorePrior.load(args.init_from)
+        init_network = base.network
+        n_base, n_data = init_network.config.image_size, data.shape[1]
+        if n_data != n_base:
+            factor = n_data // n_base
+            if n_data % n_base or factor & (factor - 1) or init_network.config.pixel_unshuffle != 1:
+                raise ValueError(
+                    f"--init-from {args.init_from}: a {n_base}x{n_base} prior cannot be lifted to the data's "
+                    f"{n_data}x{n_data} (needs a plain prior and a power-of-two size ratio)."
+                )
+            init_network = lift_to_subpixel(init_network, factor)
+        arch = init_network.config
+    else:
+        arch = ScoreNetworkConfig(
+            image_size=data.shape[1],
+            channels=tuple(args.channels),
+            num_res_blocks=args.res_blocks,
+            sigma_data=float(data.std()),
+            pixel_unshuffle=args.pixel_unshuffle,
+        )
     config = TrainingConfig(
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
@@ -108,7 +137,9 @@ def _run_train_prior(args) -> int:
         checkpoint_every=args.checkpoint_every,
         max_minutes=args.max_minutes,
         resume=not args.no_resume,
-        metadata={"training_set": {"path": str(args.data), "num_images": int(data.shape[0])}},
+        metadata={"training_set": {"path": str(args.data), "num_images": int(data.shape[0])},
+                  **({"initialised_from": str(args.init_from)} if args.init_from else {})},
+        init_network=init_network,
     )
     print(f"wrote {args.out} after {prior.metadata['training']['steps']} steps")
     return 0
