@@ -4,12 +4,13 @@ Every public signature in blindlens uses these names, so shapes read the same ev
 Arrays follow the ``[row=y, col=x]`` convention.
 """
 
-from jaxtyping import Array, Bool, Float, PRNGKeyArray, Scalar
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Scalar
 
 __all__ = [
     "Array",
     "Bool",
     "Float",
+    "Int",
     "PRNGKeyArray",
     "Scalar",
     "Image",

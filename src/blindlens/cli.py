@@ -381,6 +381,9 @@ def _add_joint_sample_arguments(p) -> None:
                         "level in image units, or 'none' (a full reverse trajectory every sweep)")
     g.add_argument("--warm-start-steps", type=int, default=200,
                    help="reverse-SDE steps of the continuous-time GibbsDDRM draw that starts each chain")
+    g.add_argument("--warm-start-tries", type=int, default=4,
+                   help="continuous-time trajectories per chain, pooled over chains and ranked by residual chi^2: "
+                        "the chains start from the best-fitting ones (default 4)")
     g.add_argument("--checkpoint-every", type=int, default=100,
                    help="draws per chunk between checkpoints (<out>.ckpt.npz; rerun the same command to resume; "
                         "it is removed when the outputs are written, and refused if written by another run)")
@@ -489,7 +492,7 @@ def _sample_fingerprint(args, prior) -> dict:
         file, func = lens.rsplit(":", 1)
         lens = f"{Path(file).name}:{func} {file_sha256(file)}"
     settings = ("chains", "warmup", "draws", "thinning", "chain_method", "refresh_sigma", "warm_start_steps",
-                "checkpoint_every", "guidance", "steps", "solver", "source_center", "flux_scale", "supersampling",
+                "warm_start_tries", "checkpoint_every", "guidance", "steps", "solver", "source_center", "flux_scale", "supersampling",
                 "seed")
     return {"observation": file_sha256(args.observation), "lens_model": lens, "prior": prior_fingerprint(prior),
             **{name: getattr(args, name) for name in settings}, "blindlens": __version__}
@@ -560,9 +563,22 @@ def _joint_inference(kernel, *, chains, warmup, draws, thinning, chain_method, s
         mcmc = MCMC(kernel, num_warmup=warmup, num_samples=max(1, min(chunk, draws)), num_chains=chains,
                     chain_method=method, thinning=thinning, progress_bar=progress)
         clock.say(_start_message(kernel, chains))
-        mcmc.warmup(jax.random.fold_in(key, 0))
+        init = None
+        if _pools_warm_starts(kernel):
+            from .chain_starts import pooled_chain_starts
+
+            starts = pooled_chain_starts(kernel, jax.random.fold_in(key, 2), chains)
+            clock.say(starts.message)
+            init = starts.init_params if chains > 1 else {k: v[0] for k, v in starts.init_params.items()}
+        mcmc.warmup(jax.random.fold_in(key, 0), init_params=init)
         clock.warmed_up(warmup, draws)
         state = jax.device_get(mcmc.post_warmup_state)
+        if chains > 1 and hasattr(kernel, "joint_model"):
+            from .chain_starts import reset_worse_chains
+
+            state, _, message = reset_worse_chains(kernel, state)
+            if message:
+                clock.say(message)
         if checkpoint is not None:
             save_checkpoint(checkpoint, fingerprint=fingerprint, state=state, done=0)
     init_params = state.z  # skips the warm-start draw when a fresh process re-inits the kernel
@@ -621,7 +637,7 @@ def _run_joint_sample(args):
     from .run_checkpoint import checkpoint_path
     from .source_posterior import SourceSamplerConfig
 
-    for name in ("chains", "draws", "thinning", "steps", "checkpoint_every", "warm_start_steps"):
+    for name in ("chains", "draws", "thinning", "steps", "checkpoint_every", "warm_start_steps", "warm_start_tries"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1.")
     if args.warmup < 0:
@@ -639,6 +655,7 @@ def _run_joint_sample(args):
         lens_model, obs, prior,
         source_config=SourceSamplerConfig(guidance=guidance, num_steps=args.steps, solver=args.solver),
         warm_start=GibbsDDRMConfig(guidance=guidance, num_steps=args.warm_start_steps),
+        warm_start_tries=args.warm_start_tries,
         source_grid=grid, supersampling=args.supersampling, source_refresh_sigma=args.refresh_sigma,
     )
     truth = None
@@ -702,11 +719,20 @@ class _RunClock:
         self.say(f"{done} of {draws} draws per chain done, ETA {_minutes(rate * (draws - done))}")
 
 
+def _pools_warm_starts(kernel) -> bool:
+    """Whether the chains start from one ranked pool of warm starts (:mod:`blindlens.chain_starts`)."""
+    return (getattr(kernel, "warm_start", None) is not None and getattr(kernel, "init_strategy", None) is None
+            and getattr(kernel, "lens_search", None) is None and hasattr(kernel, "joint_model"))
+
+
 def _start_message(kernel, chains: int) -> str:
     """The line printed before the silent part of a run: warm start and compilation."""
     ws = getattr(kernel, "warm_start", None)
     if getattr(kernel, "init_strategy", None) is not None or ws is None:
         start = "start: a source draw per chain"
+    elif _pools_warm_starts(kernel):
+        start = (f"warm start: {kernel.warm_start_tries * chains} continuous-time trajectories of {ws.num_steps} "
+                 "steps, ranked together by residual chi^2")
     else:
         start = (f"warm start: {kernel.warm_start_tries} continuous-time trajectories of {ws.num_steps} steps per "
                  "chain")

@@ -1,0 +1,101 @@
+"""Chain starts from one ranked pool of warm-start trajectories (issue 14: no chain left in a wrong mode)."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+from _joint_problem import LowRankExactGuidance, Problem
+
+from blindlens.chain_starts import (
+    chain_chi2,
+    default_mode_tolerance,
+    dominant_mode_starts,
+    pooled_chain_starts,
+    reset_worse_chains,
+)
+from blindlens.gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig, lens_unconstrained
+from blindlens.numpyro_model import lens_from_values
+from blindlens.source_posterior import SourceSamplerConfig
+
+
+def test_dominant_set_in_order_of_fit_and_repeated_when_short():
+    chi2 = np.array([900.0, 105.0, 100.0, 5e4, 140.0, np.nan])
+    chosen, n = dominant_mode_starts(chi2, 4, tolerance=50.0)
+    assert n == 3 and list(chosen) == [2, 1, 4, 2]
+    # a try exactly at the tolerance counts, one just above does not
+    assert dominant_mode_starts(chi2, 2, tolerance=40.0)[1] == 3
+    assert dominant_mode_starts(chi2, 2, tolerance=39.9)[1] == 2
+    chosen, n = dominant_mode_starts(np.array([np.inf, np.nan]), 3, tolerance=10.0)
+    assert n == 0 and len(chosen) == 3
+    with pytest.raises(ValueError, match="num_chains"):
+        dominant_mode_starts(chi2, 0, 1.0)
+    assert default_mode_tolerance(5000) == pytest.approx(200.0)
+
+
+def test_pooling_rescues_a_chain_whose_own_tries_all_failed():
+    """Per-chain best-of-2 (the old rule) leaves chain 1 in the wrong mode; the pool does not."""
+    chi2 = np.array([[101.0, 3000.0], [2900.0, 3100.0], [99.0, 120.0]])  # (chains, tries)
+    per_chain = chi2[np.arange(3), np.argmin(chi2, axis=1)]
+    assert per_chain[1] > 2000  # control: the per-chain rule keeps the wrong mode
+    chosen, n = dominant_mode_starts(chi2.ravel(), 3, tolerance=50.0)
+    assert n == 3 and np.all(chi2.ravel()[chosen] < 150)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return Problem(free=("theta_E",))
+
+
+def test_pooled_starts_on_the_gold_problem_start_every_chain_at_the_mode(problem):
+    exact = LowRankExactGuidance(basis=problem.basis)
+    kernel = BlindLensGibbs(
+        problem.lens_model, problem.observation, problem.prior,
+        source_config=SourceSamplerConfig(guidance=exact, num_steps=20),
+        warm_start=GibbsDDRMConfig(guidance=exact, num_steps=60), source_grid=problem.source_grid,
+        warm_start_tries=2,
+    )
+    starts = pooled_chain_starts(kernel, jr.key(21), 3)
+    fit = np.asarray(starts.chi2)
+    assert fit.shape == (6,) and starts.num_pixels == 24 * 24
+    # chi^2 is the residual chi^2 itself (not up to a constant): recompute it for the chosen tries
+    jm = kernel.joint_model
+    theta = jax.nn.sigmoid(starts.init_params["theta_E"]) * 0.7 + 0.5  # the model's Uniform(0.5, 1.2)
+    for c in range(3):
+        lens = lens_from_values(jm.lens_model, {"theta_E": theta[c]})
+        resid = (jm.image - jm.operator(lens, masked=False)(starts.init_params["source"][c])) / jm.noise
+        assert float(jnp.sum(jnp.where(jm.mask, resid**2, 0.0))) == pytest.approx(fit[starts.chosen[c]], rel=1e-4)
+    # every chain starts in the dominant mode (wrong lenses here fit at chi^2/N ~ 19)
+    assert np.all(fit[np.asarray(starts.chosen)] <= fit.min() + starts.tolerance)
+    assert np.all(np.abs(np.asarray(theta) - problem.truth["theta_E"]) < 0.02)
+    print(starts.message, np.sort(fit / starts.num_pixels).round(2))
+
+
+class _State(NamedTuple):
+    z: dict
+    step_size: jnp.ndarray
+    rng_key: jnp.ndarray
+
+
+def test_a_chain_in_a_worse_mode_after_warmup_restarts_from_the_best_chain(problem):
+    kernel = BlindLensGibbs(problem.lens_model, problem.observation, problem.prior, source_grid=problem.source_grid,
+                            source_sampler=lambda key, op, data, noise: jnp.zeros(op.source_shape))
+    jm = kernel.joint_model
+    truth = problem.truth["theta_E"]
+    source = problem.source
+    thetas = jnp.array([truth, 1.15, truth + 0.0005])  # chain 1 at a wrong lens with the true source
+    u = jax.vmap(lambda t: lens_unconstrained(jm.lens_model, {"theta_E": t})["theta_E"])(thetas)
+    state = _State({"theta_E": u, "source": jnp.stack([source] * 3)}, jnp.array([0.1, 0.2, 0.3]),
+                   jnp.arange(6, dtype=jnp.uint32).reshape(3, 2))
+    chi2 = chain_chi2(kernel, state.z)
+    assert chi2[1] > chi2[0] + 1000 and abs(chi2[2] - chi2[0]) < 68
+    new, reset, message = reset_worse_chains(kernel, state)
+    assert reset == [1] and "chain 1" in message and "worse mode" in message
+    np.testing.assert_array_equal(new.z["theta_E"], u[jnp.array([0, 0, 2])])
+    np.testing.assert_array_equal(new.step_size, state.step_size[jnp.array([0, 0, 2])])  # adapted settings come along
+    np.testing.assert_array_equal(new.rng_key, state.rng_key)  # each chain keeps its own key
+    # chains in the same mode are left alone
+    same, reset, message = reset_worse_chains(kernel, state._replace(z={k: v[jnp.array([0, 2, 2])] for k, v in state.z.items()}))
+    assert reset == [] and message == ""
