@@ -125,3 +125,17 @@ def test_broad_population_is_deterministic_and_broad():
     # compact members make the broad population reach smaller sizes than the disk one
     assert r_broad.min() < 0.8 * r_disk.min()
     assert not np.array_equal(whole, disk)
+
+
+def test_a_damaged_training_checkpoint_is_a_clear_error(tmp_path, getkey):
+    data = np.asarray(0.3 * jr.normal(getkey(), (8, 16, 16)), np.float32)
+    config = TrainingConfig(batch_size=4, warmup_steps=1)
+    train_score_prior(data, tmp_path / "p.eqx", num_steps=1, network_config=TINY, config=config, progress=False)
+    ckpt = tmp_path / "p.eqx.ckpt"
+    ckpt.write_bytes(ckpt.read_bytes()[:-100])  # truncated
+    with pytest.raises(ValueError, match="damaged.*--no-resume"):
+        train_score_prior(data, tmp_path / "p.eqx", num_steps=2, network_config=TINY, config=config, progress=False)
+    wide = ScoreNetworkConfig(image_size=16, channels=(8, 8), embedding_dim=16, sigma_data=0.5)
+    train_score_prior(data, tmp_path / "q.eqx", num_steps=1, network_config=TINY, config=config, progress=False)
+    with pytest.raises(ValueError, match="another network"):
+        train_score_prior(data, tmp_path / "q.eqx", num_steps=2, network_config=wide, config=config, progress=False)

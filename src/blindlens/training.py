@@ -153,8 +153,18 @@ def _save_checkpoint(path: Path, state: TrainState, header: dict) -> None:
 def _load_checkpoint(path: Path, skeleton: TrainState) -> tuple[TrainState, dict]:
     data = path.read_bytes()
     newline = data.find(b"\n")
-    header = json.loads(data[:newline].decode())
-    return eqx.tree_deserialise_leaves(io.BytesIO(data[newline + 1 :]), skeleton), header
+    try:
+        header = json.loads(data[:newline].decode())
+        stream = io.BytesIO(data[newline + 1 :])
+        state = eqx.tree_deserialise_leaves(stream, skeleton)
+        if newline < 0 or not isinstance(header, dict) or stream.read(1):
+            raise ValueError("trailing bytes")
+    except Exception:
+        raise ValueError(
+            f"training checkpoint {path} is damaged or was written for another network/optimiser "
+            "(truncated, or a different --channels/--res-blocks/--init-from); delete it or pass --no-resume."
+        ) from None
+    return state, header
 
 
 def train_score_prior(
