@@ -23,6 +23,8 @@ from blindlens.arviz_conversion import (
 from blindlens.gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig
 from blindlens.lens_models import SIE, SIS, ExternalShear
 from blindlens.lensing_operator import LensingOperator
+from blindlens.numpyro_model import lens_from_values
+from blindlens.observation import Observation
 from blindlens.source_posterior import SourceSamplerConfig
 
 matplotlib.use("Agg")
@@ -46,8 +48,8 @@ def run():
 def test_inference_data_groups_coords_and_predictions(run, tmp_path):
     problem, kernel, mcmc = run
     idata = to_inference_data(mcmc, problem.observation, truth=problem.truth, chunk_size=5)
-    for group in ("posterior", "sample_stats", "observed_data", "constant_data", "posterior_predictive"):
-        assert group in idata.groups()
+    for group in ("posterior", "sample_stats", "observed_data", "constant_data", "posterior_predictive", "log_likelihood"):
+        assert group in idata
     post = idata.posterior
     assert post["source"].dims == ("chain", "draw", "source_y", "source_x")
     np.testing.assert_allclose(post["source_x"].values, np.asarray(problem.source_grid.x_coords), rtol=1e-6)
@@ -86,10 +88,88 @@ def test_dict_input_matches_mcmc_input(run):
         sample_stats=jax.device_get(mcmc.get_extra_fields(group_by_chain=True)), predictive=False,
     )
     np.testing.assert_allclose(a.posterior["source"].values, b.posterior["source"].values)
-    for name in ("lp", "step_size", "n_steps", "tree_depth", "diverging", "acceptance_rate"):
+    for name in ("lp", "energy", "step_size", "n_steps", "tree_depth", "diverging", "acceptance_rate"):
         np.testing.assert_allclose(a.sample_stats[name].values, b.sample_stats[name].values)
     with pytest.raises(ValueError, match="BlindLensGibbs"):
         to_inference_data({"theta_E": np.zeros((1, 2))}, problem.observation)
+
+
+def test_container_matches_the_installed_arviz(run):
+    """arviz < 1: InferenceData; arviz >= 1: xarray DataTree (from_dict(posterior=...) is gone there)."""
+    problem, _, mcmc = run
+    idata = to_inference_data(mcmc, problem.observation, predictive=False, log_likelihood=False)
+    if int(az.__version__.split(".")[0]) < 1:
+        assert isinstance(idata, az.InferenceData)
+    else:
+        import xarray as xr
+
+        assert isinstance(idata, xr.DataTree)
+    for group in ("posterior", "sample_stats", "observed_data", "constant_data"):
+        assert group in idata
+    assert "posterior_predictive" not in idata and "log_likelihood" not in idata
+
+
+def _masked_kernel(problem):
+    """The fixture's problem with a 3-pixel border and one corner masked (a kernel built on it)."""
+    mask = np.ones(problem.observation.image.shape, bool)
+    mask[:3] = False
+    mask[-2:, -4:] = False
+    obs = Observation(problem.observation.image, problem.noise, problem.psf, problem.image_grid.pixel_scale, mask=mask)
+    kernel = BlindLensGibbs(
+        problem.lens_model, obs, problem.prior,
+        source_config=SourceSamplerConfig(guidance=LowRankExactGuidance(basis=problem.basis), num_steps=5),
+        source_grid=problem.source_grid,
+    )
+    return obs, mask, kernel
+
+
+def test_pointwise_log_likelihood_gives_loo_per_unmasked_pixel(run, tmp_path):
+    """log_likelihood is per pixel (unmasked only): az.loo sees one observation per pixel, finite."""
+    problem, _, mcmc = run
+    obs, mask, kernel = _masked_kernel(problem)
+    # the fixture's 12 draws per chain, three times over: PSIS (arviz >= 1) needs >= 5 tail draws
+    draws = {k: np.concatenate([v] * 3, axis=1) for k, v in jax.device_get(mcmc.get_samples(group_by_chain=True)).items()}
+    idata = to_inference_data(draws, obs, kernel=kernel, predictive=False, chunk_size=7)
+    ll = idata.log_likelihood["image"]
+    assert ll.dims == ("chain", "draw", "pixel") and ll.shape == (2, 36, int(mask.sum()))
+    assert np.all(np.isfinite(ll.values))
+    rows, cols = ll["pixel_row"].values, ll["pixel_col"].values
+    assert np.all(mask[rows, cols]) and len(set(zip(rows, cols))) == mask.sum()
+    np.testing.assert_allclose(ll["pixel_x"].values, np.asarray(problem.image_grid.x_coords)[cols], rtol=1e-6)
+    # the pointwise terms sum to the joint model's log-likelihood of that draw
+    model = kernel.joint_model
+    c, d = 1, 5
+    lens = lens_from_values(model.lens_model, {k: draws[k][c, d] for k in ("theta_E", "center_x")})
+    total = float(model.log_likelihood(lens, draws["source"][c, d]))
+    np.testing.assert_allclose(ll.values[c, d].sum(dtype=np.float64), total, rtol=1e-4)
+    loo = az.loo(idata, pointwise=True)
+    assert loo.n_data_points == int(mask.sum())
+    assert np.all(np.isfinite(np.asarray(loo.pareto_k))) and np.asarray(loo.pareto_k).size == mask.sum()
+    elpd = loo.elpd if hasattr(loo, "elpd") else loo["elpd_loo"]  # arviz >= 1 / 0.23
+    assert np.isfinite(float(elpd))
+    # and it survives the netCDF round trip
+    idata.to_netcdf(str(tmp_path / "ll.nc"))
+    back = az.from_netcdf(str(tmp_path / "ll.nc"))
+    np.testing.assert_array_equal(back.log_likelihood["image"].values, ll.values)
+
+
+def test_energy_in_sample_stats_and_float64_lens_draws(run):
+    """sample_stats has the NUTS energy (az.plot_energy works); lens draws are float64, the source float32."""
+    problem, kernel, mcmc = run
+    idata = to_inference_data(mcmc, problem.observation, predictive=False, log_likelihood=False)
+    energy = idata.sample_stats["energy"]
+    assert energy.dims == ("chain", "draw") and np.all(np.isfinite(energy.values))
+    az.plot_energy(idata)
+    assert idata.posterior["theta_E"].dtype == np.float64 and idata.posterior["center_x"].dtype == np.float64
+    assert idata.posterior["source"].dtype == np.float32
+    # draws a few float32 ulps apart still plot with ArviZ's defaults
+    draws = jax.device_get(mcmc.get_samples(group_by_chain=True))
+    ulp = np.spacing(np.float32(0.6))
+    draws["theta_E"] = (np.float32(0.6) + ulp * (np.arange(24) % 3).reshape(2, 12)).astype(np.float32)
+    tiny = to_inference_data(draws, problem.observation, kernel=kernel, predictive=False, log_likelihood=False)
+    assert tiny.posterior["theta_E"].dtype == np.float64
+    az.plot_trace(tiny, var_names=["theta_E"])
+    matplotlib.pyplot.close("all")
 
 
 def test_summary_text_and_figures(run, tmp_path):
@@ -116,8 +196,9 @@ def test_demo_pipeline_with_a_gaussian_prior(tmp_path):
         assert (tmp_path / name).exists()
     idata = az.from_netcdf(str(tmp_path / "posterior.nc"))
     assert idata.posterior["theta_E"].shape == (1, 4)
-    # resumable: a second call finds the finished checkpoint and does not sample again
-    assert (tmp_path / "posterior.nc.ckpt.pkl").exists()
+    assert idata.log_likelihood["image"].shape == (1, 4, 16 * 16) and "energy" in idata.sample_stats
+    # a completed run removes its checkpoint (blindlens.run_checkpoint)
+    assert not list(tmp_path.glob("posterior.nc.ckpt*"))
 
 
 def test_lens_model_specs():
@@ -153,6 +234,7 @@ def test_cli_sample_joint_with_a_user_lens_model_file_and_resume(tmp_path, monke
     assert cli.main(argv) == 0
     idata = az.from_netcdf(str(out))
     assert idata.posterior["theta_E"].shape == (1, 4)
+    assert idata.log_likelihood["image"].shape == (1, 4, 12 * 12)
     assert (tmp_path / "post_summary.txt").exists() and (tmp_path / "post_pair.png").exists()
     first = idata.posterior["theta_E"].values.copy()
     del idata

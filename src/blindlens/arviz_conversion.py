@@ -1,18 +1,30 @@
 """ArviZ InferenceData for blindlens posteriors: coordinates, data, model images, residuals.
 
 :func:`to_inference_data` turns a finished ``numpyro.infer.MCMC`` run of
-:class:`blindlens.gibbs_kernel.BlindLensGibbs` into an ``arviz.InferenceData`` with
+:class:`blindlens.gibbs_kernel.BlindLensGibbs` into ArviZ's container with
 
-* ``posterior``: the lens parameters (``theta_E, e1, ...``) and ``source`` with dims
+* ``posterior``: the lens parameters (``theta_E, e1, ...``; float64, so that ArviZ's density
+  and histogram defaults work on draws with a tiny spread) and ``source`` with dims
   ``(source_y, source_x)`` and arcsec coordinates of the source-pixel centres;
-* ``sample_stats``: ArviZ's names (``lp``, ``diverging``, ``acceptance_rate``, ``step_size``,
-  ``n_steps``, ``tree_depth``) plus ``num_score_evals``;
+* ``sample_stats``: ArviZ's names (``lp``, ``energy``, ``diverging``, ``acceptance_rate``,
+  ``step_size``, ``n_steps``, ``tree_depth``) plus ``num_score_evals``;
 * ``observed_data``: ``image`` with dims ``(image_y, image_x)`` and arcsec coordinates;
 * ``constant_data``: ``psf``, ``noise`` (per-pixel standard deviation) and ``mask``;
 * ``posterior_predictive``: ``model_image`` (noise-free ``A_theta s`` per draw), ``image``
   (a noisy replicate) and ``normalized_residual`` ``(y - A_theta s) / sigma`` (NaN on masked
-  pixels), recomputed from the stored draws in chunks so that memory stays bounded by
-  ``chunk_size`` images during the computation.
+  pixels);
+* ``log_likelihood``: ``image``, the pointwise Gaussian log-likelihood
+  ``log N(y_i; (A_theta s)_i, sigma_i^2)`` of every unmasked pixel, dims ``(chain, draw, pixel)``
+  (``pixel_row``/``pixel_col`` and ``pixel_y``/``pixel_x`` locate each pixel), so that
+  ``arviz.loo`` and ``arviz.waic`` see one observation per pixel.
+
+The predictive and log-likelihood groups are recomputed from the stored draws in chunks, so
+memory stays bounded by ``chunk_size`` images during the computation.
+
+The container is ``arviz.InferenceData`` with ArviZ < 1 and ``xarray.DataTree`` with ArviZ >= 1
+(:func:`make_inference_data`); both are built from the same xarray Datasets and read the same
+way (``idata.posterior``, ``"log_likelihood" in idata``, ``idata.to_netcdf(path)``,
+``arviz.from_netcdf(path)``).
 
 ArviZ and xarray are imported only in this module (and lazily by the CLI).
 """
@@ -27,11 +39,13 @@ import jax
 import numpy as np
 import xarray as xr
 
+from ._types import Array, Float
 from .grid import PixelGrid
 from .numpyro_model import IMAGE_SITE, SOURCE_SITE, JointModel, lens_from_values, lens_site_names
 
 __all__ = [
     "to_inference_data",
+    "make_inference_data",
     "posterior_model_images",
     "grid_coords",
     "fixed_lens_inference_data",
@@ -43,6 +57,9 @@ __all__ = [
     "plot_lens_pair",
 ]
 
+LOG_LIKELIHOOD_DIM = "pixel"
+"""Observation dimension of the ``log_likelihood`` group (the unmasked pixels, row-major)."""
+
 
 def grid_coords(grid: PixelGrid, prefix: str) -> dict[str, np.ndarray]:
     """``{prefix_y: y centres, prefix_x: x centres}`` in arcsec, for xarray coordinates."""
@@ -52,10 +69,79 @@ def grid_coords(grid: PixelGrid, prefix: str) -> dict[str, np.ndarray]:
     }
 
 
-def posterior_model_images(
+def make_inference_data(groups: Mapping[str, xr.Dataset | None]):
+    """ArviZ's container of named groups, for the installed ArviZ.
+
+    Parameters
+    ----------
+    groups
+        Group name (``"posterior"``, ``"sample_stats"``, ...) -> ``xarray.Dataset``; ``None``
+        values are dropped.
+
+    Returns
+    -------
+    ``arviz.InferenceData`` with ArviZ < 1, ``xarray.DataTree`` with ArviZ >= 1 (what that
+    version's ``arviz.from_dict`` and ``arviz.from_netcdf`` return). Both give
+    ``idata.posterior``, ``idata["posterior"]``, ``"posterior" in idata`` and
+    ``idata.to_netcdf(path)``.
+    """
+    groups = {name: ds for name, ds in groups.items() if ds is not None}
+    if int(str(az.__version__).split(".")[0]) < 1:
+        return az.InferenceData(**groups)
+    return xr.DataTree.from_dict(groups)
+
+
+def _chain_draw_coords(n_chain: int, n_draw: int) -> dict[str, np.ndarray]:
+    return {"chain": np.arange(n_chain), "draw": np.arange(n_draw)}
+
+
+def _predict_in_chunks(
     model: JointModel,
     lens_samples: Mapping[str, np.ndarray],
     sources: np.ndarray,
+    chunk_size: int,
+    log_likelihood: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Model images ``(n, ny, nx)`` and, optionally, the pointwise log-likelihood ``(n, n_unmasked)``.
+
+    Both come from one compiled batch of ``chunk_size`` draws: ``A_theta s`` through the model's
+    unmasked operator and :meth:`JointModel.pixel_log_likelihood` of that image.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    names = lens_site_names(model.lens_model)
+    n = sources.shape[0]
+    mask = np.asarray(model.mask, bool)
+
+    @jax.jit
+    def batch(values, src):
+        def one(v, s):
+            image = model.operator(lens_from_values(model.lens_model, v), masked=False)(s)
+            return image, model.pixel_log_likelihood(image)
+
+        return jax.vmap(one)(values, src)
+
+    images = np.empty((n, *model.image.shape), np.float32)
+    pointwise = np.empty((n, int(mask.sum())), np.float32) if log_likelihood else None
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        pad = chunk_size - (stop - start)
+        values = {k: np.asarray(lens_samples[k][start:stop]) for k in names}
+        src = np.asarray(sources[start:stop])
+        if pad:  # keep one compiled shape
+            values = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in values.items()}
+            src = np.concatenate([src, np.repeat(src[-1:], pad, axis=0)])
+        image, ll = jax.device_get(batch(values, src))
+        images[start:stop] = image[: stop - start]
+        if pointwise is not None:
+            pointwise[start:stop] = ll[: stop - start][:, mask]
+    return images, pointwise
+
+
+def posterior_model_images(
+    model: JointModel,
+    lens_samples: Mapping[str, np.ndarray],
+    sources: Float[Array, "n sy sx"] | np.ndarray,
     *,
     chunk_size: int = 64,
 ) -> np.ndarray:
@@ -76,30 +162,7 @@ def posterior_model_images(
     -------
     ``(n, ny, nx)`` float32 array.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
-    names = lens_site_names(model.lens_model)
-    n = sources.shape[0]
-
-    @jax.jit
-    def batch(values, src):
-        def one(v, s):
-            lens = lens_from_values(model.lens_model, v)
-            return model.operator(lens, masked=False)(s)
-
-        return jax.vmap(one)(values, src)
-
-    out = np.empty((n, *model.image.shape), np.float32)
-    for start in range(0, n, chunk_size):
-        stop = min(start + chunk_size, n)
-        pad = chunk_size - (stop - start)
-        values = {k: np.asarray(lens_samples[k][start:stop]) for k in names}
-        src = np.asarray(sources[start:stop])
-        if pad:  # keep one compiled shape
-            values = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in values.items()}
-            src = np.concatenate([src, np.repeat(src[-1:], pad, axis=0)])
-        out[start:stop] = np.asarray(batch(values, src))[: stop - start]
-    return out
+    return _predict_in_chunks(model, lens_samples, np.asarray(sources), chunk_size, log_likelihood=False)[0]
 
 
 def _psf_kernel(observation) -> np.ndarray | None:
@@ -122,6 +185,8 @@ def _stats_to_arviz(stats: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """NumPyro field names -> ArviZ sample-stat names (the renaming of ``az.from_numpyro``)."""
     out = {}
     for name, value in stats.items():
+        if isinstance(value, (dict, tuple)):  # structured fields (e.g. a whole state) are not stats
+            continue
         value = np.asarray(value)
         if name == "potential_energy":
             out["lp"] = -value
@@ -130,6 +195,57 @@ def _stats_to_arviz(stats: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if name == "num_steps":
             out["tree_depth"] = (np.log2(np.maximum(value, 1)).astype(int) + 1)
     return out
+
+
+def _posterior_dataset(draws: Mapping[str, np.ndarray], lens_names, coords) -> xr.Dataset:
+    """Posterior group: lens sites as float64, ``source`` on ``(source_y, source_x)``."""
+    data = {}
+    for name, value in draws.items():
+        value = np.asarray(value)
+        if name == SOURCE_SITE:
+            dims = ("chain", "draw", "source_y", "source_x")
+        else:
+            dims = ("chain", "draw", *(f"{name}_dim_{i}" for i in range(value.ndim - 2)))
+        if name in lens_names:
+            # float32 draws with a spread of a few ulps give ArviZ's KDE/histogram grids bins of
+            # zero width ("Too many bins for data range"); float64 keeps its defaults working
+            value = value.astype(np.float64)
+        data[name] = (dims, value)
+    n_chain, n_draw = np.asarray(draws[SOURCE_SITE]).shape[:2]
+    return xr.Dataset(
+        data,
+        coords={**_chain_draw_coords(n_chain, n_draw), **{k: coords[k] for k in ("source_y", "source_x")}},
+    )
+
+
+def _image_coords(coords) -> dict[str, np.ndarray]:
+    return {k: coords[k] for k in ("image_y", "image_x")}
+
+
+def _constant_dataset(noise: np.ndarray, mask: np.ndarray, psf: np.ndarray | None, coords) -> xr.Dataset:
+    constant = {
+        "noise": (("image_y", "image_x"), np.where(mask, noise, np.inf)),
+        "mask": (("image_y", "image_x"), mask),
+    }
+    if psf is not None:
+        constant["psf"] = (("psf_y", "psf_x"), psf)
+    return xr.Dataset(constant, coords=_image_coords(coords))
+
+
+def _log_likelihood_dataset(pointwise: np.ndarray, mask: np.ndarray, n_chain: int, n_draw: int, coords):
+    """``log_likelihood.image`` ``(chain, draw, pixel)`` over the unmasked pixels (row-major)."""
+    rows, cols = np.nonzero(mask)
+    return xr.Dataset(
+        {IMAGE_SITE: (("chain", "draw", LOG_LIKELIHOOD_DIM), pointwise.reshape(n_chain, n_draw, rows.size))},
+        coords={
+            **_chain_draw_coords(n_chain, n_draw),
+            LOG_LIKELIHOOD_DIM: np.arange(rows.size),
+            "pixel_row": (LOG_LIKELIHOOD_DIM, rows),
+            "pixel_col": (LOG_LIKELIHOOD_DIM, cols),
+            "pixel_y": (LOG_LIKELIHOOD_DIM, coords["image_y"][rows]),
+            "pixel_x": (LOG_LIKELIHOOD_DIM, coords["image_x"][cols]),
+        },
+    )
 
 
 def to_inference_data(
@@ -142,8 +258,8 @@ def to_inference_data(
     chunk_size: int = 64,
     predictive: bool = True,
     seed: int = 0,
-    log_likelihood: bool = False,
-) -> az.InferenceData:
+    log_likelihood: bool = True,
+):
     """InferenceData of a :class:`~blindlens.gibbs_kernel.BlindLensGibbs` run (see module docs).
 
     Parameters
@@ -164,19 +280,21 @@ def to_inference_data(
         Optional true lens parameters (simulations); stored as JSON in
         ``posterior.attrs["truth"]`` and used by the pair plot.
     chunk_size
-        Draws per batch when recomputing model images.
+        Draws per batch when recomputing model images and log-likelihoods.
     predictive
         Add the ``posterior_predictive`` group (model images, noisy replicates, normalised
         residuals).
     seed
         Seed of the noise in the replicated ``image``.
     log_likelihood
-        Also compute the ``log_likelihood`` group (``az.from_numpyro``; one value per draw for
-        the whole image). Only with an ``MCMC`` object.
+        Add the ``log_likelihood`` group: the pointwise log-likelihood of every unmasked pixel
+        and draw, ``(chain, draw, pixel)`` (what ``arviz.loo``/``arviz.waic`` need; its size is
+        at most that of one ``posterior_predictive`` image variable).
 
     Returns
     -------
-    ``arviz.InferenceData``; save it with ``idata.to_netcdf(path)``.
+    ``arviz.InferenceData`` (ArviZ < 1) or ``xarray.DataTree`` (ArviZ >= 1), see
+    :func:`make_inference_data`; save it with ``idata.to_netcdf(path)``.
     """
     from_dict = isinstance(mcmc, Mapping)
     kernel = kernel if from_dict else mcmc.sampler
@@ -192,42 +310,41 @@ def to_inference_data(
         ny, nx = model.image.shape
         image_grid = PixelGrid((ny, nx), 1.0)
     coords = {**grid_coords(source_grid, "source"), **grid_coords(image_grid, "image")}
-    dims = {SOURCE_SITE: ["source_y", "source_x"], IMAGE_SITE: ["image_y", "image_x"]}
     if from_dict:
-        posterior = {k: np.asarray(v) for k, v in mcmc.items()}
-        if SOURCE_SITE not in posterior:
+        draws = {k: np.asarray(v) for k, v in mcmc.items()}
+        if SOURCE_SITE not in draws:
             raise ValueError(f"the draws have no {SOURCE_SITE!r} site; pass mcmc.get_samples(group_by_chain=True).")
-        stats = _stats_to_arviz(sample_stats or {})
-        idata = az.from_dict(
-            posterior=posterior,
-            sample_stats=stats or None,
-            observed_data={IMAGE_SITE: np.asarray(model.image)},
-            coords=coords,
-            dims=dims,
-        )
+        stats = sample_stats or {}
     else:
-        idata = az.from_numpyro(mcmc, coords=coords, dims=dims, log_likelihood=log_likelihood)
+        draws = {k: np.asarray(v) for k, v in jax.device_get(mcmc.get_samples(group_by_chain=True)).items()}
+        stats = jax.device_get(mcmc.get_extra_fields(group_by_chain=True))
+    names = lens_site_names(model.lens_model)
+    n_chain, n_draw = draws[SOURCE_SITE].shape[:2]
+    stats = _stats_to_arviz(stats)
 
     noise = np.asarray(model.noise, float)
     mask = np.asarray(model.mask, bool)
-    constant = {
-        "noise": xr.DataArray(np.where(mask, noise, np.inf), dims=("image_y", "image_x")),
-        "mask": xr.DataArray(mask, dims=("image_y", "image_x")),
+    groups = {
+        "posterior": _posterior_dataset(draws, names, coords),
+        "sample_stats": xr.Dataset(
+            {k: (("chain", "draw", *(f"{k}_dim_{i}" for i in range(v.ndim - 2))), v) for k, v in stats.items()},
+            coords=_chain_draw_coords(n_chain, n_draw),
+        ) if stats else None,
+        "log_likelihood": None,
+        "posterior_predictive": None,
+        "observed_data": xr.Dataset(
+            {IMAGE_SITE: (("image_y", "image_x"), np.asarray(model.image))}, coords=_image_coords(coords)
+        ),
+        "constant_data": _constant_dataset(noise, mask, _psf_kernel(observation), coords),
     }
-    kernel_psf = _psf_kernel(observation)
-    if kernel_psf is not None:
-        constant["psf"] = xr.DataArray(kernel_psf, dims=("psf_y", "psf_x"))
-    idata.add_groups(
-        constant_data=xr.Dataset(constant, coords={k: coords[k] for k in ("image_y", "image_x")})
-    )
 
+    if predictive or log_likelihood:
+        flat = {k: draws[k].reshape(n_chain * n_draw, *draws[k].shape[2:]) for k in names}
+        sources = draws[SOURCE_SITE].reshape(n_chain * n_draw, *source_grid.shape)
+        images, pointwise = _predict_in_chunks(model, flat, sources, chunk_size, log_likelihood)
+        if log_likelihood:
+            groups["log_likelihood"] = _log_likelihood_dataset(pointwise, mask, n_chain, n_draw, coords)
     if predictive:
-        post = idata.posterior
-        n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
-        names = lens_site_names(model.lens_model)
-        flat = {k: post[k].values.reshape(n_chain * n_draw, *post[k].shape[2:]) for k in names}
-        sources = post[SOURCE_SITE].values.reshape(n_chain * n_draw, *source_grid.shape)
-        images = posterior_model_images(model, flat, sources, chunk_size=chunk_size)
         shape = (n_chain, n_draw, *model.image.shape)
         images = images.reshape(shape)
         y = np.asarray(model.image, np.float32)
@@ -235,40 +352,35 @@ def to_inference_data(
         rng = np.random.default_rng(seed)
         replicate = (images + noise.astype(np.float32) * rng.standard_normal(shape, np.float32)).astype(np.float32)
         image_dims = ("chain", "draw", "image_y", "image_x")
-        pp = xr.Dataset(
+        groups["posterior_predictive"] = xr.Dataset(
             {
                 "model_image": (image_dims, images),
                 IMAGE_SITE: (image_dims, replicate),
                 "normalized_residual": (image_dims, resid),
             },
-            coords={
-                "chain": post["chain"].values,
-                "draw": post["draw"].values,
-                "image_y": coords["image_y"],
-                "image_x": coords["image_x"],
-            },
+            coords={**_chain_draw_coords(n_chain, n_draw), **_image_coords(coords)},
         )
-        idata.add_groups(posterior_predictive=pp)
 
     attrs = {
-        "blindlens_lens_sites": json.dumps(list(lens_site_names(model.lens_model))),
+        "inference_library": "numpyro",
+        "blindlens_lens_sites": json.dumps(list(names)),
         "source_pixel_scale": float(source_grid.pixel_scale),
         "image_pixel_scale": float(image_grid.pixel_scale),
     }
     if truth is not None:
         attrs["truth"] = json.dumps({k: float(v) for k, v in truth.items()})
-    idata.posterior.attrs.update(attrs)
-    return idata
+    groups["posterior"].attrs.update(attrs)
+    return make_inference_data(groups)
 
 
 def fixed_lens_inference_data(
-    samples: np.ndarray,
-    model_images: np.ndarray,
+    samples: Float[Array, "n sy sx"] | np.ndarray,
+    model_images: Float[Array, "n ny nx"] | np.ndarray,
     observation,
     source_grid: PixelGrid,
     *,
     attrs: Mapping[str, object] | None = None,
-) -> az.InferenceData:
+):
     """InferenceData of source samples drawn for a fixed lens (``blindlens sample --fixed-lens``).
 
     Parameters
@@ -286,39 +398,21 @@ def fixed_lens_inference_data(
 
     Returns
     -------
-    ``arviz.InferenceData`` with ``posterior.source`` ``(chain, draw, source_y, source_x)``,
-    ``observed_data.image``, ``constant_data`` (``noise``, ``mask``, ``psf``) and
-    ``posterior_predictive`` (``model_image``, ``normalized_residual`` = (y - A s) / sigma, NaN on
-    masked pixels).
+    ``arviz.InferenceData`` (ArviZ < 1) or ``xarray.DataTree`` (ArviZ >= 1) with
+    ``posterior.source`` ``(chain, draw, source_y, source_x)``, ``observed_data.image``,
+    ``constant_data`` (``noise``, ``mask``, ``psf``) and ``posterior_predictive``
+    (``model_image``, ``normalized_residual`` = (y - A s) / sigma, NaN on masked pixels).
     """
     samples = np.asarray(samples, np.float32)
     model_images = np.asarray(model_images, np.float32)
     image_grid = observation.image_grid
     coords = {**grid_coords(source_grid, "source"), **grid_coords(image_grid, "image")}
     y = np.asarray(observation.image, np.float32)
-    noise = np.asarray(observation.noise, np.float32)
+    noise = np.broadcast_to(np.asarray(observation.noise, np.float32), y.shape)
     mask = np.ones(y.shape, bool) if observation.mask is None else np.asarray(observation.mask) > 0
     resid = np.where(mask, (y - model_images) / noise, np.nan).astype(np.float32)
-    idata = az.from_dict(
-        posterior={SOURCE_SITE: samples[None]},
-        posterior_predictive={"model_image": model_images[None], "normalized_residual": resid[None]},
-        observed_data={IMAGE_SITE: y},
-        constant_data={
-            "noise": np.where(mask, noise, np.inf),
-            "mask": mask,
-            **({} if _psf_kernel(observation) is None else {"psf": _psf_kernel(observation)}),
-        },
-        coords=coords,
-        dims={
-            SOURCE_SITE: ["source_y", "source_x"],
-            "model_image": ["image_y", "image_x"],
-            "normalized_residual": ["image_y", "image_x"],
-            IMAGE_SITE: ["image_y", "image_x"],
-            "noise": ["image_y", "image_x"],
-            "mask": ["image_y", "image_x"],
-            "psf": ["psf_y", "psf_x"],
-        },
-    )
+    n = samples.shape[0]
+    image_dims = ("chain", "draw", "image_y", "image_x")
     extra = {
         "source_pixel_scale": float(source_grid.pixel_scale),
         "image_pixel_scale": float(image_grid.pixel_scale),
@@ -326,8 +420,19 @@ def fixed_lens_inference_data(
     }
     for key, value in (attrs or {}).items():
         extra[key] = value if isinstance(value, (int, float, str)) else json.dumps(value)
-    idata.posterior.attrs.update(extra)
-    return idata
+    posterior = _posterior_dataset({SOURCE_SITE: samples[None]}, (), coords)
+    posterior.attrs.update(extra)
+    return make_inference_data(
+        {
+            "posterior": posterior,
+            "posterior_predictive": xr.Dataset(
+                {"model_image": (image_dims, model_images[None]), "normalized_residual": (image_dims, resid[None])},
+                coords={**_chain_draw_coords(1, n), **_image_coords(coords)},
+            ),
+            "observed_data": xr.Dataset({IMAGE_SITE: (("image_y", "image_x"), y)}, coords=_image_coords(coords)),
+            "constant_data": _constant_dataset(noise, mask, _psf_kernel(observation), coords),
+        }
+    )
 
 
 # --- summaries and figures --------------------------------------------------------------------
@@ -393,14 +498,14 @@ def summary_text(idata, truth: Mapping[str, float] | None = None, *, title: str 
     if truth:
         covered = [n for n in names if n in truth]
         lines.append(f"truth inside the 68% interval for {n_in} of {len(covered)} parameters (expected ~68%).")
-    if "posterior_predictive" in idata.groups() and "normalized_residual" in idata.posterior_predictive:
+    if "posterior_predictive" in idata and "normalized_residual" in idata.posterior_predictive:
         chi2 = residual_chi2(idata)
         n = int(np.sum(np.isfinite(idata.posterior_predictive["normalized_residual"].values[0, 0])))
         lines.append(
             f"residual chi^2/N per draw (N = {n} pixels): mean {chi2.mean():.3f}, 16-84% "
             f"[{np.quantile(chi2, 0.16):.3f}, {np.quantile(chi2, 0.84):.3f}] (expected 1 +- {np.sqrt(2 / n):.3f})"
         )
-    if "sample_stats" in idata.groups() and "diverging" in idata.sample_stats:
+    if "sample_stats" in idata and "diverging" in idata.sample_stats:
         lines.append(f"divergent lens transitions: {int(idata.sample_stats['diverging'].values.sum())}")
     worst = float(summ["r_hat"].max())
     lines.append(
@@ -462,7 +567,12 @@ def plot_joint_summary(idata, path, observation=None):
 
 
 def plot_lens_pair(idata, path, truth: Mapping[str, float] | None = None):
-    """Pair plot of the lens parameters with the truth overlaid (if known). Returns the path."""
+    """Corner plot of the lens parameters with the truth overlaid (if known). Returns the path.
+
+    Diagonal: marginal histograms titled with the median and the 16-84% interval; below it: the
+    pairwise draws. Drawn with Matplotlib from the stored draws, so it is the same with every
+    ArviZ version.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -470,24 +580,33 @@ def plot_lens_pair(idata, path, truth: Mapping[str, float] | None = None):
 
     names = lens_parameter_names(idata)
     truth = dict(truth) if truth is not None else (stored_truth(idata) or None)
-    ref = {k: v for k, v in truth.items() if k in names} if truth else None
-    if len(names) == 1:  # a pair plot needs two variables: show the marginal with the truth
-        ax = az.plot_posterior(idata, var_names=names, ref_val=(ref or {}).get(names[0]), hdi_prob=0.68)
-        fig = np.ravel(ax)[0].get_figure()
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        return path
-    axes = az.plot_pair(
-        idata,
-        var_names=names,
-        kind="scatter",
-        marginals=True,
-        reference_values=ref or None,
-        reference_values_kwargs={"color": "C3", "marker": "x", "markersize": 9},
-        scatter_kwargs={"alpha": 0.3, "s": 4},
-        figsize=(2.2 * len(names) + 1, 2.2 * len(names) + 1),
-    )
-    fig = np.ravel(axes)[0].get_figure()
+    ref = {k: float(v) for k, v in truth.items() if k in names} if truth else {}
+    draws = {n: np.asarray(idata.posterior[n].values, float).reshape(-1) for n in names}
+    k = len(names)
+    fig, axes = plt.subplots(k, k, figsize=(2.2 * k + 1, 2.2 * k + 1), squeeze=False)
+    for i, ni in enumerate(names):
+        for j, nj in enumerate(names):
+            ax = axes[i, j]
+            if j > i:
+                ax.set_axis_off()
+                continue
+            if i == j:
+                v = draws[ni]
+                lo, med, hi = np.quantile(v, [0.16, 0.5, 0.84])
+                ax.hist(v, bins=min(30, max(5, v.size // 5)), color="0.55", histtype="stepfilled")
+                ax.set_title(f"{ni} = {med:.3g} +{hi - med:.2g} -{med - lo:.2g}", fontsize=8)
+                ax.set_yticks([])
+                if ni in ref:
+                    ax.axvline(ref[ni], color="C3")
+            else:
+                ax.scatter(draws[nj], draws[ni], s=6, alpha=0.5, color="0.25", linewidths=0)
+                if nj in ref and ni in ref:
+                    ax.plot(ref[nj], ref[ni], "x", color="C3", markersize=9)
+            if i == k - 1:
+                ax.set_xlabel(nj)
+            if j == 0 and i > 0:
+                ax.set_ylabel(ni)
+    fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

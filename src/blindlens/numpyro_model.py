@@ -401,12 +401,15 @@ class JointModel(eqx.Module):
         """The observed image with masked pixels set to zero (what the source step fits)."""
         return jnp.where(self.mask, self.image, 0.0)
 
+    def pixel_log_likelihood(self, model_image: Float[Array, "ny nx"]) -> Float[Array, "ny nx"]:
+        """Pointwise ``log N(y_i; m_i, sigma_i^2)`` of each pixel given a model image (0 on masked pixels)."""
+        r = (self.image - model_image) / self.noise
+        ll = -0.5 * r**2 - jnp.log(self.noise) - 0.5 * jnp.log(2 * jnp.pi)
+        return jnp.where(self.mask, ll, 0.0)
+
     def log_likelihood(self, lens, source) -> Float[Array, ""]:
         """``log N(y; A s, sigma^2)`` over unmasked pixels (Gaussian, independent pixels)."""
-        model = self.operator(lens, masked=False)(source)
-        r = (self.image - model) / self.noise
-        ll = -0.5 * r**2 - jnp.log(self.noise) - 0.5 * jnp.log(2 * jnp.pi)
-        return jnp.sum(jnp.where(self.mask, ll, 0.0))
+        return jnp.sum(self.pixel_log_likelihood(self.operator(lens, masked=False)(source)))
 
     def __call__(self):
         lens = self.lens_model()
