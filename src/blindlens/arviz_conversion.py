@@ -42,6 +42,7 @@ import xarray as xr
 from ._types import Array, Float
 from .grid import PixelGrid
 from .numpyro_model import IMAGE_SITE, SOURCE_SITE, JointModel, lens_from_values, lens_site_names
+from .posterior_figures import plot_lens_pair  # re-exported: the corner plot lives with the other posterior figures
 
 __all__ = [
     "to_inference_data",
@@ -562,51 +563,5 @@ def plot_joint_summary(idata, path, observation=None):
     ax.set_title("goodness of fit")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_lens_pair(idata, path, truth: Mapping[str, float] | None = None):
-    """Corner plot of the lens parameters with the truth overlaid (if known). Returns the path.
-
-    Diagonal: marginal histograms titled with the median and the 16-84% interval; below it: the
-    pairwise draws. Drawn with Matplotlib from the stored draws, so it is the same with every
-    ArviZ version.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = lens_parameter_names(idata)
-    truth = dict(truth) if truth is not None else (stored_truth(idata) or None)
-    ref = {k: float(v) for k, v in truth.items() if k in names} if truth else {}
-    draws = {n: np.asarray(idata.posterior[n].values, float).reshape(-1) for n in names}
-    k = len(names)
-    fig, axes = plt.subplots(k, k, figsize=(2.2 * k + 1, 2.2 * k + 1), squeeze=False)
-    for i, ni in enumerate(names):
-        for j, nj in enumerate(names):
-            ax = axes[i, j]
-            if j > i:
-                ax.set_axis_off()
-                continue
-            if i == j:
-                v = draws[ni]
-                lo, med, hi = np.quantile(v, [0.16, 0.5, 0.84])
-                ax.hist(v, bins=min(30, max(5, v.size // 5)), color="0.55", histtype="stepfilled")
-                ax.set_title(f"{ni} = {med:.3g} +{hi - med:.2g} -{med - lo:.2g}", fontsize=8)
-                ax.set_yticks([])
-                if ni in ref:
-                    ax.axvline(ref[ni], color="C3")
-            else:
-                ax.scatter(draws[nj], draws[ni], s=6, alpha=0.5, color="0.25", linewidths=0)
-                if nj in ref and ni in ref:
-                    ax.plot(ref[nj], ref[ni], "x", color="C3", markersize=9)
-            if i == k - 1:
-                ax.set_xlabel(nj)
-            if j == 0 and i > 0:
-                ax.set_ylabel(ni)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

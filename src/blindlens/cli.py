@@ -447,7 +447,8 @@ def _check_joint_outputs(out, figures, *, inputs):
     """Check every file joint sampling writes before it starts (creating the figures folder); returns ``out``.
 
     Files: ``--out`` (netCDF, ``.nc``), its checkpoint and, in the figures folder (default: beside
-    ``--out``), ``<stem>_summary.png``, ``<stem>_pair.png`` and ``<stem>_summary.txt``.
+    ``--out``), ``<stem>_summary.png``, ``<stem>_pair.png``, ``<stem>_curves.png``,
+    ``<stem>_summary.txt`` and, with ``--truth``, ``<stem>_source_vs_truth.png``.
     """
     from pathlib import Path
 
@@ -457,7 +458,8 @@ def _check_joint_outputs(out, figures, *, inputs):
     fig_dir = check_output_dir("--figures", figures) if figures else out.parent
     fig_dir.mkdir(parents=True, exist_ok=True)
     files = {"--out": out, "the checkpoint": checkpoint_path(out)}
-    for name in ("summary.png", "pair.png", "summary.txt"):
+    names = ("summary.png", "pair.png", "curves.png", "summary.txt")
+    for name in names + (("source_vs_truth.png",) if inputs.get("--truth") else ()):
         files[f"figure file {out.stem}_{name}"] = Path(fig_dir) / f"{out.stem}_{name}"
     check_output_paths(files, inputs=inputs)
     return out
@@ -601,10 +603,12 @@ def _joint_inference(kernel, *, chains, warmup, draws, thinning, chain_method, s
     return samples, stats
 
 
-def _write_joint_outputs(idata, out, fig_dir, truth, *, title):
+def _write_joint_outputs(idata, out, fig_dir, truth, *, title, lens_model=None, truth_file=None):
+    """netCDF, figures and summary text; ``truth_file``: a :func:`~blindlens.simulation.load_truth` dict."""
     from pathlib import Path
 
-    from .arviz_conversion import plot_joint_summary, plot_lens_pair, summary_text
+    from .arviz_conversion import plot_joint_summary, summary_text
+    from .posterior_figures import plot_critical_curves, plot_lens_pair, plot_source_comparison
 
     out = Path(out)
     fig_dir = Path(fig_dir) if fig_dir else out.parent
@@ -616,7 +620,12 @@ def _write_joint_outputs(idata, out, fig_dir, truth, *, title):
     figs = [
         plot_joint_summary(idata, fig_dir / f"{stem}_summary.png"),
         plot_lens_pair(idata, fig_dir / f"{stem}_pair.png", truth),
+        plot_critical_curves(idata, fig_dir / f"{stem}_curves.png", truth=truth_file, lens_model=lens_model),
     ]
+    if truth_file is not None:
+        figs.append(plot_source_comparison(
+            idata, fig_dir / f"{stem}_source_vs_truth.png", truth_file["source"], float(truth_file["source_pixel_scale"]),
+            tuple(truth_file.get("source_center", (0.0, 0.0)))))
     text = summary_text(idata, truth, title=title)
     summary = fig_dir / f"{stem}_summary.txt"
     summary.write_text(text)
@@ -658,11 +667,12 @@ def _run_joint_sample(args):
         warm_start_tries=args.warm_start_tries,
         source_grid=grid, supersampling=args.supersampling, source_refresh_sigma=args.refresh_sigma,
     )
-    truth = None
+    truth = truth_file = None
     if args.truth:
         from .simulation import load_truth
 
-        truth = _truth_values(_read_input("--truth", args.truth, load_truth)["lens"], sites)
+        truth_file = _read_input("--truth", args.truth, load_truth)
+        truth = _truth_values(truth_file["lens"], sites)
     t0 = time.time()
     clock = _RunClock()
     samples, stats = _joint_inference(
@@ -674,7 +684,8 @@ def _run_joint_sample(args):
     clock.say("sampling done; computing model images and writing outputs ...")
     idata = to_inference_data(samples, obs, kernel=kernel, sample_stats=stats, truth=truth)
     idata.posterior.attrs["wall_seconds"] = float(time.time() - t0)
-    summary = _write_joint_outputs(idata, out, args.figures, truth, title=f"blindlens sample {args.observation}")
+    summary = _write_joint_outputs(idata, out, args.figures, truth, title=f"blindlens sample {args.observation}",
+                                   lens_model=lens_model, truth_file=truth_file)
     checkpoint_path(out).unlink(missing_ok=True)  # complete: the outputs are written
     clock.say("done")
     return _report_run(idata, summary, strict=args.strict)
@@ -886,7 +897,8 @@ def _demo(out_dir, prior, *, chains=2, warmup=60, draws=60, steps=40, seed=0, im
     wall = time.time() - t_start
     idata.posterior.attrs["wall_seconds"] = float(wall)
     summary = _write_joint_outputs(idata, out / "posterior.nc", out, truth,
-                                   title=f"blindlens demo (wall time {wall / 60:.1f} min)")
+                                   title=f"blindlens demo (wall time {wall / 60:.1f} min)", lens_model=lens_model,
+                                   truth_file={"lens": lens, "source": source, "source_pixel_scale": source_pixel_scale})
     checkpoint_path(out / "posterior.nc").unlink(missing_ok=True)  # complete: the outputs are written
     clock.say("done")
     code = _report_run(idata, summary, strict=strict)
