@@ -33,6 +33,8 @@ def test_dominant_set_in_order_of_fit_and_repeated_when_short():
     with pytest.raises(ValueError, match="num_chains"):
         dominant_mode_starts(chi2, 0, 1.0)
     assert default_mode_tolerance(5000) == pytest.approx(200.0)
+    assert default_mode_tolerance(5000, 5100.0) == pytest.approx(255.0)  # 5% of a fit short of the noise
+    assert default_mode_tolerance(5000, np.inf) == pytest.approx(200.0)
 
 
 def test_pooling_rescues_a_chain_whose_own_tries_all_failed():

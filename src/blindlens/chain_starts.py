@@ -11,9 +11,10 @@ Here all ``num_chains * k`` trajectories (the same total cost) go into one pool 
     chi^2 = sum_unmasked ((y - A_theta s) / sigma)^2 .
 
 The *dominant set* is every try within ``tolerance`` of the best; by default
-``tolerance = 2 sqrt(2 N)`` for ``N`` unmasked pixels, twice the sd of chi^2 for pure noise, so
-tries that fit like the best one are never told apart while the wrong modes above (tens of
-thousands of chi^2 units worse) are dropped. The chains take the dominant tries in order of fit;
+``tolerance = max(2 sqrt(2 N), 0.05 chi^2_best)`` for ``N`` unmasked pixels: twice the sd of chi^2
+for pure noise, or 5% of the best fit where the model cannot reach the noise (a source the prior
+cannot represent, rough warm-start draws), so tries that fit like the best one are not told apart
+while the wrong modes above (110-250% worse than the right basin's fit) are dropped. The chains take the dominant tries in order of fit;
 when there are fewer dominant tries than chains, starts are repeated (each chain still has its own
 PRNG key, so they separate during warm-up) and :attr:`ChainStarts.message` says so, because
 repeated starts make R-hat less able to reveal a missed mode.
@@ -74,9 +75,10 @@ class ChainStarts(NamedTuple):
     message: str
 
 
-def default_mode_tolerance(num_pixels: int) -> float:
-    """``2 sqrt(2 N)``: twice the sd of a chi^2 with ``N`` degrees of freedom."""
-    return 2.0 * math.sqrt(2.0 * num_pixels)
+def default_mode_tolerance(num_pixels: int, best_chi2: float = 0.0) -> float:
+    """``max(2 sqrt(2 N), 0.05 chi^2_best)``: twice the sd of a chi^2 with ``N`` degrees of freedom,
+    or 5% of the best fit's chi^2 when that is larger (a model that does not reach the noise)."""
+    return max(2.0 * math.sqrt(2.0 * num_pixels), 0.05 * float(best_chi2) if np.isfinite(best_chi2) else 0.0)
 
 
 def dominant_mode_starts(chi2, num_chains: int, tolerance: float) -> tuple[np.ndarray, int]:
@@ -150,7 +152,9 @@ def pooled_chain_starts(
 
     fit = np.asarray(jax.lax.map(lambda a: chi2(*a), (draws.lens, draws.source)))
     num_pixels = int(np.sum(np.asarray(jm.mask)))
-    tol = default_mode_tolerance(num_pixels) if tolerance is None else float(tolerance)
+    finite = fit[np.isfinite(fit)]
+    best_fit = float(finite.min()) if finite.size else float("inf")
+    tol = default_mode_tolerance(num_pixels, best_fit) if tolerance is None else float(tolerance)
     chosen, num_dominant = dominant_mode_starts(fit, num_chains, tol)
     lens = {n: jnp.asarray(v)[chosen] for n, v in draws.lens.items()}
     unconstrained = jax.vmap(lambda values: lens_unconstrained(jm.lens_model, values))(lens)
@@ -158,9 +162,10 @@ def pooled_chain_starts(
     init_params[SOURCE_SITE] = jnp.asarray(draws.source)[chosen]
     best = float(np.min(np.where(np.isfinite(fit), fit, np.inf))) / num_pixels
     worst = float(np.max(np.where(np.isfinite(fit), fit, -np.inf))) / num_pixels
+    shown = ", ".join(f"{v:.3f}" for v in np.sort(fit)[:16] / num_pixels)
     message = (
         f"chain starts: {num_dominant} of {num_tries} warm-start trajectories within chi^2 {tol:.0f} of the best "
-        f"(chi^2/N {best:.4f}; worst try {worst:.4f})"
+        f"(chi^2/N {best:.4f}; worst try {worst:.4f}; tries: {shown}{', ...' if num_tries > 16 else ''})"
     )
     if num_dominant == 0:
         message += "; WARNING: no trajectory has a finite fit: the warm start diverged (more --warm-start-steps)"
@@ -215,9 +220,9 @@ def reset_worse_chains(kernel: BlindLensGibbs, state, *, tolerance: float | None
     """
     chi2 = chain_chi2(kernel, state.z)
     num_pixels = int(np.sum(np.asarray(kernel.joint_model.mask)))
-    tol = default_mode_tolerance(num_pixels) if tolerance is None else float(tolerance)
     fit = np.where(np.isfinite(chi2), chi2, np.inf)
     best = int(np.argmin(fit))
+    tol = default_mode_tolerance(num_pixels, fit[best]) if tolerance is None else float(tolerance)
     reset = [int(c) for c in range(fit.size) if c != best and not fit[c] <= fit[best] + tol]
     if not reset or not np.isfinite(fit[best]):
         return state, [], ""
