@@ -139,3 +139,15 @@ def test_a_damaged_training_checkpoint_is_a_clear_error(tmp_path, getkey):
     train_score_prior(data, tmp_path / "q.eqx", num_steps=1, network_config=TINY, config=config, progress=False)
     with pytest.raises(ValueError, match="another network"):
         train_score_prior(data, tmp_path / "q.eqx", num_steps=2, network_config=wide, config=config, progress=False)
+
+
+def test_shipped_priors_by_name():
+    from blindlens.score_prior import SHIPPED_PRIORS
+
+    high = ScorePrior.shipped("highres")
+    assert high.shape == (64, 64) and high.pixel_scale == 0.05 and high.network.config.pixel_unshuffle == 2
+    assert ScorePrior.default().shape == (32, 32) and set(SHIPPED_PRIORS) == {"default", "highres"}
+    x = 0.05 * jr.normal(jr.key(0), (64, 64))
+    assert bool(jnp.all(jnp.isfinite(high.score(x, 0.5))))
+    with pytest.raises(ValueError, match="unknown shipped prior 'hires'"):
+        ScorePrior.shipped("hires")

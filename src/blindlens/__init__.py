@@ -72,6 +72,8 @@ _EXPORTS: dict[str, str] = {
     "tarp_coverage": "validation",
     "GibbsDDRMConfig": "gibbs_kernel",
     "sample_gibbsddrm": "gibbs_kernel",
+    "pooled_chain_starts": "chain_starts",
+    "reset_worse_chains": "chain_starts",
     "to_inference_data": "arviz_conversion",
     "check_run": "run_diagnostics",
     "RunReport": "run_diagnostics",

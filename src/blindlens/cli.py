@@ -33,8 +33,6 @@ def _add_make_galaxies(sub) -> None:
 
 
 def _run_make_galaxies(args) -> int:
-    from pathlib import Path
-
     import numpy as np
     from tqdm import tqdm
 
@@ -98,9 +96,8 @@ def _run_train_prior(args) -> int:
     init_network = None
     if args.init_from is not None:
         from .score_network import lift_to_subpixel
-        from .score_prior import ScorePrior
 
-        base = ScorePrior.default() if args.init_from == "default" else ScorePrior.load(args.init_from)
+        base = _load_source_prior(args.init_from)
         init_network = base.network
         n_base, n_data = init_network.config.image_size, data.shape[1]
         if n_data != n_base:
@@ -267,7 +264,9 @@ def _add_sample(sub):
     p.add_argument("--out", required=True,
                    help="output InferenceData (.nc) in an existing folder; outputs are checked before sampling "
                         "starts and replaced if they exist")
-    p.add_argument("--prior", default="default", help="'default' (shipped prior) or a prior file from train-prior")
+    p.add_argument("--prior", default="default",
+                   help="'default' (shipped 32x32 prior at 0.1\"/pixel), 'highres' (shipped 64x64 prior at 0.05\"/pixel, "
+                        "for data at HST-like resolution) or a prior file from train-prior")
     p.add_argument("--guidance", choices=("pigdm", "calibrated", "cla"), default="pigdm",
                    help="likelihood score: pigdm (default), calibrated (exact for Gaussian priors, costlier), cla")
     p.add_argument("--steps", type=int, default=50, help="reverse-diffusion steps (default 50: docs/source_posterior.md)")
@@ -290,7 +289,9 @@ def _add_sample(sub):
 def _load_source_prior(spec: str):
     from .score_prior import ScorePrior
 
-    return ScorePrior.default() if spec == "default" else ScorePrior.load(spec)
+    from .score_prior import SHIPPED_PRIORS
+
+    return ScorePrior.shipped(spec) if spec in SHIPPED_PRIORS else ScorePrior.load(spec)
 
 
 def _run_sample(args):
@@ -435,7 +436,9 @@ def _sample_inputs(args) -> dict:
     """The input files of ``blindlens sample`` (for the output-path checks)."""
     inputs = {"the observation": args.observation, "--truth": getattr(args, "truth", None),
               "--fixed-lens": args.fixed_lens}
-    if args.prior != "default":
+    from .score_prior import SHIPPED_PRIORS
+
+    if args.prior not in SHIPPED_PRIORS:
         inputs["--prior"] = args.prior
     spec = getattr(args, "lens_model", "")
     if args.fixed_lens is None and ":" in spec:
@@ -781,7 +784,8 @@ def _add_demo(sub):
     )
     p.add_argument("--out", required=True,
                    help="output directory (created if missing; files of an earlier demo in it are replaced)")
-    p.add_argument("--prior", default="default", help="'default' (shipped prior) or a prior file")
+    p.add_argument("--prior", default="default",
+                   help="'default' (shipped 32x32 prior), 'highres' (shipped 64x64 prior at 0.05\"/pixel) or a prior file")
     p.add_argument("--chains", type=int, default=2)
     p.add_argument("--warmup", type=int, default=25)
     p.add_argument("--draws", type=int, default=25)

@@ -30,9 +30,14 @@ from .diffusion_sde import VESDE
 from .score_network import ScoreNetworkConfig, ScoreUNet
 from .source_prior import AbstractSourcePrior
 
-__all__ = ["ScorePrior", "DEFAULT_PRIOR_RESOURCE"]
+__all__ = ["ScorePrior", "DEFAULT_PRIOR_RESOURCE", "SHIPPED_PRIORS"]
 
 DEFAULT_PRIOR_RESOURCE = "default_prior.eqx"
+SHIPPED_PRIORS = {
+    "default": DEFAULT_PRIOR_RESOURCE,  # 32 x 32 at 0.1"/pixel, disk population
+    "highres": "prior_64.eqx",  # 64 x 64 at 0.05"/pixel, broad population (sub-pixel stem)
+}
+"""Priors shipped inside the package, by name (``ScorePrior.shipped(name)``, ``--prior NAME``)."""
 _FORMAT = "blindlens-score-prior"
 
 
@@ -171,12 +176,27 @@ class ScorePrior(AbstractSourcePrior):
         return cls.from_bytes(path.read_bytes(), source=str(path))
 
     @classmethod
-    def default(cls) -> ScorePrior:
-        """The prior shipped with blindlens (64x64 procedural GalSim galaxies, 0.05"/pixel)."""
-        resource = resources.files("blindlens") / "data" / DEFAULT_PRIOR_RESOURCE
+    def shipped(cls, name: str = "default") -> ScorePrior:
+        """A prior shipped with blindlens, by name (:data:`SHIPPED_PRIORS`).
+
+        ``"default"``: 32 x 32 source pixels of 0.1" (a 3.2" field), trained on the disk
+        population (docs/prior.md). ``"highres"``: 64 x 64 pixels of 0.05" (the same field at the
+        resolution of HST-like data), the default network lifted with a sub-pixel stem and
+        fine-tuned on the broad population (docs/prior.md).
+        """
+        if name not in SHIPPED_PRIORS:
+            raise ValueError(
+                f"unknown shipped prior {name!r}; choose one of {sorted(SHIPPED_PRIORS)} or pass a prior file."
+            )
+        resource = resources.files("blindlens") / "data" / SHIPPED_PRIORS[name]
         if not resource.is_file():
             raise FileNotFoundError(
-                "The default score prior is missing from this installation "
-                f"(blindlens/data/{DEFAULT_PRIOR_RESOURCE}); reinstall blindlens or pass a prior file."
+                f"The shipped score prior {name!r} is missing from this installation "
+                f"(blindlens/data/{SHIPPED_PRIORS[name]}); reinstall blindlens or pass a prior file."
             )
-        return cls.from_bytes(resource.read_bytes(), source=f"blindlens/data/{DEFAULT_PRIOR_RESOURCE}")
+        return cls.from_bytes(resource.read_bytes(), source=f"blindlens/data/{SHIPPED_PRIORS[name]}")
+
+    @classmethod
+    def default(cls) -> ScorePrior:
+        """The default shipped prior (32 x 32 procedural GalSim galaxies at 0.1"/pixel)."""
+        return cls.shipped("default")
