@@ -42,7 +42,11 @@ import xarray as xr
 from ._types import Array, Float
 from .grid import PixelGrid
 from .numpyro_model import IMAGE_SITE, SOURCE_SITE, JointModel, lens_from_values, lens_site_names
-from .posterior_figures import plot_lens_pair  # re-exported: the corner plot lives with the other posterior figures
+from .posterior_figures import (  # re-exported: the container readers and the corner plot live with the figures
+    lens_parameter_names,
+    plot_lens_pair,
+    stored_truth,
+)
 
 __all__ = [
     "to_inference_data",
@@ -437,20 +441,6 @@ def fixed_lens_inference_data(
 
 
 # --- summaries and figures --------------------------------------------------------------------
-
-
-def lens_parameter_names(idata) -> list[str]:
-    """Lens-parameter variable names of a blindlens InferenceData (all scalar posterior variables)."""
-    stored = idata.posterior.attrs.get("blindlens_lens_sites")
-    if stored:
-        return list(json.loads(stored))
-    return [k for k, v in idata.posterior.data_vars.items() if v.ndim == 2]
-
-
-def stored_truth(idata) -> dict[str, float] | None:
-    """The truth stored by :func:`to_inference_data` (``None`` if there is none)."""
-    raw = idata.posterior.attrs.get("truth")
-    return None if not raw else {k: float(v) for k, v in json.loads(raw).items()}
 
 
 def residual_chi2(idata) -> np.ndarray:

@@ -45,16 +45,18 @@ SOURCE_SITE = "source"  # blindlens.numpyro_model.SOURCE_SITE (not imported: tha
 # --- reading the container ----------------------------------------------------------------------
 
 
-def _lens_names(idata) -> list[str]:
+def lens_parameter_names(idata) -> list[str]:
+    """Lens-parameter variable names of a blindlens InferenceData (all scalar posterior variables)."""
     stored = idata.posterior.attrs.get("blindlens_lens_sites")
     if stored:
         return list(json.loads(stored))
     return [k for k, v in idata.posterior.data_vars.items() if v.ndim == 2]
 
 
-def _stored_truth(idata) -> dict[str, float]:
+def stored_truth(idata) -> dict[str, float] | None:
+    """The truth stored by :func:`~blindlens.arviz_conversion.to_inference_data` (``None`` if none)."""
     raw = idata.posterior.attrs.get("truth")
-    return {} if not raw else {k: float(v) for k, v in json.loads(raw).items()}
+    return None if not raw else {k: float(v) for k, v in json.loads(raw).items()}
 
 
 def _flat_draws(idata, name: str) -> np.ndarray:
@@ -170,7 +172,7 @@ def posterior_lens_curves(
     """
     from .lens_models import critical_curves_and_caustics
 
-    names = _lens_names(idata)
+    names = lens_parameter_names(idata)
     if not names:
         raise ValueError("the InferenceData has no lens parameters (a fixed-lens run?): no critical curves to draw.")
     lens_model = _default_lens_model(names) if lens_model is None else lens_model
@@ -394,8 +396,8 @@ def plot_lens_pair(idata, path, truth: Mapping[str, float] | None = None, *, bin
     Drawn with Matplotlib from the stored draws, so it is the same with every ArviZ version.
     """
     plt = _pyplot()
-    names = _lens_names(idata)
-    truth = dict(truth) if truth is not None else _stored_truth(idata)
+    names = lens_parameter_names(idata)
+    truth = dict(truth) if truth is not None else (stored_truth(idata) or {})
     ref = {k: float(v) for k, v in truth.items() if k in names and np.isscalar(v)}
     draws = {n: _flat_draws(idata, n) for n in names}
     n_draws = draws[names[0]].size if names else 0
