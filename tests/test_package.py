@@ -16,7 +16,7 @@ CONFINED = {
     "lineax": {"diffusion_sde"},
     "optax": {"training"},
     "galsim": {"galaxies"},
-    "numpyro": {"numpyro_model", "gibbs_kernel"},
+    "numpyro": {"numpyro_model", "gibbs_kernel", "chain_runner"},  # model, kernel, MCMC driver
     "arviz": {"arviz_conversion"},
     "xarray": {"arviz_conversion"},
     "astropy": {"observation"},

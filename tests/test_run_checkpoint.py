@@ -16,7 +16,7 @@ import pytest
 from _joint_problem import LowRankExactGuidance, Problem
 from numpyro.infer import MCMC, NUTS
 
-from blindlens import cli, run_checkpoint
+from blindlens import chain_runner, cli, run_checkpoint
 from blindlens.gibbs_kernel import BlindLensGibbs
 from blindlens.observation import save_observation
 from blindlens.run_checkpoint import (
@@ -97,9 +97,9 @@ def _nuts():
 
 def test_killed_run_resumes_exactly_from_the_data_only_checkpoint(tmp_path, monkeypatch):
     """A run killed after its first chunk and resumed in a fresh kernel gives the uninterrupted draws bit for bit."""
-    kw = dict(chains=1, warmup=3, draws=4, thinning=1, chain_method="sequential", seed=3, chunk=2, progress=False,
-              fingerprint={"run": "a"})
-    full, full_stats = cli._joint_inference(_nuts(), checkpoint=None, resume=False, **kw)
+    kw = dict(num_chains=1, num_warmup=3, num_draws=4, thinning=1, chain_method="sequential", chunk=2,
+              progress=False, fingerprint={"run": "a"})
+    full, full_stats = chain_runner.run_chains(_nuts(), jr.key(3), checkpoint=None, resume=False, **kw)[:2]
     ckpt = tmp_path / "post.nc.ckpt.npz"
     save = run_checkpoint.save_checkpoint
 
@@ -110,17 +110,17 @@ def test_killed_run_resumes_exactly_from_the_data_only_checkpoint(tmp_path, monk
 
     monkeypatch.setattr(run_checkpoint, "save_checkpoint", killed_after_the_first_chunk)
     with pytest.raises(KeyboardInterrupt):
-        cli._joint_inference(_nuts(), checkpoint=ckpt, resume=True, **kw)
+        chain_runner.run_chains(_nuts(), jr.key(3), checkpoint=ckpt, resume=True, **kw)
     monkeypatch.setattr(run_checkpoint, "save_checkpoint", save)
     assert load_checkpoint(ckpt).done == 2
-    resumed, resumed_stats = cli._joint_inference(_nuts(), checkpoint=ckpt, resume=True, **kw)
+    resumed, resumed_stats = chain_runner.run_chains(_nuts(), jr.key(3), checkpoint=ckpt, resume=True, **kw)[:2]
     assert resumed["x"].shape == (1, 4)
     np.testing.assert_array_equal(resumed["x"], full["x"])
     for name in full_stats:
         np.testing.assert_array_equal(resumed_stats[name], full_stats[name])
     # the same checkpoint in a run with another fingerprint is refused before any sampling
     with pytest.raises(CheckpointError, match=r"run \"a\" -> \"b\".*--no-resume"):
-        cli._joint_inference(_nuts(), checkpoint=ckpt, resume=True, **{**kw, "fingerprint": {"run": "b"}})
+        chain_runner.run_chains(_nuts(), jr.key(3), checkpoint=ckpt, resume=True, **{**kw, "fingerprint": {"run": "b"}})
 
 
 def test_blindlens_gibbs_state_round_trips_through_the_template(problem, tmp_path):
@@ -141,7 +141,7 @@ def test_blindlens_gibbs_state_round_trips_through_the_template(problem, tmp_pat
     ck = load_checkpoint(path)
     assert ck.done == 3 and ck.fingerprint == {"seed": 1}
     np.testing.assert_array_equal(ck.samples["theta_E"], draws["theta_E"])
-    back = cli._resume_state(kernel(), ck, 2)
+    back = chain_runner.resume_state(kernel(), ck, 2)
     assert jax.tree.structure(back) == jax.tree.structure(state)
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(state)):
         if jax.dtypes.issubdtype(b.dtype, jax.dtypes.prng_key):
@@ -241,9 +241,9 @@ def test_a_completed_run_removes_its_checkpoint_only_after_its_outputs_are_writt
                                                                                      monkeypatch):
     import blindlens.arviz_conversion as conversion
 
-    def fake_inference(kernel, *, checkpoint, **kwargs):
+    def fake_inference(kernel, key, *, checkpoint, **kwargs):
         checkpoint.write_bytes(b"checkpoint")
-        return {}, {}
+        return chain_runner.ChainRun({}, {}, 4, None, "fixed length", ())
 
     written = []
 
@@ -253,7 +253,7 @@ def test_a_completed_run_removes_its_checkpoint_only_after_its_outputs_are_writt
         out.write_bytes(b"posterior")
         return tmp_path / "post_summary.txt"
 
-    monkeypatch.setattr(cli, "_joint_inference", fake_inference)
+    monkeypatch.setattr(chain_runner, "run_chains", fake_inference)
     monkeypatch.setattr(conversion, "to_inference_data",
                         lambda *a, **k: types.SimpleNamespace(posterior=types.SimpleNamespace(attrs={})))
     monkeypatch.setattr(cli, "_write_joint_outputs", fake_outputs)

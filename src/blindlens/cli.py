@@ -314,6 +314,10 @@ def _run_sample(args):
         return _run_joint_sample(args)
     if args.num_samples < 1 or args.steps < 1:
         raise ValueError("--num-samples and --steps must be >= 1.")
+    if args.target_ess is not None or args.max_minutes is not None:
+        raise ValueError("--target-ess and --max-minutes are for joint runs; with --fixed-lens use --num-samples "
+                         "(the source draws are independent).")
+    from .chain_runner import RunClock
     from .run_checkpoint import FIGURE_SUFFIXES, check_output_paths
 
     check_output_paths({"--out": args.out, "--plot": args.plot or Path(args.out).with_suffix(".png")},
@@ -326,7 +330,7 @@ def _run_sample(args):
     op = fixed_lens_operator(obs, lens, prior, source_center=tuple(args.source_center), supersampling=args.supersampling)
     guidance = {"pigdm": PiGDM, "calibrated": CalibratedTweedie, "cla": CLA}[args.guidance]()
     config = SourceSamplerConfig(guidance=guidance, num_steps=args.steps, solver=args.solver)
-    clock = _RunClock()
+    clock = RunClock()
     clock.say(f"fixed lens: compiling and drawing {args.num_samples} source samples of {args.steps} reverse-SDE "
               f"steps{'' if args.batch_size is None else f' in batches of {args.batch_size}'} ...")
     result = fixed_lens_posterior(
@@ -372,7 +376,17 @@ def _add_joint_sample_arguments(p) -> None:
                         "model returning a lens)")
     g.add_argument("--chains", type=int, default=2, help="MCMC chains (default 2)")
     g.add_argument("--warmup", type=int, default=200, help="Gibbs warm-up sweeps per chain (NUTS adaptation)")
-    g.add_argument("--draws", type=int, default=300, help="posterior draws per chain")
+    g.add_argument("--draws", type=int, default=None,
+                   help="posterior draws per chain (default 300); with --target-ess, the most draws per chain "
+                        "(default 5000)")
+    g.add_argument("--target-ess", type=float, default=None,
+                   help="run until every lens parameter has ESS >= this (400 is the usual target) and split R-hat "
+                        "<= --max-rhat, checking after every --checkpoint-every draws, or until --draws or "
+                        "--max-minutes ends; progress lines give the projected time to the target")
+    g.add_argument("--max-rhat", type=float, default=1.01, help="R-hat target of --target-ess runs (default 1.01)")
+    g.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock budget of a --target-ess run (the whole run); a run stopped by it keeps its "
+                        "checkpoint, so the same command continues it")
     g.add_argument("--thinning", type=int, default=1, help="keep every k-th draw (bounds memory of source draws)")
     g.add_argument("--chain-method", choices=("sequential", "parallel", "vectorized"), default="sequential",
                    help="how chains run: sequential (progress bar), parallel (one device per chain), "
@@ -496,7 +510,7 @@ def _sample_fingerprint(args, prior) -> dict:
     if ":" in lens:
         file, func = lens.rsplit(":", 1)
         lens = f"{Path(file).name}:{func} {file_sha256(file)}"
-    settings = ("chains", "warmup", "draws", "thinning", "chain_method", "refresh_sigma", "warm_start_steps",
+    settings = ("chains", "warmup", "thinning", "chain_method", "refresh_sigma", "warm_start_steps",
                 "warm_start_tries", "checkpoint_every", "guidance", "steps", "solver", "source_center", "flux_scale", "supersampling",
                 "seed")
     return {"observation": file_sha256(args.observation), "lens_model": lens, "prior": prior_fingerprint(prior),
@@ -511,99 +525,6 @@ def _demo_fingerprint(obs, lens_model, prior, **settings) -> dict:
     return {"observation": tree_sha256((obs, obs.pixel_scale, obs.center)),
             "lens_model": f"{lens_model.__module__}.{lens_model.__qualname__}", "prior": prior_fingerprint(prior),
             **settings, "blindlens": __version__}
-
-
-def _resume_state(kernel, ck, chains):
-    """The MCMC state of checkpoint ``ck``, re-assembled with the structure of this process's kernel state.
-
-    The template is the state ``kernel.init`` builds from the checkpoint's sample-site values (the
-    same call ``MCMC.run`` makes for a fresh kernel; no warm start, as every site is given).
-    """
-    import jax
-
-    from .run_checkpoint import CheckpointError, restore_state
-
-    try:
-        z0 = {k: (v[0] if chains > 1 else v) for k, v in ck.init_params.items()}
-        template = kernel.init(jax.random.key(0), 0, z0, (), {})
-    except Exception as err:  # the stored site values do not fit this kernel
-        text = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
-        raise CheckpointError(
-            f"checkpoint {ck.path} does not fit this run's sampler (its site values {sorted(ck.init_params)}: "
-            f"{text}); pass --no-resume to start afresh (or delete the file)."
-        ) from None
-    return restore_state(ck, template, num_chains=chains)
-
-
-def _joint_inference(kernel, *, chains, warmup, draws, thinning, chain_method, seed, chunk, checkpoint, resume,
-                     progress=True, clock=None, fingerprint=None):
-    """Warm-up then chunked sampling with a checkpoint after warm-up and after every chunk.
-
-    ``checkpoint`` (or ``None``) is a data-only file (:mod:`blindlens.run_checkpoint`) carrying
-    ``fingerprint``; resuming from one written by another run is refused. Returns
-    ``(samples, stats)``: dicts of NumPy arrays grouped by chain.
-    """
-    import jax
-    from numpyro.infer import MCMC
-
-    from .run_checkpoint import append_draws, check_fingerprint, legacy_checkpoint_path, load_checkpoint, save_checkpoint
-
-    fingerprint = dict(fingerprint or {})
-    method = jax.vmap if chain_method == "vectorized" else chain_method
-    state, done, samples, stats = None, 0, None, None
-    if checkpoint is not None:
-        legacy = legacy_checkpoint_path(checkpoint.with_name(checkpoint.name.removesuffix(".ckpt.npz")))
-        if legacy.exists():
-            print(f"note: ignoring {legacy}: pickle checkpoints of older blindlens versions are never loaded "
-                  "(they can run code); delete it.")
-    if checkpoint is not None and checkpoint.exists() and resume:
-        ck = load_checkpoint(checkpoint)
-        check_fingerprint(ck.fingerprint, fingerprint, checkpoint)
-        state, done = _resume_state(kernel, ck, chains), ck.done
-        samples, stats = ck.samples or None, ck.stats or None
-        print(f"resuming from {checkpoint}: {done} of {draws} draws per chain done")
-    key = jax.random.key(seed)
-    clock = _RunClock(progress) if clock is None else clock
-    if state is None:
-        mcmc = MCMC(kernel, num_warmup=warmup, num_samples=max(1, min(chunk, draws)), num_chains=chains,
-                    chain_method=method, thinning=thinning, progress_bar=progress)
-        clock.say(_start_message(kernel, chains))
-        init = None
-        if _pools_warm_starts(kernel):
-            from .chain_starts import pooled_chain_starts
-
-            starts = pooled_chain_starts(kernel, jax.random.fold_in(key, 2), chains)
-            clock.say(starts.message)
-            init = starts.init_params if chains > 1 else {k: v[0] for k, v in starts.init_params.items()}
-        mcmc.warmup(jax.random.fold_in(key, 0), init_params=init)
-        clock.warmed_up(warmup, draws)
-        state = jax.device_get(mcmc.post_warmup_state)
-        if chains > 1 and hasattr(kernel, "joint_model"):
-            from .chain_starts import reset_worse_chains
-
-            state, _, message = reset_worse_chains(kernel, state)
-            if message:
-                clock.say(message)
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, fingerprint=fingerprint, state=state, done=0)
-    init_params = state.z  # skips the warm-start draw when a fresh process re-inits the kernel
-    mcmc = None
-    resumed = done
-    while done < draws:
-        n = min(chunk, draws - done)
-        if mcmc is None or mcmc.num_samples != n:
-            mcmc = MCMC(kernel, num_warmup=0, num_samples=n, num_chains=chains, chain_method=method,
-                        thinning=thinning, progress_bar=progress)
-        mcmc.post_warmup_state = state
-        mcmc.run(jax.random.fold_in(key, 1 + done), init_params=init_params)
-        samples = append_draws(samples, jax.device_get(mcmc.get_samples(group_by_chain=True)))
-        stats = append_draws(stats, jax.device_get(mcmc.get_extra_fields(group_by_chain=True)))
-        state = jax.device_get(mcmc.last_state)
-        done += n
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, fingerprint=fingerprint, state=state, done=done, samples=samples, stats=stats)
-        clock.sampled(done, draws, resumed)
-    return samples, stats
 
 
 def _write_joint_outputs(idata, out, fig_dir, truth, *, title, lens_model=None, truth_file=None):
@@ -637,9 +558,32 @@ def _write_joint_outputs(idata, out, fig_dir, truth, *, title, lens_model=None, 
     return summary
 
 
+def _convergence_target(args):
+    """The :class:`~blindlens.chain_runner.ConvergenceTarget` of ``--target-ess`` (``None`` without it)."""
+    from .chain_runner import ConvergenceTarget
+
+    if args.target_ess is None:
+        if args.max_minutes is not None:
+            raise ValueError("--max-minutes needs --target-ess (a fixed-length run is set by --draws).")
+        return None
+    if not args.target_ess > 0:
+        raise ValueError(f"--target-ess must be > 0, got {args.target_ess:g}.")
+    if not args.max_rhat > 1.0:
+        raise ValueError(f"--max-rhat must be > 1, got {args.max_rhat:g}.")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise ValueError(f"--max-minutes must be > 0, got {args.max_minutes:g}.")
+    if args.draws is not None and args.draws < 4:
+        raise ValueError("--draws must be >= 4 with --target-ess (R-hat needs 4 draws per chain).")
+    return ConvergenceTarget(target_ess=args.target_ess, max_rhat=args.max_rhat, max_minutes=args.max_minutes,
+                             max_draws=5000 if args.draws is None else args.draws)
+
+
 def _run_joint_sample(args):
     import time
 
+    import jax
+
+    from .chain_runner import RunClock, run_chains
     from .arviz_conversion import to_inference_data
     from .gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig
     from .grid import PixelGrid
@@ -650,10 +594,11 @@ def _run_joint_sample(args):
     from .source_posterior import SourceSamplerConfig
 
     for name in ("chains", "draws", "thinning", "steps", "checkpoint_every", "warm_start_steps", "warm_start_tries"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1.")
     if args.warmup < 0:
         raise ValueError("--warmup must be >= 0.")
+    target = _convergence_target(args)
     out = _check_joint_outputs(args.out, args.figures, inputs=_sample_inputs(args))
     obs = load_observation(args.observation)
     lens_model = _load_lens_model(args.lens_model)
@@ -677,81 +622,30 @@ def _run_joint_sample(args):
         truth_file = _read_input("--truth", args.truth, load_truth)
         truth = _truth_values(truth_file["lens"], sites)
     t0 = time.time()
-    clock = _RunClock()
-    samples, stats = _joint_inference(
-        kernel, chains=args.chains, warmup=args.warmup, draws=args.draws, thinning=args.thinning,
-        chain_method=args.chain_method, seed=args.seed, chunk=args.checkpoint_every,
+    clock = RunClock()
+    run = run_chains(
+        kernel, jax.random.key(args.seed), num_chains=args.chains, num_warmup=args.warmup,
+        num_draws=None if target is not None else (300 if args.draws is None else args.draws), target=target,
+        sites=sites, chunk=args.checkpoint_every, thinning=args.thinning, chain_method=args.chain_method,
         checkpoint=checkpoint_path(out), resume=not args.no_resume, clock=clock,
         fingerprint=_sample_fingerprint(args, prior),
     )
     clock.say("sampling done; computing model images and writing outputs ...")
-    idata = to_inference_data(samples, obs, kernel=kernel, sample_stats=stats, truth=truth)
+    idata = to_inference_data(run.samples, obs, kernel=kernel, sample_stats=run.stats, truth=truth)
     idata.posterior.attrs["wall_seconds"] = float(time.time() - t0)
+    idata.posterior.attrs["stop_reason"] = run.stop_reason
     summary = _write_joint_outputs(idata, out, args.figures, truth, title=f"blindlens sample {args.observation}",
                                    lens_model=lens_model, truth_file=truth_file)
-    checkpoint_path(out).unlink(missing_ok=True)  # complete: the outputs are written
+    if run.converged is False:  # stopped by a budget: the checkpoint lets the same command continue
+        clock.say(f"kept {checkpoint_path(out)}: rerun the same command to continue sampling (--no-resume: afresh)")
+    else:
+        checkpoint_path(out).unlink(missing_ok=True)  # complete: the outputs are written
     clock.say("done")
     return _report_run(idata, summary, strict=args.strict)
 
 
 STRICT_EXIT = 3
 """Exit status of ``--strict`` runs whose diagnostics failed (:func:`blindlens.check_run`)."""
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
-class _RunClock:
-    """Elapsed time and ETA of a whole run (warm start and compilation included), as stdout lines."""
-
-    def __init__(self, enabled: bool = True):
-        import time
-
-        self._time = time.time
-        self.start = time.time()
-        self.enabled = enabled
-        self._sampling_start = None
-
-    def say(self, message: str) -> None:
-        if self.enabled:
-            print(f"[{_minutes(self._time() - self.start)}] {message}", flush=True)
-
-    def warmed_up(self, warmup: int, draws: int) -> None:
-        """After warm-up: an upper bound on the rest from the warm-up's rate (it includes the start)."""
-        now = self._time()
-        self._sampling_start = now
-        per_sweep = (now - self.start) / max(warmup, 1)
-        self.say(f"warm-up done; sampling {draws} draws per chain, ETA <= {_minutes(per_sweep * draws)} "
-                 "(from the warm-up rate, which includes the warm start and compilation)")
-
-    def sampled(self, done: int, draws: int, resumed: int = 0) -> None:
-        """After a chunk of draws (``resumed`` of them from a checkpoint): the ETA from this run's rate."""
-        if self._sampling_start is None:
-            self._sampling_start = self.start
-        rate = (self._time() - self._sampling_start) / max(done - resumed, 1)
-        self.say(f"{done} of {draws} draws per chain done, ETA {_minutes(rate * (draws - done))}")
-
-
-def _pools_warm_starts(kernel) -> bool:
-    """Whether the chains start from one ranked pool of warm starts (:mod:`blindlens.chain_starts`)."""
-    return (getattr(kernel, "warm_start", None) is not None and getattr(kernel, "init_strategy", None) is None
-            and getattr(kernel, "lens_search", None) is None and hasattr(kernel, "joint_model"))
-
-
-def _start_message(kernel, chains: int) -> str:
-    """The line printed before the silent part of a run: warm start and compilation."""
-    ws = getattr(kernel, "warm_start", None)
-    if getattr(kernel, "init_strategy", None) is not None or ws is None:
-        start = "start: a source draw per chain"
-    elif _pools_warm_starts(kernel):
-        start = (f"warm start: {kernel.warm_start_tries * chains} continuous-time trajectories of {ws.num_steps} "
-                 "steps, ranked together by residual chi^2")
-    else:
-        start = (f"warm start: {kernel.warm_start_tries} continuous-time trajectories of {ws.num_steps} steps per "
-                 "chain")
-    return (f"{start}, then compiling the Gibbs sweep, for {chains} chain(s); the progress bar starts after "
-            "this (minutes on a CPU) ...")
 
 
 def _report_run(idata, summary=None, *, strict=False) -> int:
@@ -846,8 +740,10 @@ def _demo(out_dir, prior, *, chains=2, warmup=60, draws=60, steps=40, seed=0, im
     from .simulation import example_lens_path, example_source_path, load_source, save_truth, simulate_observation
     from .source_posterior import SourceSamplerConfig
 
+    from .chain_runner import RunClock, run_chains
+
     t_start = time.time()
-    clock = _RunClock(progress)
+    clock = RunClock(progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lens = load_lens_config(example_lens_path()) if lens is None else lens
@@ -890,14 +786,14 @@ def _demo(out_dir, prior, *, chains=2, warmup=60, draws=60, steps=40, seed=0, im
     )
     print(f"demo: {chains} chains x ({warmup} warm-up + {draws} draws) Gibbs sweeps, {steps} reverse-SDE steps "
           f"per source draw; lens parameters {', '.join(sites)}")
-    samples, stats = _joint_inference(
-        kernel, chains=chains, warmup=warmup, draws=draws, thinning=1, chain_method="sequential", seed=seed,
-        chunk=draws, checkpoint=checkpoint_path(out / "posterior.nc"), resume=True, progress=progress, clock=clock,
+    run = run_chains(
+        kernel, jax.random.key(seed), num_chains=chains, num_warmup=warmup, num_draws=draws, chunk=draws,
+        checkpoint=checkpoint_path(out / "posterior.nc"), resume=True, progress=progress, clock=clock,
         fingerprint=_demo_fingerprint(obs, lens_model, prior, chains=chains, warmup=warmup, draws=draws, steps=steps,
                                       seed=seed, max_tree_depth=max_tree_depth),
     )
     clock.say("sampling done; computing model images and writing outputs ...")
-    idata = to_inference_data(samples, obs, kernel=kernel, sample_stats=stats, truth=truth)
+    idata = to_inference_data(run.samples, obs, kernel=kernel, sample_stats=run.stats, truth=truth)
     wall = time.time() - t_start
     idata.posterior.attrs["wall_seconds"] = float(wall)
     summary = _write_joint_outputs(idata, out / "posterior.nc", out, truth,
