@@ -225,6 +225,10 @@ def start_message(kernel, chains: int) -> str:
     elif _pools_warm_starts(kernel):
         start = (f"warm start: {kernel.warm_start_tries * chains} continuous-time trajectories of {ws.num_steps} "
                  "steps, ranked together by residual chi^2")
+        prefit = getattr(kernel, "lens_prefit", None)
+        if prefit is not None:
+            start = (f"lens pre-fit: {prefit.num_starts} Sérsic + shapelet fits from prior draws; "
+                     + start + ", started from its best lenses")
     else:
         start = (f"warm start: {kernel.warm_start_tries} continuous-time trajectories of {ws.num_steps} steps per "
                  "chain")

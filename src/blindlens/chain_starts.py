@@ -40,6 +40,7 @@ __all__ = [
     "default_mode_tolerance",
     "dominant_mode_starts",
     "pooled_chain_starts",
+    "prefit_starts",
     "reset_worse_chains",
 ]
 
@@ -144,7 +145,14 @@ def pooled_chain_starts(
     jm = kernel.joint_model
     config = kernel.warm_start if kernel.warm_start is not None else GibbsDDRMConfig()
     num_tries = num_chains * tries
-    draws = jax.lax.map(lambda k: sample_gibbsddrm(k, jm, kernel.prior, config), jr.split(key, num_tries))
+    prefit_note = ""
+    prefit = getattr(kernel, "lens_prefit", None)
+    if prefit is None:
+        draws = jax.lax.map(lambda k: sample_gibbsddrm(k, jm, kernel.prior, config), jr.split(key, num_tries))
+    else:
+        starts, prefit_note = prefit_starts(kernel, jr.fold_in(key, 7), num_tries, prefit)
+        draws = jax.lax.map(lambda a: sample_gibbsddrm(a[0], jm, kernel.prior, config, a[1]),
+                            (jr.split(key, num_tries), starts))
     floor = jnp.sum(jm.pixel_log_likelihood(jm.image))  # the log-likelihood of a perfect fit
 
     def chi2(lens_values, source):
@@ -163,7 +171,7 @@ def pooled_chain_starts(
     best = float(np.min(np.where(np.isfinite(fit), fit, np.inf))) / num_pixels
     worst = float(np.max(np.where(np.isfinite(fit), fit, -np.inf))) / num_pixels
     shown = ", ".join(f"{v:.3f}" for v in np.sort(fit)[:16] / num_pixels)
-    message = (
+    message = prefit_note + (
         f"chain starts: {num_dominant} of {num_tries} warm-start trajectories within chi^2 {tol:.0f} of the best "
         f"(chi^2/N {best:.4f}; worst try {worst:.4f}; tries: {shown}{', ...' if num_tries > 16 else ''})"
     )
@@ -175,6 +183,31 @@ def pooled_chain_starts(
             "reveal a missed mode (raise --warm-start-tries)"
         )
     return ChainStarts(init_params, jnp.asarray(fit), jnp.asarray(chosen), num_dominant, tol, num_pixels, message)
+
+
+def prefit_starts(kernel: BlindLensGibbs, key: PRNGKeyArray, num_tries: int, config) -> tuple[dict, str]:
+    """Starting lenses of ``num_tries`` warm-start trajectories from a Sérsic pre-fit.
+
+    Runs :func:`~blindlens.parametric_prefit.prefit_lens_with_sersic` and hands out its runs in
+    the best basin (chi^2 within :func:`default_mode_tolerance` of the best, at least one) in
+    order of fit, cycling when there are fewer than ``num_tries``. Returns ``(lens values with a
+    leading tries axis, a report line)``.
+    """
+    from .parametric_prefit import prefit_lens_with_sersic
+
+    found = prefit_lens_with_sersic(key, kernel.joint_model.lens_model, kernel.observation, config)
+    chi2 = np.asarray(found.chi2)
+    n = found.num_pixels
+    best = float(chi2[0])
+    tol = default_mode_tolerance(n, best)
+    dominant = max(1, int(np.sum(chi2 <= best + tol)))
+    pick = np.arange(num_tries) % dominant
+    starts = {name: jnp.asarray(v)[pick] for name, v in found.runs.items()}
+    shown = ", ".join(f"{v:.2f}" for v in chi2[:8] / n)
+    lens = ", ".join(f"{name} {float(v[0]):+.3f}" for name, v in found.runs.items())
+    note = (f"lens pre-fit (Sérsic + shapelets, {chi2.size} starts): {dominant} in the best basin (chi^2/N "
+            f"{shown}{', ...' if chi2.size > 8 else ''}); best lens {lens}\n")
+    return starts, note
 
 
 def chain_chi2(kernel: BlindLensGibbs, z: dict) -> np.ndarray:

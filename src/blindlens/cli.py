@@ -399,6 +399,10 @@ def _add_joint_sample_arguments(p) -> None:
     g.add_argument("--warm-start-tries", type=int, default=4,
                    help="continuous-time trajectories per chain, pooled over chains and ranked by residual chi^2: "
                         "the chains start from the best-fitting ones (default 4)")
+    g.add_argument("--lens-prefit", choices=("sersic", "none"), default="sersic",
+                   help="sersic (default): start the warm-start trajectories from the best lenses of a "
+                        "multi-start Sérsic + shapelet fit (finds the lens's basin; docs/joint_inference.md); "
+                        "none: from prior draws of the lens")
     g.add_argument("--checkpoint-every", type=int, default=100,
                    help="draws per chunk between checkpoints (<out>.ckpt.npz; rerun the same command to resume; "
                         "it is removed when the outputs are written, and refused if written by another run)")
@@ -511,7 +515,7 @@ def _sample_fingerprint(args, prior) -> dict:
         file, func = lens.rsplit(":", 1)
         lens = f"{Path(file).name}:{func} {file_sha256(file)}"
     settings = ("chains", "warmup", "thinning", "chain_method", "refresh_sigma", "warm_start_steps",
-                "warm_start_tries", "checkpoint_every", "guidance", "steps", "solver", "source_center", "flux_scale", "supersampling",
+                "warm_start_tries", "lens_prefit", "checkpoint_every", "guidance", "steps", "solver", "source_center", "flux_scale", "supersampling",
                 "seed")
     return {"observation": file_sha256(args.observation), "lens_model": lens, "prior": prior_fingerprint(prior),
             **{name: getattr(args, name) for name in settings}, "blindlens": __version__}
@@ -590,6 +594,7 @@ def _run_joint_sample(args):
     from .likelihood_score import CLA, CalibratedTweedie, PiGDM
     from .numpyro_model import lens_site_names
     from .observation import load_observation
+    from .parametric_prefit import SersicPrefitConfig
     from .run_checkpoint import checkpoint_path
     from .source_posterior import SourceSamplerConfig
 
@@ -614,6 +619,7 @@ def _run_joint_sample(args):
         warm_start=GibbsDDRMConfig(guidance=guidance, num_steps=args.warm_start_steps),
         warm_start_tries=args.warm_start_tries,
         source_grid=grid, supersampling=args.supersampling, source_refresh_sigma=args.refresh_sigma,
+        lens_prefit=SersicPrefitConfig() if args.lens_prefit == "sersic" else None,
     )
     truth = truth_file = None
     if args.truth:

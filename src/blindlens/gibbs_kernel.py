@@ -941,6 +941,11 @@ class BlindLensGibbs(Gibbs):
         stand-in, which can prefer unphysical lenses, so the runs are ranked instead by the
         residual chi^2 of one source-step draw at each run's lens (docs/joint_inference.md). Off
         by default (it costs ``num_starts x num_steps`` evidence gradients).
+    lens_prefit
+        Optional :class:`~blindlens.parametric_prefit.SersicPrefitConfig`: chains started from a
+        ranked pool (:func:`blindlens.chain_starts.pooled_chain_starts`, what ``blindlens sample``
+        does) start their warm-start trajectories from the best lenses of a multi-start Sérsic +
+        shapelet pre-fit instead of prior draws (:mod:`blindlens.parametric_prefit`).
     lens_kernel
         ``lens_kernel(joint_model) -> HMC/NUTS kernel`` for the lens block (default
         ``LensNUTS(model, target_accept_prob=0.8, max_tree_depth=8)``, NUTS with the curvature
@@ -986,6 +991,7 @@ class BlindLensGibbs(Gibbs):
         operator_factory: Callable | None = None,
         lens_kernel: Callable | None = None,
         lens_search: EvidenceSearchConfig | None = None,
+        lens_prefit=None,
         source_refresh_sigma: float | str | None = "auto",
         init_strategy: Callable | None = None,
         target_accept_prob: float | None = None,
@@ -1019,6 +1025,7 @@ class BlindLensGibbs(Gibbs):
         )
         self.lens_sites = lens_site_names(lens_model)
         self.lens_search = lens_search
+        self.lens_prefit = lens_prefit
         if lens_search is not None:
             self._search_model = self._evidence_search_model(
                 lens_model, observation, source_grid, supersampling, operator_factory, lens_search
