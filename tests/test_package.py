@@ -16,10 +16,10 @@ CONFINED = {
     "lineax": {"diffusion_sde"},
     "optax": {"training"},
     "galsim": {"galaxies"},
-    "numpyro": {"numpyro_model", "gibbs_kernel", "chain_runner"},  # model, kernel, MCMC driver
+    "numpyro": {"numpyro_model", "lens_light_model", "gibbs_kernel", "chain_runner"},  # models, kernel, MCMC driver
     "arviz": {"arviz_conversion"},
     "xarray": {"arviz_conversion"},
-    "astropy": {"observation"},
+    "astropy": {"observation", "survey_fits"},
     "h5py": {"image_sets"},
 }
 

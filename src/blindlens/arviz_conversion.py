@@ -53,6 +53,7 @@ __all__ = [
     "make_inference_data",
     "posterior_model_images",
     "grid_coords",
+    "grid_attrs",
     "fixed_lens_inference_data",
     "lens_parameter_names",
     "stored_truth",
@@ -67,11 +68,28 @@ LOG_LIKELIHOOD_DIM = "pixel"
 
 
 def grid_coords(grid: PixelGrid, prefix: str) -> dict[str, np.ndarray]:
-    """``{prefix_y: y centres, prefix_x: x centres}`` in arcsec, for xarray coordinates."""
+    """``{prefix_y: y centres, prefix_x: x centres}`` in arcsec, for xarray coordinates.
+
+    A rotated sky-frame grid (``pix2angle`` with off-diagonal terms) has no 1-D x/y axes: its
+    coordinates are then the offsets from the grid centre along the pixel axes (row, column) in
+    arcsec, and :func:`grid_attrs` stores the pixel -> sky map.
+    """
+    if not grid.is_axis_aligned:
+        return {
+            f"{prefix}_y": (np.arange(grid.ny) - (grid.ny - 1) / 2) * float(grid.pixel_scale),
+            f"{prefix}_x": (np.arange(grid.nx) - (grid.nx - 1) / 2) * float(grid.pixel_scale),
+        }
     return {
         f"{prefix}_y": np.asarray(grid.y_coords, dtype=float),
         f"{prefix}_x": np.asarray(grid.x_coords, dtype=float),
     }
+
+
+def grid_attrs(grid: PixelGrid, prefix: str) -> dict[str, str]:
+    """``{prefix_pix2angle, prefix_center}`` (JSON) for a sky-frame grid; ``{}`` for a plain one."""
+    if grid.pix2angle is None:
+        return {}
+    return {f"{prefix}_pix2angle": json.dumps(grid.pix2angle), f"{prefix}_center": json.dumps(list(grid.center))}
 
 
 def make_inference_data(groups: Mapping[str, xr.Dataset | None]):
@@ -121,7 +139,7 @@ def _predict_in_chunks(
     @jax.jit
     def batch(values, src):
         def one(v, s):
-            image = model.operator(lens_from_values(model.lens_model, v), masked=False)(s)
+            image = model.predict(lens_from_values(model.lens_model, v), s)
             return image, model.pixel_log_likelihood(image)
 
         return jax.vmap(one)(values, src)
@@ -371,6 +389,7 @@ def to_inference_data(
         "blindlens_lens_sites": json.dumps(list(names)),
         "source_pixel_scale": float(source_grid.pixel_scale),
         "image_pixel_scale": float(image_grid.pixel_scale),
+        **grid_attrs(image_grid, "image"),
     }
     if truth is not None:
         attrs["truth"] = json.dumps({k: float(v) for k, v in truth.items()})
@@ -421,6 +440,7 @@ def fixed_lens_inference_data(
     extra = {
         "source_pixel_scale": float(source_grid.pixel_scale),
         "image_pixel_scale": float(image_grid.pixel_scale),
+        **grid_attrs(image_grid, "image"),
         "fixed_lens": 1,
     }
     for key, value in (attrs or {}).items():

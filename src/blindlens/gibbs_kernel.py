@@ -517,7 +517,12 @@ def sample_gibbsddrm(
         guidance = config.guidance
     space = _LensSpace(model.lens_model)
     sde = prior.sde
-    data, noise, mask = model.masked_image, model.noise, model.mask
+    noise, mask = model.noise, model.mask
+    k_lens, k_x, k_path, k_final = jr.split(key, 4)
+    values = space.prior_draw(k_lens) if init_lens is None else init_lens
+    u = space.unconstrain(values)
+    # the data the source explains (the image less any deflector light, which moves with the lens)
+    data = model.source_data(space.log_prior_and_lens(u)[0])
     dtype = data.dtype
     n_obs = jnp.maximum(jnp.sum(mask), 1)
     pixel_variance = getattr(prior, "pixel_variance", None)
@@ -533,14 +538,11 @@ def sample_gibbsddrm(
                                       stiff_score_fn=_step_likelihood_score)
     else:
         integrator = ReverseDiffusion(sde, _step_posterior_score, prior.shape, solver)
-    k_lens, k_x, k_path, k_final = jr.split(key, 4)
-    values = space.prior_draw(k_lens) if init_lens is None else init_lens
-    u = space.unconstrain(values)
     x = sde.prior_sample(k_x, prior.shape).astype(dtype)
 
     def potential(u, x0, extra_var):
         lens, logp = space.log_prior_and_lens(u)
-        resid = data - model.operator(lens, masked=True)(x0)
+        resid = model.source_data(lens) - model.operator(lens, masked=True)(x0)
         var = noise**2 + extra_var
         ll = -0.5 * jnp.sum(jnp.where(mask, resid**2 / var, 0.0))
         out = -(logp + ll)
@@ -548,6 +550,9 @@ def sample_gibbsddrm(
 
     def operator_at(u):
         return model.operator(space.log_prior_and_lens(u)[0], masked=True)
+
+    def data_at(u):
+        return model.source_data(space.log_prior_and_lens(u)[0])
 
     def body(carry, inputs):
         x, u, log_eps, acc_sum, n_upd = carry
@@ -573,7 +578,7 @@ def sample_gibbsddrm(
         u, log_eps, alpha, did = jax.lax.cond(active, update, skip, (u, log_eps))
         op = operator_at(u)
         probed = _ProbedOperator(op, _probe_diag_aat(op, k_probe, config.num_probes, dtype))
-        problem = guidance.prepare(prior, probed, data, _staged(noise))
+        problem = guidance.prepare(prior, probed, data_at(u), _staged(noise))
         x = integrator.step(k_noise, x, t0, t1, (guidance, problem, s_prior))
         return (x, u, log_eps, acc_sum + alpha, n_upd + did), None
 
@@ -584,7 +589,7 @@ def sample_gibbsddrm(
     )
     op = operator_at(u)
     probed = _ProbedOperator(op, _probe_diag_aat(op, k_final, config.num_probes, dtype))
-    problem = guidance.prepare(prior, probed, data, _staged(noise))
+    problem = guidance.prepare(prior, probed, data_at(u), _staged(noise))
     x = x + sde.sigma(ts[-1]) ** 2 * guidance.posterior_score(x, ts[-1], problem)
     u, alpha = _mala(k_final, u, lambda w: potential(w, x, 0.0), config.final_lens_steps, log_eps)
     final = float(config.final_lens_steps > 0)
@@ -781,19 +786,21 @@ class SourceBlock(MCMCKernel):
         sweep_cost = source_sampler if refresher is None else refresher
         self._evals = int(getattr(sweep_cost, "num_score_evals", 0))
 
-    def _operator(self, lens_values):
-        return self._joint.operator(lens_from_values(self._joint.lens_model, lens_values), masked=True)
+    def _operator_and_data(self, lens_values):
+        lens = lens_from_values(self._joint.lens_model, lens_values)
+        return self._joint.operator(lens, masked=True), self._joint.source_data(lens)
 
     def draw(self, key, lens_values):
         """A fresh source draw given the lens (used for the first state)."""
-        return self._sampler(key, self._operator(lens_values), self._joint.masked_image, _staged(self._joint.noise))
+        op, data = self._operator_and_data(lens_values)
+        return self._sampler(key, op, data, _staged(self._joint.noise))
 
     def move(self, key, lens_values, current):
         """One sweep's source update: the refresher's move from ``current``, or a fresh draw."""
         if self._refresher is None:
             return self.draw(key, lens_values)
-        op = self._operator(lens_values)
-        return self._refresher(key, op, self._joint.masked_image, _staged(self._joint.noise), current)
+        op, data = self._operator_and_data(lens_values)
+        return self._refresher(key, op, data, _staged(self._joint.noise), current)
 
     def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
         if not init_params or SOURCE_SITE not in init_params:
@@ -1125,7 +1132,7 @@ class BlindLensGibbs(Gibbs):
         def chi2_of_run(values, k):
             source = self.source_block.draw(k, values)
             lens = lens_from_values(jm.lens_model, values)
-            resid = (jm.image - jm.operator(lens, masked=False)(source)) / jm.noise
+            resid = (jm.image - jm.predict(lens, source)) / jm.noise
             return jnp.sum(jnp.where(jm.mask, resid**2, 0.0))
 
         chi2 = jax.lax.map(

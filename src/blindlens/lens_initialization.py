@@ -192,11 +192,11 @@ def search_lens_by_evidence(
         raise ValueError(f"basis has {basis.shape[0]} rows but the model's source grid has {d} pixels.")
     space = _LensSpace(model.lens_model)
     inv_var = jnp.where(model.mask, 1.0 / model.noise**2, 0.0)
-    data = model.masked_image
 
     def objective(u):
         lens, log_prior = space.log_prior_and_lens(u)
         op = model.operator(lens, masked=True)
+        data = model.source_data(lens)  # the image less any deflector light
         residual = data if mean is None else data - op(mean)
         return log_prior + gaussian_log_evidence(op, basis, residual, inv_var)
 

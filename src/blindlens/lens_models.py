@@ -1031,10 +1031,11 @@ def critical_curves_and_caustics(
         ) from err
     fine = grid.supersampled(supersampling)
     det = np.asarray(inverse_magnification_map(lens, fine), dtype=float)
-    gen = contourpy.contour_generator(
-        x=np.asarray(fine.x_coords, float), y=np.asarray(fine.y_coords, float), z=det,
-        line_type="Separate",
-    )
+    if fine.is_axis_aligned:
+        x, y = np.asarray(fine.x_coords, float), np.asarray(fine.y_coords, float)
+    else:  # a rotated sky-frame grid: contour on the 2-D coordinate maps
+        x, y = fine.subpixel_coordinates()
+    gen = contourpy.contour_generator(x=x, y=y, z=det, line_type="Separate")
     critical = [np.asarray(line) for line in gen.lines(0.0) if len(line) > 1]
     caustics = []
     for line in critical:

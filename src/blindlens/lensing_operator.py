@@ -337,7 +337,8 @@ class LensingOperator(AbstractLinearOperator):
 def _bilinear_stencil(lens, image_grid: PixelGrid, source_grid: PixelGrid, supersampling: int, pad):
     """Ray-trace the (sub-)pixel centres and return the bilinear stencil on the ring-padded source.
 
-    The traced grid is the image grid extended by ``pad = (py, px)`` pixels on each side (the
+    The traced grid (:meth:`PixelGrid.subpixel_coordinates`, which honours a sky-frame
+    ``pix2angle``) is the image grid extended by ``pad = (py, px)`` pixels on each side (the
     PSF half-width: this is the padded FFT layout, so no separate pad is needed before the
     convolution, which is about 2x faster on XLA:CPU), then supersampled. Rays in the padding
     ring and rays outside the ring-padded source get ``on = 0``.
@@ -350,11 +351,8 @@ def _bilinear_stencil(lens, image_grid: PixelGrid, source_grid: PixelGrid, super
     py, px = pad
     ny, nx = image_grid.ny + 2 * py, image_grid.nx + 2 * px
     k = supersampling
-    step = image_grid.pixel_scale / k
     dtype = jnp.asarray(0.0).dtype
-    xs = image_grid.center[0] + (np.arange(nx * k) - (nx * k - 1) / 2) * step
-    ys = image_grid.center[1] + (np.arange(ny * k) - (ny * k - 1) / 2) * step
-    x, y = np.meshgrid(xs, ys, indexing="xy")
+    x, y = image_grid.subpixel_coordinates(k, (py, px))  # honours a rotated / mirrored pix2angle
     core = np.zeros((ny, nx), bool)
     core[py : py + image_grid.ny, px : px + image_grid.nx] = True
     core = np.repeat(np.repeat(core, k, axis=0), k, axis=1).reshape(-1)

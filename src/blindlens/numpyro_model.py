@@ -391,6 +391,7 @@ class JointModel(eqx.Module):
     mask: Array
     source_shape: tuple[int, int] = eqx.field(static=True)
     operator_factory: Callable = eqx.field(static=True)
+    light_imager: object = None
 
     def operator(self, lens, *, masked: bool = True) -> AbstractLinearOperator:
         """The linear source -> image operator of ``lens``."""
@@ -398,8 +399,37 @@ class JointModel(eqx.Module):
 
     @property
     def masked_image(self) -> Float[Array, "ny nx"]:
-        """The observed image with masked pixels set to zero (what the source step fits)."""
+        """The observed image with masked pixels set to zero (what the source step fits without lens light)."""
         return jnp.where(self.mask, self.image, 0.0)
+
+    def lens_light_image(self, lens) -> Float[Array, "ny nx"] | None:
+        """The PSF-convolved deflector light of ``lens`` (``None`` when the lens carries no light)."""
+        from .light_profiles import light_of
+
+        light = light_of(lens)
+        if light is None:
+            return None
+        if self.light_imager is None:
+            raise ValueError(
+                "this joint model has no lens-light imager (a custom operator_factory); pass "
+                "light_imager=LensLightImager(grid, psf, supersampling) to joint_model."
+            )
+        return self.light_imager(light)
+
+    def predict(self, lens, source, *, masked: bool = False) -> Float[Array, "ny nx"]:
+        """The model image ``A_theta s`` plus the deflector light of ``lens``, if any."""
+        image = self.operator(lens, masked=masked)(source)
+        light = self.lens_light_image(lens)
+        if light is None:
+            return image
+        return image + (jnp.where(self.mask, light, 0.0) if masked else light)
+
+    def source_data(self, lens) -> Float[Array, "ny nx"]:
+        """What the source step fits given ``lens``: the masked image minus the deflector light."""
+        light = self.lens_light_image(lens)
+        if light is None:
+            return self.masked_image
+        return jnp.where(self.mask, self.image - light, 0.0)
 
     def pixel_log_likelihood(self, model_image: Float[Array, "ny nx"]) -> Float[Array, "ny nx"]:
         """Pointwise ``log N(y_i; m_i, sigma_i^2)`` of each pixel given a model image (0 on masked pixels)."""
@@ -409,7 +439,7 @@ class JointModel(eqx.Module):
 
     def log_likelihood(self, lens, source) -> Float[Array, ""]:
         """``log N(y; A s, sigma^2)`` over unmasked pixels (Gaussian, independent pixels)."""
-        return jnp.sum(self.pixel_log_likelihood(self.operator(lens, masked=False)(source)))
+        return jnp.sum(self.pixel_log_likelihood(self.predict(lens, source)))
 
     def __call__(self):
         lens = self.lens_model()
@@ -418,7 +448,7 @@ class JointModel(eqx.Module):
             dist.ImproperUniform(constraints.real, (), event_shape=self.source_shape),
             infer={"event_dims": ["source_y", "source_x"]},
         )
-        model_image = self.operator(lens, masked=False)(source)
+        model_image = self.predict(lens, source)
         numpyro.sample(
             IMAGE_SITE,
             dist.Normal(model_image, self.noise).mask(self.mask).to_event(2),
@@ -435,6 +465,7 @@ def joint_model(
     *,
     supersampling: int = 1,
     operator_factory: Callable | None = None,
+    light_imager=None,
 ) -> JointModel:
     """Build the joint lens + source NumPyro model for one observation.
 
@@ -452,6 +483,10 @@ def joint_model(
     operator_factory
         Optional ``factory(lens, masked=True) -> AbstractLinearOperator`` replacing the
         default :class:`blindlens.lensing_operator.LensingOperator` (tests, custom optics).
+    light_imager
+        Optional :class:`blindlens.light_profiles.LensLightImager` for lens models that return a
+        :class:`~blindlens.light_profiles.LensWithLight`; default: one on the observation's grid
+        and PSF at ``supersampling``.
 
     Returns
     -------
@@ -472,6 +507,11 @@ def joint_model(
     if not bool(jnp.all(jnp.isfinite(jnp.where(mask, image, 0.0)))):
         raise ValueError("The image has non-finite values on unmasked pixels; mask them out.")
     noise = jnp.where(mask, noise, 1.0)
+    if light_imager is None and hasattr(observation, "image_grid"):
+        from .light_profiles import LensLightImager
+
+        psf = observation.psf_operator() if getattr(observation, "psf", None) is not None else None
+        light_imager = LensLightImager(observation.image_grid, psf, supersampling)
     if operator_factory is None:
         operator_factory = _default_operator_factory(observation, source_grid, supersampling)
     return JointModel(
@@ -481,4 +521,5 @@ def joint_model(
         mask=mask,
         source_shape=tuple(source_grid.shape),
         operator_factory=operator_factory,
+        light_imager=light_imager,
     )

@@ -7,10 +7,18 @@ FITS
     pixel scale in arcsec/pixel (required). Noise: an image extension ``NOISE`` holding the
     1-sigma map, or a primary-header scalar ``NOISESIG``. Extension ``PSF``: odd-sized kernel at
     the image pixel scale, unit sum. Optional extension ``MASK``: 1 = pixel used, 0 = ignored.
+    Optional sky frame: keywords ``P2A1_1, P2A1_2, P2A2_1, P2A2_2`` = the ``pix2angle`` matrix
+    (arcsec/pixel); an observation read from a survey file also keeps its celestial WCS.
+Survey FITS
+    A file with a celestial WCS or a ``SCI`` extension (HST/JWST/Euclid layouts: ``SCI``, ``ERR``,
+    ``WHT``, ``DQ``, ``PSF``, a separate PSF file, cut-outs) is read by
+    :func:`blindlens.survey_fits.load_survey_observation`; :func:`load_observation` dispatches there.
 npz
-    Keys ``image``, ``noise`` (map or scalar), ``psf``, ``pixel_scale``, optional ``mask``.
+    Keys ``image``, ``noise`` (map or scalar), ``psf``, ``pixel_scale``, optional ``mask``,
+    ``center``, ``pix2angle``, ``wcs_header``, ``noise_source``.
 
-astropy is imported lazily, inside the FITS functions, and nowhere else in blindlens.
+astropy is imported lazily, inside the FITS functions, and nowhere else in blindlens except
+:mod:`blindlens.survey_fits`.
 """
 
 from __future__ import annotations
@@ -47,6 +55,14 @@ class Observation(eqx.Module):
         and ``noise``; they are stored as 0 (image) and 1 (noise) so arithmetic stays finite.
     center
         ``(x, y)`` of the image centre in arcsec (default ``(0, 0)``).
+    pix2angle
+        Optional ``2 x 2`` pixel -> sky-frame matrix in arcsec/pixel (the WCS CD matrix times 3600,
+        lenstronomy's ``transform_pix2angle``); see :class:`~blindlens.grid.PixelGrid`. With it
+        ``pixel_scale`` may be ``None`` (derived as ``sqrt(|det|)``).
+    wcs_header
+        Optional celestial WCS of the image as FITS header text (kept for FITS products).
+    noise_source
+        Optional one-line description of where the noise map came from (e.g. ``"ERR extension"``).
 
     Raises
     ------
@@ -61,11 +77,19 @@ class Observation(eqx.Module):
     mask: Image | None
     pixel_scale: float = eqx.field(static=True)
     center: tuple[float, float] = eqx.field(static=True, default=(0.0, 0.0))
+    pix2angle: tuple[tuple[float, float], tuple[float, float]] | None = eqx.field(static=True, default=None)
+    wcs_header: str | None = eqx.field(static=True, default=None)
+    noise_source: str | None = eqx.field(static=True, default=None)
 
-    def __init__(self, image, noise, psf, pixel_scale, mask=None, center=(0.0, 0.0)):
+    def __init__(self, image, noise, psf, pixel_scale=None, mask=None, center=(0.0, 0.0), pix2angle=None,
+                 wcs_header=None, noise_source=None):
         img = np.asarray(image, dtype=np.float64)
         if img.ndim != 2:
             raise ValueError(f"Observation image must be a 2-D array (ny, nx), got shape {img.shape}.")
+        if pixel_scale is None:
+            if pix2angle is None:
+                raise ValueError("Observation needs a pixel_scale (arcsec/pixel) or a pix2angle matrix.")
+            pixel_scale = PixelGrid(img.shape, None, pix2angle=pix2angle).pixel_scale
         try:
             pixel_scale = float(pixel_scale)
         except (TypeError, ValueError):
@@ -113,6 +137,9 @@ class Observation(eqx.Module):
         self.mask = None if mask_arr is None else jnp.asarray(mask_arr, dtype)
         self.pixel_scale = pixel_scale
         self.center = (float(center[0]), float(center[1]))
+        self.pix2angle = PixelGrid(img.shape, pixel_scale, self.center, pix2angle).pix2angle  # validated
+        self.wcs_header = None if wcs_header is None else str(wcs_header)
+        self.noise_source = None if noise_source is None else str(noise_source)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -121,7 +148,7 @@ class Observation(eqx.Module):
     @property
     def image_grid(self) -> PixelGrid:
         """The :class:`~blindlens.grid.PixelGrid` of the image pixels."""
-        return PixelGrid(self.shape, self.pixel_scale, self.center)
+        return PixelGrid(self.shape, self.pixel_scale, self.center, self.pix2angle)
 
     def psf_operator(self) -> PSF:
         """The PSF bound to this image shape (FFT precomputed)."""
@@ -144,6 +171,11 @@ def save_observation(obs: Observation, path: str | os.PathLike) -> Path:
                       center=np.asarray(obs.center, np.float64))
         if mask is not None:
             arrays["mask"] = mask
+        if obs.pix2angle is not None:
+            arrays["pix2angle"] = np.asarray(obs.pix2angle, np.float64)
+        for name in ("wcs_header", "noise_source"):
+            if getattr(obs, name) is not None:
+                arrays[name] = np.asarray(getattr(obs, name))  # a 0-d unicode array (no pickle)
         np.savez(path, **arrays)
         return path
     from astropy.io import fits
@@ -153,6 +185,13 @@ def save_observation(obs: Observation, path: str | os.PathLike) -> Path:
     primary.header["CENTERX"] = (obs.center[0], "x of the image centre [arcsec]")
     primary.header["CENTERY"] = (obs.center[1], "y of the image centre [arcsec]")
     primary.header["BUNIT"] = ("surface brightness", "same units as the source array")
+    if obs.wcs_header is not None:  # the celestial WCS first: the blindlens keywords below stay exact
+        primary.header.extend(fits.Header.fromstring(obs.wcs_header), update=True)
+    if obs.pix2angle is not None:
+        for (r, c), value in np.ndenumerate(np.asarray(obs.pix2angle)):
+            primary.header[f"P2A{r + 1}_{c + 1}"] = (value, "pixel -> sky frame [arcsec/pixel]")
+    if obs.noise_source is not None:
+        primary.header["NOISESRC"] = (obs.noise_source, "where the noise map came from")
     hdus = [primary, fits.ImageHDU(noise, name="NOISE"), fits.ImageHDU(psf, name="PSF")]
     if mask is not None:
         hdus.append(fits.ImageHDU(mask, name="MASK"))
@@ -160,8 +199,14 @@ def save_observation(obs: Observation, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_observation(path: str | os.PathLike) -> Observation:
+def load_observation(path: str | os.PathLike, psf=None, mask=None, **survey_options) -> Observation:
     """Read an observation from a FITS or npz file (formats in the module docstring).
+
+    A FITS file with a celestial WCS, a ``SCI`` extension, no ``PIXSCALE`` keyword, or any of
+    ``psf``/``mask``/``survey_options`` given is read by
+    :func:`blindlens.survey_fits.load_survey_observation` (``psf`` = PSF FITS file or kernel,
+    ``mask`` = mask FITS file or array with nonzero = excluded, ``survey_options`` = its other
+    keywords: ``cutout``, ``noise``, ``poisson``, ``exposure_time``, ``origin``, extension names).
 
     Raises
     ------
@@ -174,6 +219,8 @@ def load_observation(path: str | os.PathLike) -> Observation:
     if not path.exists():
         raise FileNotFoundError(f"observation file {path} does not exist.")
     kind = _kind(path)
+    if kind == "npz" and (psf is not None or mask is not None or survey_options):
+        raise ValueError(f"{path}: psf=/mask=/survey options apply to FITS files only; an npz observation holds its own.")
     if kind == "npz":
         f = read_npz(path)
         missing = [k for k in ("image", "noise", "psf", "pixel_scale") if k not in f]
@@ -183,8 +230,14 @@ def load_observation(path: str | os.PathLike) -> Observation:
                 "pixel_scale (and optionally mask, center)."
             )
         center = tuple(f["center"]) if "center" in f else (0.0, 0.0)
-        return Observation(f["image"], f["noise"], f["psf"], f["pixel_scale"], mask=f.get("mask"), center=center)
+        text = {k: str(f[k]) for k in ("wcs_header", "noise_source") if k in f}
+        return Observation(f["image"], f["noise"], f["psf"], f["pixel_scale"], mask=f.get("mask"), center=center,
+                           pix2angle=f.get("pix2angle"), **text)
     hdus = _read_fits(path)
+    if psf is not None or mask is not None or survey_options or _is_survey_layout(hdus):
+        from .survey_fits import load_survey_observation
+
+        return load_survey_observation(path, psf=psf, mask=mask, **survey_options)
     _, header, image = hdus[0]
     if image is None:
         raise ValueError(f"{path}: the primary HDU holds no image; put the image in the primary HDU.")
@@ -210,7 +263,28 @@ def load_observation(path: str | os.PathLike) -> Observation:
     psf = np.asarray(names["PSF"], np.float64)
     mask = names.get("MASK")
     center = (float(header.get("CENTERX", 0.0)), float(header.get("CENTERY", 0.0)))
-    return Observation(np.asarray(image, np.float64), noise, psf, header["PIXSCALE"], mask=mask, center=center)
+    return Observation(np.asarray(image, np.float64), noise, psf, header["PIXSCALE"], mask=mask, center=center,
+                       pix2angle=read_pix2angle(header), noise_source=header.get("NOISESRC"))
+
+
+def read_pix2angle(header) -> np.ndarray | None:
+    """The ``P2A1_1 .. P2A2_2`` matrix of a FITS header (arcsec/pixel), ``None`` if absent."""
+    keys = [f"P2A{r}_{c}" for r in (1, 2) for c in (1, 2)]
+    if not any(k in header for k in keys):
+        return None
+    missing = [k for k in keys if k not in header]
+    if missing:
+        raise ValueError(f"the FITS header has a partial pix2angle: {missing} missing; give all four P2Ai_j keywords.")
+    return np.array([float(header[k]) for k in keys]).reshape(2, 2)
+
+
+def _is_survey_layout(hdus) -> bool:
+    """True for files :func:`load_observation` hands to the survey reader (see its docstring)."""
+    _, header, image = hdus[0]
+    if image is None or "PIXSCALE" not in header or any(name == "SCI" for name, _, _ in hdus[1:]):
+        return True
+    return any(str(header.get(f"CTYPE{a}", "")).upper().startswith(("RA-", "DEC-", "GLON", "GLAT", "ELON", "ELAT"))
+               for a in (1, 2))
 
 
 def read_fits_array(path: str | os.PathLike, ndim: int) -> np.ndarray:

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from ._types import Array, Float, PRNGKeyArray
+from .light_profiles import sersic_ellipse
 
 __all__ = ["SersicImager", "SersicPrefitConfig", "SersicPrefitResult", "prefit_lens_with_sersic", "sersic_ellipse"]
 
@@ -114,37 +115,6 @@ class SersicPrefitResult(NamedTuple):
     num_refined: int = 0
 
 
-def sersic_ellipse(x, y, amp, R_sersic, n_sersic, e1, e2, center_x=0.0, center_y=0.0) -> Float[Array, "..."]:
-    """Elliptical Sérsic surface brightness, lenstronomy's ``SERSIC_ELLIPSE``.
-
-    Parameters
-    ----------
-    x, y
-        Positions [arcsec].
-    amp
-        Surface brightness at ``R_sersic`` (image units per arcsec^2 of the caller).
-    R_sersic
-        Half-light radius along the product-average (circularised) radius [arcsec].
-    n_sersic
-        Sérsic index.
-    e1, e2
-        Ellipticity components (lenstronomy's definition, ``|e| < 1``).
-    center_x, center_y
-        Centre [arcsec].
-
-    Returns
-    -------
-    ``amp * exp(-b_n ((R / R_sersic)^(1/n) - 1))`` with ``b_n = max(1.9992 n - 0.3271, 1e-5)`` and
-    ``R^2 = ((1 - e1) dx - e2 dy)^2 + (-e2 dx + (1 + e1) dy)^2) / (1 - e1^2 - e2^2)``.
-    """
-    dx, dy = x - center_x, y - center_y
-    norm2 = jnp.maximum(jnp.abs(1.0 - e1**2 - e2**2), 1e-12)
-    r2 = (((1.0 - e1) * dx - e2 * dy) ** 2 + (-e2 * dx + (1.0 + e1) * dy) ** 2) / norm2
-    b_n = jnp.maximum(1.9992 * n_sersic - 0.3271, 1e-5)
-    r_frac2 = jnp.maximum(r2, 1e-16) / R_sersic**2  # (floor: a finite gradient at the centre)
-    return amp * jnp.exp(-b_n * (r_frac2 ** (0.5 / n_sersic) - 1.0))
-
-
 def shapelets(x, y, n_max: int, beta, center_x=0.0, center_y=0.0) -> Float[Array, "k ..."]:
     """Cartesian shapelets ``phi_{n1}(dx / beta) phi_{n2}(dy / beta) / beta`` for ``n1 + n2 <= n_max``.
 
@@ -198,17 +168,11 @@ class SersicImager(eqx.Module):
     image_shape: tuple[int, int] = eqx.field(static=True)
 
     def __init__(self, observation, supersampling: int = 2):
-        import numpy as np
-
         grid = observation.image_grid
         self.psf = None if observation.psf is None else observation.psf_operator()
-        py, px = self.psf.half_size if self.psf is not None else (0, 0)
+        pad = self.psf.half_size if self.psf is not None else (0, 0)
         k = int(supersampling)
-        ny, nx = grid.ny + 2 * py, grid.nx + 2 * px
-        step = grid.pixel_scale / k
-        xs = grid.center[0] + (np.arange(nx * k) - (nx * k - 1) / 2) * step
-        ys = grid.center[1] + (np.arange(ny * k) - (ny * k - 1) / 2) * step
-        x, y = np.meshgrid(xs, ys, indexing="xy")
+        x, y = grid.subpixel_coordinates(k, pad)  # the LensingOperator ray layout, sky frame included
         self.x, self.y = jnp.asarray(x), jnp.asarray(y)
         self.supersampling = k
         self.image_shape = (grid.ny, grid.nx)
@@ -267,16 +231,27 @@ def prefit_lens_with_sersic(
     ny, nx = observation.shape
     mask = jnp.ones((ny, nx)) if observation.mask is None else jnp.asarray(observation.mask, jnp.float32)
     weight = mask / jnp.asarray(observation.noise) ** 2
-    data = jnp.asarray(observation.image)
+    image = jnp.asarray(observation.image)
     num_lens = space.unconstrain(space.prior_draw(jr.key(0))).shape[0]
+    light_index, light_data = _lens_light_parts(space, observation, config.supersampling, image)
 
     def fit(u):
         lens, log_prior = space.log_prior_and_lens(u[:num_lens])
         shape, log_prior_source = _source_params(u[num_lens:], config.source_offset)
+        data = light_data(lens)  # the image less the deflector light, if the lens model has any
         b = imager(lens, 1.0, **shape)
         amp = jnp.maximum(jnp.sum(weight * b * data) / jnp.maximum(jnp.sum(weight * b * b), 1e-30), 0.0)
         chi2 = jnp.sum(weight * (data - amp * b) ** 2)
         return log_prior + log_prior_source - 0.5 * chi2, chi2, amp, shape
+
+    def light_only(a):
+        """Fit the deflector light alone (no source) at the run's starting lens."""
+        def objective_light(c):
+            lens, log_prior = space.log_prior_and_lens(a[:num_lens].at[light_index].set(c))
+            return log_prior - 0.5 * jnp.sum(weight * light_data(lens) ** 2)
+
+        c, _ = _adam(objective_light, a[light_index], config.num_steps, config.learning_rate)
+        return a.at[light_index].set(c)
 
     def objective(u):
         return fit(u)[0]
@@ -300,6 +275,8 @@ def prefit_lens_with_sersic(
                          config.num_steps, config.learning_rate)
             return jnp.concatenate([a[:num_lens], v])
 
+        if light_index.size:  # the deflector light first: it dominates the centre of the image
+            u0 = jax.vmap(light_only)(u0)
         u0 = jax.vmap(source_only)(u0)
         u, _ = jax.vmap(lambda a: _adam(objective, a, config.num_steps, config.learning_rate))(u0)
         return u, jax.vmap(lambda a: fit(a)[1])(u)
@@ -310,6 +287,7 @@ def prefit_lens_with_sersic(
         """Sérsic + shapelets (all amplitudes linear, weighted least squares); ``w = (u, log beta)``."""
         lens, log_prior = space.log_prior_and_lens(w[:num_lens])
         shape, log_prior_source = _source_params(w[num_lens:num_lens + 6], config.source_offset)
+        data = light_data(lens)
         log_beta = w[num_lens + 6]
         design = jnp.concatenate([imager(lens, 1.0, **shape)[None],
                                   imager.shapelet_images(lens, n_max, jnp.exp(log_beta), shape["center_x"],
@@ -351,3 +329,21 @@ def prefit_lens_with_sersic(
     source = {"amp": amp, **shape}
     return SersicPrefitResult({n: v[0] for n, v in runs.items()}, chi2, runs, source, int(jnp.sum(mask)),
                               refined if config.refine_steps > 0 else 0)
+
+
+def _lens_light_parts(space, observation, supersampling: int, image):
+    """``(light_index, light_data)``: the unconstrained coordinates of the ``lens_light*`` sites and
+    ``lens -> image - light image`` (the image itself for a mass-only lens model)."""
+    import numpy as np
+
+    from .light_profiles import LensLightImager, light_of
+
+    probe = space.log_prior_and_lens(space.unconstrain(space.prior_draw(jr.key(0))))[0]
+    if light_of(probe) is None:
+        return np.zeros(0, int), lambda lens: image
+    psf = None if observation.psf is None else observation.psf_operator()
+    light_imager = LensLightImager(observation.image_grid, psf, supersampling)
+    where = space._unravel(jnp.arange(space.size, dtype=jnp.float32))
+    light_index = np.sort(np.concatenate([np.atleast_1d(np.asarray(where[n])).astype(int)
+                                          for n in space.names if n.startswith("lens_light")] or [np.zeros(0, int)]))
+    return light_index, lambda lens: image - light_imager(light_of(lens))

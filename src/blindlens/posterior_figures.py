@@ -78,8 +78,13 @@ def _image_grid(idata, observation=None) -> PixelGrid:
     if observation is not None and getattr(observation, "image_grid", None) is not None:
         return observation.image_grid
     scale = idata.posterior.attrs.get("image_pixel_scale")
+    pix2angle = idata.posterior.attrs.get("image_pix2angle")
     for group in ("observed_data", "posterior_predictive"):
         if group in idata:
+            if pix2angle:  # a sky-frame grid: its coordinates are offsets along the pixel axes
+                shape = (getattr(idata, group)["image_y"].size, getattr(idata, group)["image_x"].size)
+                center = json.loads(idata.posterior.attrs.get("image_center", "[0, 0]"))
+                return PixelGrid(shape, None, tuple(center), json.loads(pix2angle))
             return _grid_from_coords(getattr(idata, group), "image", None if scale is None else float(scale))
     raise ValueError("the InferenceData has no image coordinates (observed_data or posterior_predictive); "
                      "pass the observation.")
@@ -248,7 +253,7 @@ def plot_critical_curves(
     panels = ((ax_i, image, image_grid, 0, f"{image_title} and critical curves", "cyan"),
               (ax_s, source_mean, source_grid, 1, "posterior-mean source and caustics", "lime"))
     for ax, img, grid, k, title, colour in panels:
-        im = ax.imshow(img, origin="lower", extent=grid.extent, cmap="magma")
+        im = grid.show(ax, img, cmap="magma")  # pcolormesh for a rotated sky-frame image grid
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         for lines in sampled:
             for line in lines[k]:
@@ -258,7 +263,7 @@ def plot_critical_curves(
         if true is not None:
             for j, line in enumerate(true[k]):
                 ax.plot(line[:, 0], line[:, 1], color="white", lw=1.4, ls="--", label="truth" if j == 0 else None)
-        x0, x1, y0, y1 = grid.extent
+        x0, x1, y0, y1 = grid.extent if grid.is_axis_aligned else grid.bounds
         ax.set_xlim(x0, x1)
         ax.set_ylim(y0, y1)
         _label_axes(ax, title)

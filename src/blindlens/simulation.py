@@ -68,7 +68,8 @@ def simulate_observation(
     Parameters
     ----------
     lens
-        Lens Module (:mod:`blindlens.lens_models`).
+        Lens Module (:mod:`blindlens.lens_models`); a
+        :class:`~blindlens.light_profiles.LensWithLight` adds its deflector light to the image.
     source
         ``(sy, sx)`` surface-brightness array, finite.
     source_pixel_scale
@@ -102,6 +103,10 @@ def simulate_observation(
     op = LensingOperator(lens, image_grid, source_grid, psf=kernel, supersampling=supersampling)
     dtype = jnp.asarray(0.0).dtype
     noiseless = op(jnp.asarray(src, dtype))
+    from .light_profiles import LensLightImager, light_of
+
+    if light_of(lens) is not None:  # the deflector's own light, PSF-convolved
+        noiseless = noiseless + LensLightImager(image_grid, op.psf, supersampling)(light_of(lens))
     noisy = noiseless + noise_sigma * jax.random.normal(key, noiseless.shape, dtype)
     obs = Observation(np.asarray(noisy), noise_sigma, kernel, pixel_scale)
     return obs, noiseless
@@ -219,20 +224,20 @@ def plot_observation(
     if lens is not None:
         critical, caustics = critical_curves_and_caustics(lens, grid, supersampling=4)
 
-    def _show(ax, data, extent, title):
-        im = ax.imshow(np.asarray(data), origin="lower", extent=extent, cmap="magma")
+    def _show(ax, data, g, title):  # imshow, or pcolormesh for a rotated sky-frame grid
+        im = g.show(ax, np.asarray(data), cmap="magma")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         ax.set_title(title)
         ax.set_xlabel("x [arcsec]")
         ax.set_ylabel("y [arcsec]")
 
     ax = axes.pop(0)
-    _show(ax, obs.image, grid.extent, "observed image")
+    _show(ax, obs.image, grid, "observed image")
     for line in critical:
         ax.plot(line[:, 0], line[:, 1], color="cyan", lw=0.8)
     if noiseless is not None:
         ax = axes.pop(0)
-        _show(ax, noiseless, grid.extent, "noiseless model")
+        _show(ax, noiseless, grid, "noiseless model")
         for line in critical:
             ax.plot(line[:, 0], line[:, 1], color="cyan", lw=0.8, label="critical curve")
     if source is not None:
@@ -241,7 +246,7 @@ def plot_observation(
         src = np.asarray(source)
         sgrid = PixelGrid(src.shape, float(source_pixel_scale), (float(source_center[0]), float(source_center[1])))
         ax = axes.pop(0)
-        _show(ax, src, sgrid.extent, "source")
+        _show(ax, src, sgrid, "source")
         for line in caustics:
             ax.plot(line[:, 0], line[:, 1], color="lime", lw=0.8)
         x0, x1, y0, y1 = sgrid.extent

@@ -436,18 +436,18 @@ def plot_fixed_lens_summary(observation, posterior: FixedLensPosterior, source_g
     model = np.asarray(posterior.model_images).mean(axis=0)
     resid = np.where(mask, (y - model) / noise, np.nan)
     samples = np.asarray(posterior.samples)
-    img_ext, src_ext = observation.image_grid.extent, source_grid.extent
+    image_grid = observation.image_grid  # grid.show: imshow, or pcolormesh for a rotated sky frame
     panels = [
-        ("data", y, img_ext, "viridis", None),
-        ("mean model", model, img_ext, "viridis", None),
-        ("(data - mean model) / sigma", resid, img_ext, "RdBu_r", (-4, 4)),
-        ("source mean", samples.mean(axis=0), src_ext, "viridis", None),
-        ("source std", samples.std(axis=0), src_ext, "magma", None),
+        ("data", y, image_grid, "viridis", None),
+        ("mean model", model, image_grid, "viridis", None),
+        ("(data - mean model) / sigma", resid, image_grid, "RdBu_r", (-4, 4)),
+        ("source mean", samples.mean(axis=0), source_grid, "viridis", None),
+        ("source std", samples.std(axis=0), source_grid, "magma", None),
     ]
     fig, axes = plt.subplots(1, 5, figsize=(17, 3.6))
-    for ax, (title, arr, ext, cmap, lim) in zip(axes, panels):
+    for ax, (title, arr, grid, cmap, lim) in zip(axes, panels):
         vmin, vmax = lim if lim else (None, None)
-        im = ax.imshow(arr, origin="lower", extent=ext, cmap=cmap, vmin=vmin, vmax=vmax)
+        im = grid.show(ax, arr, cmap=cmap, vmin=vmin, vmax=vmax)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("x [arcsec]")
         fig.colorbar(im, ax=ax, fraction=0.046)
