@@ -80,3 +80,23 @@ def test_file_errors(tmp_path):
     wrong.write_text('[[profile]]\ntype = "SIE"\ntheta_E = 1.0\n')
     with pytest.raises(ValueError, match="wrong.toml.*missing parameter"):
         load_lens_config(wrong)
+
+
+def test_light_tables_round_trip_and_bad_light_is_refused():
+    import tomllib
+
+    from blindlens.light_profiles import LensWithLight
+
+    text = (
+        '[[profile]]\ntype = "SIE"\ntheta_E = 1.1\ne1 = 0.1\ne2 = -0.05\ncenter_x = 0.02\ncenter_y = 0.0\n\n'
+        '[[light]]\ntype = "SERSIC_ELLIPSE"\namp = 20.0\nR_sersic = 0.8\nn_sersic = 4.0\ne1 = 0.05\ne2 = 0.0\n'
+        'center_x = 0.02\ncenter_y = 0.0\n'
+    )
+    lens = lens_from_config(tomllib.loads(text))
+    assert isinstance(lens, LensWithLight) and float(lens.light.components[0].R_sersic) == pytest.approx(0.8)
+    again = lens_from_config(tomllib.loads(dumps_lens_config(lens)))
+    assert float(again.light.components[0].amp) == 20.0 and float(again.mass.theta_E) == pytest.approx(1.1)
+    with pytest.raises(ValueError, match=r"\[\[light\]\] #1: unknown type 'SERSIC'"):
+        lens_from_config(tomllib.loads(text.replace('"SERSIC_ELLIPSE"', '"SERSIC"')))
+    with pytest.raises(ValueError, match="missing parameter"):
+        lens_from_config(tomllib.loads(text.replace("n_sersic = 4.0\n", "")))

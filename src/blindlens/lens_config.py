@@ -28,6 +28,20 @@ MULTIPOLE  m, a_m, phi_m, center_x, center_y
 ========== =================================================== ==================
 
 Several profiles are summed into one lens (``SIE(...) + ExternalShear(...)``).
+
+The deflector's light, optional, is one ``[[light]]`` table per component::
+
+    [[light]]
+    type = "SERSIC_ELLIPSE"
+    amp = 20.0         # surface brightness at R_sersic, image units per arcsec^2
+    R_sersic = 0.8     # arcsec
+    n_sersic = 4.0
+    e1 = 0.05
+    e2 = 0.0
+    center_x = 0.05
+    center_y = -0.03
+
+and makes the lens a :class:`~blindlens.light_profiles.LensWithLight`.
 """
 
 from __future__ import annotations
@@ -40,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from .lens_models import EPL, SIE, SIS, AbstractLens, CompositeLens, ExternalShear, Multipole
+from .light_profiles import SERSIC_NAMES, LensLight, LensWithLight, SersicEllipse
 
 __all__ = [
     "PROFILE_TYPES",
@@ -58,8 +73,10 @@ PROFILE_TYPES: dict[str, tuple[type, tuple[str, ...], tuple[str, ...]]] = {
     "SHEAR": (ExternalShear, ("gamma1", "gamma2"), ("ra_0", "dec_0")),
     "MULTIPOLE": (Multipole, ("m", "a_m", "phi_m", "center_x", "center_y"), ()),
 }
+LIGHT_TYPES: dict[str, tuple[type, tuple[str, ...], tuple[str, ...]]] = {
+    "SERSIC_ELLIPSE": (SersicEllipse, SERSIC_NAMES, ()),
+}
 _INTEGER_PARAMS = {"m", "n_terms"}
-_TYPE_OF_CLASS = {cls: name for name, (cls, _, _) in PROFILE_TYPES.items()}
 
 
 def lens_from_config(config: dict) -> AbstractLens:
@@ -73,29 +90,35 @@ def lens_from_config(config: dict) -> AbstractLens:
     """
     if not isinstance(config, dict):
         raise ValueError(f"lens config must be a mapping with a [[profile]] list, got {type(config).__name__}.")
-    unknown_top = set(config) - {"profile", "description"}
+    unknown_top = set(config) - {"profile", "light", "description"}
     if unknown_top:
         raise ValueError(
-            f"lens config has unknown top-level key(s) {sorted(unknown_top)}; only [[profile]] tables "
-            "(and an optional description) are allowed."
+            f"lens config has unknown top-level key(s) {sorted(unknown_top)}; only [[profile]] and [[light]] "
+            "tables (and an optional description) are allowed."
         )
     profiles = config.get("profile")
     if not profiles or not isinstance(profiles, list):
         raise ValueError("lens config needs at least one [[profile]] table (e.g. type = \"SIE\").")
     lenses = [_profile_to_lens(i, p) for i, p in enumerate(profiles)]
-    return lenses[0] if len(lenses) == 1 else CompositeLens(lenses)
+    lens = lenses[0] if len(lenses) == 1 else CompositeLens(lenses)
+    lights = config.get("light")
+    if lights is None:
+        return lens
+    if not isinstance(lights, list) or not lights:
+        raise ValueError("lens config [[light]] must be a list of tables (type = \"SERSIC_ELLIPSE\").")
+    return LensWithLight(lens, LensLight([_profile_to_lens(i, p, "light", LIGHT_TYPES) for i, p in enumerate(lights)]))
 
 
-def _profile_to_lens(index: int, profile) -> AbstractLens:
-    where = f"lens config [[profile]] #{index + 1}"
+def _profile_to_lens(index: int, profile, table: str = "profile", types=PROFILE_TYPES):
+    where = f"lens config [[{table}]] #{index + 1}"
     if not isinstance(profile, dict):
         raise ValueError(f"{where} must be a table of parameters.")
     if "type" not in profile:
-        raise ValueError(f"{where} has no 'type'; use one of {sorted(PROFILE_TYPES)}.")
+        raise ValueError(f"{where} has no 'type'; use one of {sorted(types)}.")
     ptype = str(profile["type"]).upper()
-    if ptype not in PROFILE_TYPES:
-        raise ValueError(f"{where}: unknown type {profile['type']!r}; use one of {sorted(PROFILE_TYPES)}.")
-    cls, required, optional = PROFILE_TYPES[ptype]
+    if ptype not in types:
+        raise ValueError(f"{where}: unknown type {profile['type']!r}; use one of {sorted(types)}.")
+    cls, required, optional = types[ptype]
     params = {k: v for k, v in profile.items() if k != "type"}
     missing = [k for k in required if k not in params]
     if missing:
@@ -121,14 +144,24 @@ def _profile_to_lens(index: int, profile) -> AbstractLens:
 
 
 def lens_to_config(lens: AbstractLens) -> dict:
-    """The TOML mapping ``{"profile": [...]}`` of a lens Module (inverse of :func:`lens_from_config`)."""
-    components = lens.components if isinstance(lens, CompositeLens) else (lens,)
+    """The TOML mapping ``{"profile": [...], "light": [...]}`` of a lens Module (inverse of
+    :func:`lens_from_config`; ``light`` only for a :class:`~blindlens.light_profiles.LensWithLight`)."""
+    config = {"profile": _entries(lens.mass if isinstance(lens, LensWithLight) else lens)}
+    if isinstance(lens, LensWithLight):
+        config["light"] = _entries(lens.light)
+    return config
+
+
+def _entries(lens) -> list[dict]:
+    components = lens.components if isinstance(lens, (CompositeLens, LensLight)) else (lens,)
+    types = {**PROFILE_TYPES, **LIGHT_TYPES}
+    type_of_class = {cls: name for name, (cls, _, _) in types.items()}
     profiles = []
     for comp in components:
-        ptype = _TYPE_OF_CLASS.get(type(comp))
+        ptype = type_of_class.get(type(comp))
         if ptype is None:
-            raise ValueError(f"cannot write a {type(comp).__name__} to a lens config; supported: {sorted(PROFILE_TYPES)}.")
-        _, required, optional = PROFILE_TYPES[ptype]
+            raise ValueError(f"cannot write a {type(comp).__name__} to a lens config; supported: {sorted(types)}.")
+        _, required, optional = types[ptype]
         entry = {"type": ptype}
         for name in required + optional:
             value = getattr(comp, name)
@@ -137,19 +170,20 @@ def lens_to_config(lens: AbstractLens) -> dict:
                 raise ValueError(f"cannot write a batched {ptype} (parameter {name} has shape {arr.shape}).")
             entry[name] = int(arr) if name in _INTEGER_PARAMS else float(arr)
         profiles.append(entry)
-    return {"profile": profiles}
+    return profiles
 
 
 def dumps_lens_config(lens: AbstractLens) -> str:
     """TOML text for a lens Module (floats written with ``repr``, so reading it back is exact)."""
     lines = []
-    for entry in lens_to_config(lens)["profile"]:
-        lines.append("[[profile]]")
-        lines.append(f'type = "{entry["type"]}"')
-        for name, value in entry.items():
-            if name != "type":
-                lines.append(f"{name} = {value!r}")
-        lines.append("")
+    for table, entries in lens_to_config(lens).items():
+        for entry in entries:
+            lines.append(f"[[{table}]]")
+            lines.append(f'type = "{entry["type"]}"')
+            for name, value in entry.items():
+                if name != "type":
+                    lines.append(f"{name} = {value!r}")
+            lines.append("")
     return "\n".join(lines)
 
 
