@@ -21,6 +21,10 @@ CONFINED = {
     "xarray": {"arviz_conversion"},
     "astropy": {"observation", "survey_fits"},
     "h5py": {"image_sets"},
+    "distributed": {"catalogue"},  # the catalogue engine (Dask)
+    "dask": {"catalogue"},
+    "pandas": {"catalogue"},  # its summary table (Parquet through pyarrow)
+    "pyarrow": {"catalogue"},
 }
 
 

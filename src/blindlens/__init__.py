@@ -99,6 +99,10 @@ _EXPORTS: dict[str, str] = {
     "check_run": "run_diagnostics",
     "RunReport": "run_diagnostics",
     "BlindLensRunWarning": "run_diagnostics",
+    # one lens from Python (blindlens sample) and catalogues on Dask (blindlens catalogue)
+    "SampleOptions": "pipeline",
+    "sample_observation": "pipeline",
+    "run_catalogue": "catalogue",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

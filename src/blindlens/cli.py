@@ -2,13 +2,25 @@
 
 Each subcommand is registered by an ``_add_<name>`` function and run by a ``_run_<name>``
 function; heavy imports happen inside the run functions so ``blindlens --help`` stays fast.
-This is the only module that does console and file I/O on behalf of users; nothing imports it.
+This module parses arguments and reports to the console; nothing imports it. The joint sampling
+pipeline (``blindlens sample`` without ``--fixed-lens``) is :mod:`blindlens.pipeline`, driven by a
+:class:`~blindlens.pipeline.SampleOptions` built from the arguments; ``blindlens catalogue`` is
+:mod:`blindlens.catalogue`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from .pipeline import DEFAULTS, SampleOptions
+# the joint pipeline lives in blindlens.pipeline; these names stay here for the subcommands and tests
+from .pipeline import check_joint_outputs as _check_joint_outputs  # noqa: F401
+from .pipeline import load_lens_model as _load_lens_model  # noqa: F401
+from .pipeline import load_source_prior as _load_source_prior
+from .pipeline import read_input as _read_input
+from .pipeline import truth_values as _truth_values
+from .pipeline import write_joint_outputs as _write_joint_outputs
 
 __all__ = ["main", "build_parser"]
 
@@ -259,26 +271,12 @@ def _add_sample(sub):
     )
     p.add_argument("observation", help="observation file (.fits or .npz)")
     p.add_argument("--fixed-lens", default=None, help="lens TOML ([[profile]] tables) to hold fixed")
-    _add_joint_sample_arguments(p)
     p.add_argument("--num-samples", type=int, default=16, help="number of source samples")
     p.add_argument("--out", required=True,
                    help="output InferenceData (.nc) in an existing folder; outputs are checked before sampling "
                         "starts and replaced if they exist")
-    p.add_argument("--prior", default="default",
-                   help="'default' (shipped 32x32 prior at 0.1\"/pixel), 'highres' (shipped 64x64 prior at 0.05\"/pixel, "
-                        "for data at HST-like resolution) or a prior file from train-prior")
-    p.add_argument("--guidance", choices=("pigdm", "calibrated", "cla"), default="pigdm",
-                   help="likelihood score: pigdm (default), calibrated (exact for Gaussian priors, costlier), cla")
-    p.add_argument("--steps", type=int, default=50, help="reverse-diffusion steps (default 50: docs/source_posterior.md)")
-    p.add_argument("--solver", choices=("auto", "euler", "heun", "imex"), default="auto",
-                   help="reverse-SDE solver; auto: imex for CLA (stiff), euler otherwise")
-    p.add_argument("--source-center", type=float, nargs=2, default=(0.0, 0.0), metavar=("X", "Y"),
-                   help="source-grid centre [arcsec]")
-    p.add_argument("--flux-scale", type=float, default=None,
-                   help="image units per prior (network) unit; default: the prior's own")
-    p.add_argument("--supersampling", type=int, default=2, help="rays per image pixel per axis")
+    _add_sampling_arguments(p)
     p.add_argument("--batch-size", type=int, default=None, help="samples per compiled batch (bounds memory)")
-    p.add_argument("--seed", type=int, default=0, help="PRNG seed")
     p.add_argument("--plot", default=None, help="summary figure with --fixed-lens (default: <out stem>.png)")
     p.add_argument("--strict", action="store_true",
                    help=f"exit with status {STRICT_EXIT} when a run diagnostic fails (R-hat, ESS, divergences, "
@@ -286,12 +284,25 @@ def _add_sample(sub):
     p.set_defaults(run=_run_sample)
 
 
-def _load_source_prior(spec: str):
-    from .score_prior import ScorePrior
-
-    from .score_prior import SHIPPED_PRIORS
-
-    return ScorePrior.shipped(spec) if spec in SHIPPED_PRIORS else ScorePrior.load(spec)
+def _add_sampling_arguments(p) -> None:
+    """The sampling options of ``blindlens sample`` (and ``blindlens catalogue``): one per
+    :class:`~blindlens.pipeline.SampleOptions` field, ``dest`` = the field, default from ``DEFAULTS``."""
+    p.add_argument("--prior", default=DEFAULTS.prior,
+                   help="'default' (shipped 32x32 prior at 0.1\"/pixel), 'highres' (shipped 64x64 prior at 0.05\"/pixel, "
+                        "for data at HST-like resolution) or a prior file from train-prior")
+    p.add_argument("--guidance", choices=("pigdm", "calibrated", "cla"), default=DEFAULTS.guidance,
+                   help="likelihood score: pigdm (default), calibrated (exact for Gaussian priors, costlier), cla")
+    p.add_argument("--steps", type=int, default=DEFAULTS.steps,
+                   help=f"reverse-diffusion steps (default {DEFAULTS.steps}: docs/source_posterior.md)")
+    p.add_argument("--solver", choices=("auto", "euler", "heun", "imex"), default=DEFAULTS.solver,
+                   help="reverse-SDE solver; auto: imex for CLA (stiff), euler otherwise")
+    p.add_argument("--source-center", type=float, nargs=2, default=DEFAULTS.source_center, metavar=("X", "Y"),
+                   help="source-grid centre [arcsec]")
+    p.add_argument("--flux-scale", type=float, default=DEFAULTS.flux_scale,
+                   help="image units per prior (network) unit; default: the prior's own")
+    p.add_argument("--supersampling", type=int, default=DEFAULTS.supersampling, help="rays per image pixel per axis")
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="PRNG seed")
+    _add_joint_sample_arguments(p)
 
 
 def _run_sample(args):
@@ -371,154 +382,50 @@ def _refresh_sigma_arg(text: str):
 
 def _add_joint_sample_arguments(p) -> None:
     g = p.add_argument_group("joint lens + source inference (without --fixed-lens)")
-    g.add_argument("--lens-model", default="sie+shear",
+    g.add_argument("--lens-model", default=DEFAULTS.lens_model,
                    help="sie+shear (default), epl+shear, epl+shear+multipole, or FILE.py:function (a NumPyro "
                         "model returning a lens)")
-    g.add_argument("--chains", type=int, default=2, help="MCMC chains (default 2)")
-    g.add_argument("--warmup", type=int, default=200, help="Gibbs warm-up sweeps per chain (NUTS adaptation)")
-    g.add_argument("--draws", type=int, default=None,
+    g.add_argument("--chains", type=int, default=DEFAULTS.chains, help=f"MCMC chains (default {DEFAULTS.chains})")
+    g.add_argument("--warmup", type=int, default=DEFAULTS.warmup,
+                   help="Gibbs warm-up sweeps per chain (NUTS adaptation)")
+    g.add_argument("--draws", type=int, default=DEFAULTS.draws,
                    help="posterior draws per chain (default 300); with --target-ess, the most draws per chain "
                         "(default 5000)")
-    g.add_argument("--target-ess", type=float, default=None,
+    g.add_argument("--target-ess", type=float, default=DEFAULTS.target_ess,
                    help="run until every lens parameter has ESS >= this (400 is the usual target) and split R-hat "
                         "<= --max-rhat, checking after every --checkpoint-every draws, or until --draws or "
                         "--max-minutes ends; progress lines give the projected time to the target")
-    g.add_argument("--max-rhat", type=float, default=1.01, help="R-hat target of --target-ess runs (default 1.01)")
-    g.add_argument("--max-minutes", type=float, default=None,
+    g.add_argument("--max-rhat", type=float, default=DEFAULTS.max_rhat,
+                   help=f"R-hat target of --target-ess runs (default {DEFAULTS.max_rhat})")
+    g.add_argument("--max-minutes", type=float, default=DEFAULTS.max_minutes,
                    help="wall-clock budget of a --target-ess run (the whole run); a run stopped by it keeps its "
                         "checkpoint, so the same command continues it")
-    g.add_argument("--thinning", type=int, default=1, help="keep every k-th draw (bounds memory of source draws)")
-    g.add_argument("--chain-method", choices=("sequential", "parallel", "vectorized"), default="sequential",
+    g.add_argument("--thinning", type=int, default=DEFAULTS.thinning,
+                   help="keep every k-th draw (bounds memory of source draws)")
+    g.add_argument("--chain-method", choices=("sequential", "parallel", "vectorized"),
+                   default=DEFAULTS.chain_method,
                    help="how chains run: sequential (progress bar), parallel (one device per chain), "
                         "vectorized (jax.vmap, no progress bar)")
-    g.add_argument("--refresh-sigma", default="auto", type=_refresh_sigma_arg,
+    g.add_argument("--refresh-sigma", default=DEFAULTS.refresh_sigma, type=_refresh_sigma_arg,
                    help="source move per sweep: 'auto' (partial refresh from 3x the median noise sd), a noise "
                         "level in image units, or 'none' (a full reverse trajectory every sweep)")
-    g.add_argument("--warm-start-steps", type=int, default=200,
+    g.add_argument("--warm-start-steps", type=int, default=DEFAULTS.warm_start_steps,
                    help="reverse-SDE steps of the continuous-time GibbsDDRM draw that starts each chain")
-    g.add_argument("--warm-start-tries", type=int, default=4,
+    g.add_argument("--warm-start-tries", type=int, default=DEFAULTS.warm_start_tries,
                    help="continuous-time trajectories per chain, pooled over chains and ranked by residual chi^2: "
                         "the chains start from the best-fitting ones (default 4)")
-    g.add_argument("--lens-prefit", choices=("sersic", "none"), default="sersic",
+    g.add_argument("--lens-prefit", choices=("sersic", "none"), default=DEFAULTS.lens_prefit,
                    help="sersic (default): start the warm-start trajectories from the best lenses of a "
                         "multi-start Sérsic + shapelet fit (finds the lens's basin; docs/joint_inference.md); "
                         "none: from prior draws of the lens")
-    g.add_argument("--checkpoint-every", type=int, default=100,
+    g.add_argument("--checkpoint-every", type=int, default=DEFAULTS.checkpoint_every,
                    help="draws per chunk between checkpoints (<out>.ckpt.npz; rerun the same command to resume; "
                         "it is removed when the outputs are written, and refused if written by another run)")
     g.add_argument("--no-resume", action="store_true", help="ignore (and overwrite) an existing checkpoint")
-    g.add_argument("--truth", default=None, help="truth file (blindlens simulate) to overlay on the figures")
-    g.add_argument("--figures", default=None,
+    g.add_argument("--truth", default=DEFAULTS.truth,
+                   help="truth file (blindlens simulate) to overlay on the figures")
+    g.add_argument("--figures", default=DEFAULTS.figures,
                    help="directory for the figures and summary text (created if missing; default: beside --out)")
-
-
-def _load_lens_model(spec: str):
-    from . import numpyro_model
-
-    named = {
-        "sie+shear": numpyro_model.sie_shear,
-        "epl+shear": numpyro_model.epl_shear,
-        "epl+shear+multipole": numpyro_model.epl_shear_multipole,
-    }
-    if spec in named:
-        return named[spec]
-    if ":" not in spec:
-        raise ValueError(f"--lens-model must be one of {sorted(named)} or FILE.py:function, got {spec!r}.")
-    import importlib.util
-    from pathlib import Path
-
-    file, func = spec.rsplit(":", 1)
-    path = Path(file)
-    if not path.is_file():
-        raise FileNotFoundError(f"lens-model file {path} does not exist.")
-    module_spec = importlib.util.spec_from_file_location(f"_blindlens_user_lens_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not callable(getattr(module, func, None)):
-        raise ValueError(f"{path} has no function {func!r}; write `def {func}(): ... return lens`.")
-    return getattr(module, func)
-
-
-def _truth_values(truth_lens, sites) -> dict:
-    """Lens parameters of a truth lens Module, by site name (first component that has each name)."""
-    values = {}
-    components = getattr(truth_lens, "components", (truth_lens,))
-    for comp in components:
-        for name in sites:
-            if name not in values and hasattr(comp, name):
-                values[name] = float(getattr(comp, name))
-    return values
-
-
-def _sample_inputs(args) -> dict:
-    """The input files of ``blindlens sample`` (for the output-path checks)."""
-    inputs = {"the observation": args.observation, "--truth": getattr(args, "truth", None),
-              "--fixed-lens": args.fixed_lens}
-    from .score_prior import SHIPPED_PRIORS
-
-    if args.prior not in SHIPPED_PRIORS:
-        inputs["--prior"] = args.prior
-    spec = getattr(args, "lens_model", "")
-    if args.fixed_lens is None and ":" in spec:
-        inputs["--lens-model"] = spec.rsplit(":", 1)[0]
-    return inputs
-
-
-def _check_joint_outputs(out, figures, *, inputs):
-    """Check every file joint sampling writes before it starts (creating the figures folder); returns ``out``.
-
-    Files: ``--out`` (netCDF, ``.nc``), its checkpoint and, in the figures folder (default: beside
-    ``--out``), ``<stem>_summary.png``, ``<stem>_pair.png``, ``<stem>_curves.png``,
-    ``<stem>_summary.txt`` and, with ``--truth``, ``<stem>_source_vs_truth.png``.
-    """
-    from pathlib import Path
-
-    from .run_checkpoint import check_output_dir, check_output_paths, checkpoint_path
-
-    out = check_output_paths({"--out": out}, suffixes={"--out": (".nc",)}, inputs=inputs)["--out"]
-    fig_dir = check_output_dir("--figures", figures) if figures else out.parent
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    files = {"--out": out, "the checkpoint": checkpoint_path(out)}
-    names = ("summary.png", "pair.png", "curves.png", "summary.txt")
-    for name in names + (("source_vs_truth.png",) if inputs.get("--truth") else ()):
-        files[f"figure file {out.stem}_{name}"] = Path(fig_dir) / f"{out.stem}_{name}"
-    check_output_paths(files, inputs=inputs)
-    return out
-
-
-def _read_input(label, path, loader, *args, **kwargs):
-    """``loader(path, ...)``, with a low-level read failure turned into a one-line error naming the file."""
-    import zipfile
-
-    try:
-        return loader(path, *args, **kwargs)
-    except (FileNotFoundError, KeyError):
-        raise
-    except ValueError as err:
-        if str(path) in str(err):
-            raise
-        raise ValueError(f"{label} {path}: {err}") from None
-    except (OSError, EOFError, zipfile.BadZipFile, TypeError) as err:
-        text = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
-        raise ValueError(f"{label} {path} cannot be read ({text}); it may be truncated or damaged.") from None
-
-
-def _sample_fingerprint(args, prior) -> dict:
-    """Everything that defines a ``blindlens sample`` joint run, for its checkpoint."""
-    from pathlib import Path
-
-    from . import __version__
-    from .run_checkpoint import file_sha256, prior_fingerprint
-
-    lens = args.lens_model
-    if ":" in lens:
-        file, func = lens.rsplit(":", 1)
-        lens = f"{Path(file).name}:{func} {file_sha256(file)}"
-    settings = ("chains", "warmup", "thinning", "chain_method", "refresh_sigma", "warm_start_steps",
-                "warm_start_tries", "lens_prefit", "checkpoint_every", "guidance", "steps", "solver", "source_center", "flux_scale", "supersampling",
-                "seed")
-    return {"observation": file_sha256(args.observation), "lens_model": lens, "prior": prior_fingerprint(prior),
-            **{name: getattr(args, name) for name in settings}, "blindlens": __version__}
 
 
 def _demo_fingerprint(obs, lens_model, prior, **settings) -> dict:
@@ -531,123 +438,27 @@ def _demo_fingerprint(obs, lens_model, prior, **settings) -> dict:
             **settings, "blindlens": __version__}
 
 
-def _write_joint_outputs(idata, out, fig_dir, truth, *, title, lens_model=None, truth_file=None):
-    """netCDF, figures and summary text; ``truth_file``: a :func:`~blindlens.simulation.load_truth` dict."""
-    from pathlib import Path
-
-    from .arviz_conversion import plot_joint_summary, summary_text
-    from .posterior_figures import plot_critical_curves, plot_lens_pair, plot_source_comparison
-
-    out = Path(out)
-    fig_dir = Path(fig_dir) if fig_dir else out.parent
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    idata.to_netcdf(str(tmp))
-    tmp.replace(out)  # atomic: never leaves a half-written posterior behind
-    stem = out.stem
-    figs = [
-        plot_joint_summary(idata, fig_dir / f"{stem}_summary.png"),
-        plot_lens_pair(idata, fig_dir / f"{stem}_pair.png", truth),
-        plot_critical_curves(idata, fig_dir / f"{stem}_curves.png", truth=truth_file, lens_model=lens_model),
-    ]
-    if truth_file is not None:
-        figs.append(plot_source_comparison(
-            idata, fig_dir / f"{stem}_source_vs_truth.png", truth_file["source"], float(truth_file["source_pixel_scale"]),
-            tuple(truth_file.get("source_center", (0.0, 0.0)))))
-    text = summary_text(idata, truth, title=title)
-    summary = fig_dir / f"{stem}_summary.txt"
-    summary.write_text(text)
-    print(text)
-    print(f"wrote {out}, {summary} and " + ", ".join(str(f) for f in figs))
-    return summary
-
-
-def _convergence_target(args):
-    """The :class:`~blindlens.chain_runner.ConvergenceTarget` of ``--target-ess`` (``None`` without it)."""
-    from .chain_runner import ConvergenceTarget
-
-    if args.target_ess is None:
-        if args.max_minutes is not None:
-            raise ValueError("--max-minutes needs --target-ess (a fixed-length run is set by --draws).")
-        return None
-    if not args.target_ess > 0:
-        raise ValueError(f"--target-ess must be > 0, got {args.target_ess:g}.")
-    if not args.max_rhat > 1.0:
-        raise ValueError(f"--max-rhat must be > 1, got {args.max_rhat:g}.")
-    if args.max_minutes is not None and not args.max_minutes > 0:
-        raise ValueError(f"--max-minutes must be > 0, got {args.max_minutes:g}.")
-    if args.draws is not None and args.draws < 4:
-        raise ValueError("--draws must be >= 4 with --target-ess (R-hat needs 4 draws per chain).")
-    return ConvergenceTarget(target_ess=args.target_ess, max_rhat=args.max_rhat, max_minutes=args.max_minutes,
-                             max_draws=5000 if args.draws is None else args.draws)
-
-
 def _run_joint_sample(args):
-    import time
+    from . import pipeline
 
-    import jax
-
-    from .chain_runner import RunClock, run_chains
-    from .arviz_conversion import to_inference_data
-    from .gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig
-    from .grid import PixelGrid
-    from .likelihood_score import CLA, CalibratedTweedie, PiGDM
-    from .numpyro_model import lens_site_names
-    from .observation import load_observation
-    from .parametric_prefit import SersicPrefitConfig
-    from .run_checkpoint import checkpoint_path
-    from .source_posterior import SourceSamplerConfig
-
-    for name in ("chains", "draws", "thinning", "steps", "checkpoint_every", "warm_start_steps", "warm_start_tries"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1.")
-    if args.warmup < 0:
-        raise ValueError("--warmup must be >= 0.")
-    target = _convergence_target(args)
-    out = _check_joint_outputs(args.out, args.figures, inputs=_sample_inputs(args))
-    obs = load_observation(args.observation)
-    lens_model = _load_lens_model(args.lens_model)
-    sites = lens_site_names(lens_model)
-    prior = _load_source_prior(args.prior)
-    if args.flux_scale is not None:
-        prior = prior.with_flux_scale(args.flux_scale)
-    guidance = {"pigdm": PiGDM, "calibrated": CalibratedTweedie, "cla": CLA}[args.guidance]()
-    grid = PixelGrid(tuple(prior.shape), float(prior.pixel_scale), tuple(args.source_center))
-    kernel = BlindLensGibbs(
-        lens_model, obs, prior,
-        source_config=SourceSamplerConfig(guidance=guidance, num_steps=args.steps, solver=args.solver),
-        warm_start=GibbsDDRMConfig(guidance=guidance, num_steps=args.warm_start_steps),
-        warm_start_tries=args.warm_start_tries,
-        source_grid=grid, supersampling=args.supersampling, source_refresh_sigma=args.refresh_sigma,
-        lens_prefit=SersicPrefitConfig() if args.lens_prefit == "sersic" else None,
-    )
-    truth = truth_file = None
-    if args.truth:
-        from .simulation import load_truth
-
-        truth_file = _read_input("--truth", args.truth, load_truth)
-        truth = _truth_values(truth_file["lens"], sites)
-    t0 = time.time()
-    clock = RunClock()
-    run = run_chains(
-        kernel, jax.random.key(args.seed), num_chains=args.chains, num_warmup=args.warmup,
-        num_draws=None if target is not None else (300 if args.draws is None else args.draws), target=target,
-        sites=sites, chunk=args.checkpoint_every, thinning=args.thinning, chain_method=args.chain_method,
-        checkpoint=checkpoint_path(out), resume=not args.no_resume, clock=clock,
-        fingerprint=_sample_fingerprint(args, prior),
-    )
-    clock.say("sampling done; computing model images and writing outputs ...")
-    idata = to_inference_data(run.samples, obs, kernel=kernel, sample_stats=run.stats, truth=truth)
-    idata.posterior.attrs["wall_seconds"] = float(time.time() - t0)
-    idata.posterior.attrs["stop_reason"] = run.stop_reason
-    summary = _write_joint_outputs(idata, out, args.figures, truth, title=f"blindlens sample {args.observation}",
-                                   lens_model=lens_model, truth_file=truth_file)
-    if run.converged is False:  # stopped by a budget: the checkpoint lets the same command continue
-        clock.say(f"kept {checkpoint_path(out)}: rerun the same command to continue sampling (--no-resume: afresh)")
-    else:
-        checkpoint_path(out).unlink(missing_ok=True)  # complete: the outputs are written
-    clock.say("done")
+    idata, summary, _ = pipeline._sample(args.observation, args.out, SampleOptions.from_namespace(args),
+                                         load_prior=_load_source_prior, write_outputs=_write_joint_outputs)
     return _report_run(idata, summary, strict=args.strict)
+
+
+def _sample_inputs(args) -> dict:
+    """The input files of ``blindlens sample`` (for the output-path checks)."""
+    from .pipeline import sample_inputs
+
+    return sample_inputs(args.observation, SampleOptions.from_namespace(args), fixed_lens=args.fixed_lens)
+
+
+def _sample_fingerprint(args, prior) -> dict:
+    """Everything that defines a ``blindlens sample`` joint run, for its checkpoint."""
+    from .pipeline import sample_fingerprint
+
+    return sample_fingerprint(args.observation, SampleOptions.from_namespace(args), prior)
+
 
 
 STRICT_EXIT = 3
@@ -813,7 +624,50 @@ def _demo(out_dir, prior, *, chains=2, warmup=60, draws=60, steps=40, seed=0, im
     return summary
 
 
-_REGISTRY: list = [_add_make_galaxies, _add_train_prior, _add_simulate, _add_plot_observation, _add_sample, _add_demo]
+def _add_catalogue(sub):
+    p = sub.add_parser(
+        "catalogue",
+        help="model a catalogue of lenses on Dask (one netCDF per lens, a summary table)",
+        description=(
+            "Run joint inference ('blindlens sample') on every lens of INPUT with Dask distributed: a "
+            "LocalCluster of --workers processes, or a running cluster (--scheduler). Writes DIR/<name>.nc "
+            "per lens and DIR/summary.csv and DIR/summary.parquet (one row per lens: status, error, "
+            "posterior mean, sd and 68% interval of each lens parameter, max R-hat, min ESS, chi^2/N, flags, "
+            "wall time). Finished lenses are skipped on a rerun; a failed lens is a row, not a crash. "
+            "See docs/catalogue.md."
+        ),
+    )
+    p.add_argument("input", help="a directory or glob of observation files (.fits/.npz; *_truth.npz skipped), or a "
+                                 "CSV with a column 'observation', optional 'name' and per-lens option columns "
+                                 "(lens_model, truth, seed, ...)")
+    p.add_argument("--out", required=True, help="output directory (created if missing)")
+    _add_sampling_arguments(p)
+    p.add_argument("--workers", type=int, default=2,
+                   help="worker processes of the LocalCluster (one lens at a time each; default 2); 0: lenses in "
+                        "sequence in this process, without Dask")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="join a running Dask scheduler (tcp://host:8786, or a scheduler file .json) instead of "
+                        "starting a LocalCluster")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_catalogue)
+
+
+def _run_catalogue(args):
+    from .catalogue import run_catalogue
+
+    table = run_catalogue(args.input, args.out, SampleOptions.from_namespace(args), workers=args.workers,
+                          scheduler=args.scheduler, progress=not args.no_progress)
+    counts = table["status"].value_counts()
+    print(f"{len(table)} lenses: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "flagged", "incomplete",
+                                                                               "error"))
+          + f" ({int(table['cached'].sum())} finished before); wrote {args.out}/summary.csv and summary.parquet")
+    for row in table[table["status"] == "error"].itertuples():
+        print(f"  {row.name}: {row.error}", file=sys.stderr)
+    return 0
+
+
+_REGISTRY: list = [_add_make_galaxies, _add_train_prior, _add_simulate, _add_plot_observation, _add_sample, _add_demo,
+                   _add_catalogue]
 
 
 def build_parser() -> argparse.ArgumentParser:

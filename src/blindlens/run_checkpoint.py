@@ -140,10 +140,15 @@ def _is_key(leaf) -> bool:
 def tree_sha256(tree) -> str:
     """``"sha256:<hex>"`` of the leaves of a pytree: each leaf's dtype, shape and bytes, in order.
 
-    PRNG-key leaves enter by their key data; ``None`` is not a leaf and is skipped.
+    PRNG-key leaves enter by their key data; ``None`` is not a leaf and is skipped. Leaves that
+    are not arrays (the activation functions of a network) enter by their qualified name, never by
+    their address, so the digest is the same in every process.
     """
     h = hashlib.sha256()
     for leaf in jax.tree_util.tree_leaves(tree):
+        if callable(leaf) and not hasattr(leaf, "dtype"):
+            h.update(f"callable {getattr(leaf, '__module__', '')}.{getattr(leaf, '__qualname__', '')}".encode())
+            continue
         arr = np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
         h.update(f"{arr.dtype.str}{arr.shape}".encode())
         h.update(np.ascontiguousarray(arr).tobytes())

@@ -1,0 +1,491 @@
+"""Catalogues of lenses on Dask distributed: ``blindlens catalogue`` and :func:`run_catalogue`.
+
+Every lens is one idempotent task that runs the single-lens pipeline
+(:func:`blindlens.pipeline.sample_observation`'s code) and writes, in the output folder ``DIR``:
+
+``<name>.nc``
+    The InferenceData (as ``blindlens sample`` writes it); ``<name>_summary.txt`` beside it.
+``<name>.json``
+    The lens's *record*, written last and atomically: its result fingerprint (the observation,
+    lens-model, truth and prior by content, every sampling setting, the package version), the
+    size of ``<name>.nc`` and its summary row. A rerun skips a lens whose record matches the
+    current run (status ``ok`` or ``flagged``); anything else runs again.
+``logs/<name>.log``
+    What the pipeline printed for that lens (every attempt appended), with the traceback of a
+    failure.
+
+and ``summary.csv`` / ``summary.parquet`` with one row per lens (:data:`LEADING_COLUMNS`, then
+``<parameter>_mean``, ``_sd``, ``_q16`` and ``_q84`` per lens parameter).
+
+Failures are rows, never a crash of the run: an observation that cannot be read or a sampler
+exception gives ``status == "error"`` with the error text; a run whose diagnostics fail
+(:func:`blindlens.check_run`) is ``"flagged"`` with the warnings in ``flags``; a
+``target_ess`` run stopped by ``max_minutes`` is ``"incomplete"`` (its checkpoint is kept, and a
+rerun continues it). A worker that dies mid-lens (killed, out of memory, node lost) loses
+nothing: the scheduler runs the lens again on another worker (up to Dask's
+``distributed.scheduler.allowed-failures`` times, default 3), resuming from its checkpoint.
+
+The engine is Dask distributed: a ``LocalCluster`` of worker processes (one thread each, so one
+lens per process; the numerical libraries' thread counts are set per worker so that the workers
+share the cores) or any running scheduler (``scheduler=``: an address, a scheduler file, a
+``Client`` or a cluster object such as dask-jobqueue's ``SLURMCluster``). ``workers=0`` runs the
+lenses in this process, one after the other, without Dask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+
+from .pipeline import DEFAULTS, SampleOptions, load_source_prior, result_fingerprint
+
+__all__ = ["run_catalogue", "read_catalogue", "LensEntry", "LEADING_COLUMNS", "worker_environment"]
+
+OBSERVATION_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".npz")
+"""Files of a directory or glob INPUT that are observations (``*_truth.npz`` files are not)."""
+
+LEADING_COLUMNS = ("name", "status", "error", "observation", "netcdf", "num_chains", "num_draws", "max_rhat",
+                   "min_ess", "chi2_per_pixel", "num_divergent", "flags", "wall_seconds", "cached")
+"""The first columns of the summary table; then four columns per lens parameter."""
+
+STATUSES = ("ok", "flagged", "incomplete", "error")
+"""``ok``: diagnostics pass; ``flagged``: a diagnostic failed (``flags``); ``incomplete``: stopped
+by ``max_minutes`` (rerun to continue); ``error``: no posterior (``error``)."""
+
+_RECORD_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class LensEntry:
+    """One lens of a catalogue: its name (output file stem), observation file and options."""
+
+    name: str
+    observation: str
+    options: SampleOptions
+
+
+# ----------------------------------------------------------------------------------- input
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in sorted(OBSERVATION_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _is_observation(path: Path) -> bool:
+    name = path.name.lower()
+    return path.is_file() and name.endswith(OBSERVATION_SUFFIXES) and not name.endswith("_truth.npz")
+
+
+def _field_type(name: str):
+    """``int``, ``float``, ``bool`` or ``str``: how a CSV cell of option ``name`` is read."""
+    fld = SampleOptions.__dataclass_fields__[name]
+    if fld.default is not None and not isinstance(fld.default, str):
+        return type(fld.default)
+    text = str(fld.type)
+    return float if "float" in text else int if "int" in text else str
+
+
+def _cell(name: str, text: str):
+    kind = _field_type(name)
+    if kind is bool:
+        if text.strip().lower() in ("1", "true", "yes", "y"):
+            return True
+        if text.strip().lower() in ("0", "false", "no", "n"):
+            return False
+        raise ValueError(f"column {name}: expected true/false, got {text!r}.")
+    if kind is tuple:
+        return tuple(float(v) for v in text.replace(",", " ").split())
+    if name == "refresh_sigma":
+        return None if text.lower() == "none" else text if text.lower() == "auto" else float(text)
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"column {name}: cannot read {text!r} as {kind.__name__}.") from None
+
+
+def _absolute(options: SampleOptions, base: Path) -> SampleOptions:
+    """Input-file options resolved against ``base`` (workers may run elsewhere)."""
+    from .score_prior import SHIPPED_PRIORS
+
+    changes = {}
+    for fld in dataclasses.fields(SampleOptions):
+        value = getattr(options, fld.name)
+        if fld.metadata.get("file") and isinstance(value, (str, Path)):
+            changes[fld.name] = str((base / value).resolve())
+    spec = options.lens_model
+    if ":" in spec:
+        file, func = spec.rsplit(":", 1)
+        changes["lens_model"] = f"{(base / file).resolve()}:{func}"
+    if isinstance(options.prior, (str, Path)) and str(options.prior) not in SHIPPED_PRIORS:
+        changes["prior"] = str((base / options.prior).resolve())
+    if options.figures is not None:
+        changes["figures"] = str((base / options.figures).resolve())
+    return options.replace(**changes)
+
+
+def _read_csv(path: Path, options: SampleOptions) -> list[LensEntry]:
+    import csv
+
+    fields = {f.name for f in dataclasses.fields(SampleOptions)}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        keys = {c: c.replace("-", "_") for c in columns}
+        if "observation" not in columns:
+            raise ValueError(f"catalogue {path}: needs a column 'observation' (the observation files); "
+                             f"it has {columns}.")
+        unknown = [c for c in columns if c not in ("observation", "name") and keys[c] not in fields]
+        if unknown:
+            raise ValueError(f"catalogue {path}: unknown column(s) {unknown}; per-lens columns are sampling "
+                             f"options: {sorted(fields - {'figures', 'no_resume'})}.")
+        entries = []
+        for i, raw in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+            if not row.get("observation"):
+                raise ValueError(f"catalogue {path}, line {i}: no observation file.")
+            changes = {}
+            for column in columns:
+                if column in ("observation", "name") or not row.get(column):
+                    continue
+                try:
+                    changes[keys[column]] = _cell(keys[column], row[column])
+                except ValueError as err:
+                    raise ValueError(f"catalogue {path}, line {i}: {err}") from None
+            obs = (path.parent / row["observation"]).resolve()
+            entries.append(LensEntry(row.get("name") or _stem(obs), str(obs),
+                                     _absolute(options.replace(**changes), path.parent)))
+    return entries
+
+
+def read_catalogue(inputs, options: SampleOptions | None = None) -> list[LensEntry]:
+    """The lenses of INPUT, in order.
+
+    ``inputs``: a directory (its observation files, sorted), a glob pattern, a CSV file (a column
+    ``observation``, optional ``name`` and per-lens sampling options named as
+    :class:`~blindlens.pipeline.SampleOptions` fields, e.g. ``lens_model``, ``truth``, ``seed``;
+    relative paths are relative to the CSV), a single observation file, or a list of any of
+    these. Names are the file stems (or the ``name`` column) and must be unique.
+    """
+    options = DEFAULTS if options is None else options
+    base = _absolute(options, Path.cwd())
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    entries: list[LensEntry] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if _is_observation(p))
+        elif path.suffix.lower() == ".csv" and path.is_file():
+            entries += _read_csv(path, base)
+            continue
+        elif path.exists():
+            files = [path]
+        else:
+            files = sorted(p for p in map(Path, glob.glob(str(item))) if _is_observation(p))
+            if not files:
+                raise FileNotFoundError(f"catalogue input {item}: no such file or directory, and no observation "
+                                        f"files ({', '.join(OBSERVATION_SUFFIXES)}) match it.")
+        entries += [LensEntry(_stem(p), str(p.resolve()), base) for p in files]
+    if not entries:
+        raise ValueError(f"catalogue input {list(map(str, inputs))} holds no observation files "
+                         f"({', '.join(OBSERVATION_SUFFIXES)}).")
+    seen: dict[str, str] = {}
+    for entry in entries:
+        if entry.name in seen:
+            raise ValueError(f"two lenses are named {entry.name!r} ({seen[entry.name]} and {entry.observation}); "
+                             "give them distinct names (a CSV with a 'name' column).")
+        seen[entry.name] = entry.observation
+    return entries
+
+
+# ----------------------------------------------------------------------------------- one lens
+
+
+_PRIORS: dict = {}
+
+
+def _prior(spec):
+    """The source prior of ``spec``, loaded once per process."""
+    if not isinstance(spec, (str, Path)):
+        return spec
+    if spec not in _PRIORS:
+        _PRIORS[spec] = load_source_prior(spec)
+    return _PRIORS[spec]
+
+
+def _json_safe(tree):
+    return json.loads(json.dumps(tree, default=str))
+
+
+def _record_path(out_dir: Path, name: str) -> Path:
+    return out_dir / f"{name}.json"
+
+
+def _error_row(entry: LensEntry, err: BaseException | str, wall: float = 0.0) -> dict:
+    if isinstance(err, BaseException):
+        text = (str(err).strip().splitlines() or [""])[0][:300]
+        err = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return {"name": entry.name, "status": "error", "error": err, "observation": entry.observation,
+            "netcdf": None, "wall_seconds": float(wall), "cached": False}
+
+
+def _posterior_row(idata, report) -> dict:
+    import numpy as np
+
+    row = {"num_chains": report.num_chains, "num_draws": report.num_draws, "max_rhat": report.max_rhat,
+           "min_ess": report.min_ess, "chi2_per_pixel": report.chi2_per_pixel,
+           "num_divergent": report.num_divergent, "flags": " | ".join(report.warnings)}
+    for name in report.lens_parameters:
+        draws = np.asarray(idata.posterior[name].values, float).ravel()
+        draws = draws[np.isfinite(draws)]
+        if draws.size == 0:
+            continue
+        row[f"{name}_mean"] = float(draws.mean())
+        row[f"{name}_sd"] = float(draws.std(ddof=1)) if draws.size > 1 else 0.0
+        row[f"{name}_q16"], row[f"{name}_q84"] = (float(q) for q in np.percentile(draws, [16, 84]))
+    return _json_safe(row)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def process_lens(entry: LensEntry, out_dir, fingerprint: dict, prior=None) -> dict:
+    """Run one lens and return its summary row; never raises for a failure of the lens itself.
+
+    Writes ``<name>.nc``, ``<name>_summary.txt``, ``logs/<name>.log`` and, last, the record
+    ``<name>.json`` (not for an error). ``prior``: the loaded source prior (default: loaded from
+    ``entry.options.prior`` once per process).
+    """
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from . import pipeline
+
+    out_dir = Path(out_dir)
+    t0 = time.time()
+    record = _record_path(out_dir, entry.name)
+    record.unlink(missing_ok=True)  # a stale record must never outlive the run that replaces it
+    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+    log = out_dir / "logs" / f"{entry.name}.log"
+    with open(log, "a") as stream:
+        print(f"=== {entry.name}: {entry.observation} (attempt started {time.strftime('%Y-%m-%d %H:%M:%S')}, "
+              f"host {os.uname().nodename}, pid {os.getpid()})", file=stream, flush=True)
+        try:
+            with redirect_stdout(stream), redirect_stderr(stream):
+                options = entry.options
+                idata, summary, run = pipeline._sample(
+                    entry.observation, out_dir / f"{entry.name}.nc", options, progress=False, verbose=True,
+                    figures=options.figures is not None,
+                    prior=_prior(options.prior if prior is None else prior))
+                report = pipeline.diagnose(idata, summary)
+                print(str(report), flush=True)
+        except Exception as err:  # the lens failed: a row, not a crash
+            traceback.print_exc(file=stream)
+            return _error_row(entry, err, time.time() - t0)
+    status = "incomplete" if run.converged is False else ("ok" if report.ok else "flagged")
+    nc = out_dir / f"{entry.name}.nc"
+    row = {"name": entry.name, "status": status, "error": None, "observation": entry.observation,
+           "netcdf": str(nc), **_posterior_row(idata, report), "wall_seconds": float(time.time() - t0),
+           "cached": False}
+    _write_atomic(record, json.dumps({"version": _RECORD_VERSION, "fingerprint": _json_safe(fingerprint),
+                                      "netcdf_size": nc.stat().st_size, "row": row}, indent=1))
+    return row
+
+
+def _finished_row(out_dir: Path, name: str, fingerprint: dict) -> dict | None:
+    """The recorded row of a lens finished by a run with this fingerprint, else ``None``."""
+    try:
+        record = json.loads(_record_path(out_dir, name).read_text())
+        nc = out_dir / f"{name}.nc"
+        if (record.get("version") == _RECORD_VERSION and record["fingerprint"] == _json_safe(fingerprint)
+                and record["row"]["status"] in ("ok", "flagged") and nc.stat().st_size == record["netcdf_size"]):
+            return {**record["row"], "cached": True}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+# ----------------------------------------------------------------------------------- the engine
+
+
+def worker_environment(workers: int, cores: int | None = None) -> dict[str, str]:
+    """Environment of each LocalCluster worker: the cores shared out, so workers do not oversubscribe.
+
+    ``OMP/MKL/OPENBLAS_NUM_THREADS`` = cores per worker; with one core per worker XLA's CPU
+    backend is kept single-threaded (``--xla_cpu_multi_thread_eigen=false`` added to ``XLA_FLAGS``)
+    and JAX does not preallocate GPU memory (several workers can share a GPU).
+    """
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // max(1, workers))
+    env = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    flags = os.environ.get("XLA_FLAGS", "")
+    if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
+        flags = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
+    if flags:
+        env["XLA_FLAGS"] = flags
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "false"))
+    return env
+
+
+@contextlib.contextmanager
+def _client(workers: int, scheduler):
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    if scheduler is None:
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                          env=worker_environment(workers), silence_logs=logging.ERROR) as cluster:
+            with Client(cluster) as client:
+                yield client
+    elif isinstance(scheduler, Client):
+        yield scheduler
+    elif hasattr(scheduler, "scheduler_address"):  # a cluster object (LocalCluster, SLURMCluster ...)
+        with Client(scheduler) as client:
+            yield client
+    elif str(scheduler).endswith(".json"):
+        with Client(scheduler_file=str(scheduler)) as client:
+            yield client
+    else:
+        with Client(str(scheduler)) as client:
+            yield client
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="lens", desc="lenses", disable=not enabled, smoothing=0.1)
+
+
+def _summary_table(rows: list[dict]):
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    for column in LEADING_COLUMNS:
+        if column not in table:
+            table[column] = None
+    params = [c for c in table.columns if c not in LEADING_COLUMNS]
+    table = table[list(LEADING_COLUMNS) + params]
+    for column in ("max_rhat", "min_ess", "chi2_per_pixel", "wall_seconds", *params):
+        table[column] = pd.to_numeric(table[column], errors="coerce").astype(float)
+    for column in ("num_chains", "num_draws", "num_divergent"):
+        table[column] = pd.to_numeric(table[column], errors="coerce").astype("Int64")
+    table["cached"] = table["cached"].fillna(False).astype(bool)
+    for column in ("name", "status", "error", "observation", "netcdf", "flags"):
+        table[column] = table[column].astype("string")
+    return table
+
+
+def _write_summary(table, out_dir: Path) -> None:
+    for name, write in (("summary.csv", lambda p: table.to_csv(p, index=False)),
+                        ("summary.parquet", lambda p: table.to_parquet(p, index=False))):
+        tmp = out_dir / (name + ".tmp")
+        write(tmp)
+        tmp.replace(out_dir / name)
+
+
+def run_catalogue(inputs, out_dir, options: SampleOptions | None = None, *, workers: int = 2, scheduler=None,
+                  progress: bool = True):
+    """Model every lens of a catalogue; returns the summary table (a ``pandas.DataFrame``).
+
+    Parameters
+    ----------
+    inputs
+        A directory, glob, CSV or observation file, or a list of them (:func:`read_catalogue`).
+    out_dir
+        Output folder (created): one ``<name>.nc`` per lens, ``summary.csv``, ``summary.parquet``.
+    options
+        The sampling options of every lens (:class:`~blindlens.pipeline.SampleOptions`; CSV
+        columns override them per lens). ``options.figures``: also write each lens's figures there.
+    workers
+        Worker processes of the LocalCluster started for the run (one lens at a time each);
+        ``0``: run the lenses in this process, one after the other. Ignored with ``scheduler``.
+    scheduler
+        Join a running Dask cluster instead: its address (``tcp://host:8786``), scheduler file
+        (``.json``), a ``distributed.Client`` or a cluster object (e.g. ``SLURMCluster``). The
+        workers must have blindlens installed and see the input and output paths.
+    progress
+        A progress bar over lenses with an ETA (stderr).
+
+    Finished lenses (a matching record, see the module docstring) are skipped, so rerunning the
+    same call after an interruption only runs what is left; a rerun also retries failed lenses.
+    """
+    options = DEFAULTS if options is None else options
+    options.validate()
+    if workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {workers}.")
+    from .run_checkpoint import check_output_dir
+
+    out_dir = check_output_dir("--out", out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = read_catalogue(inputs, options)
+    rows: dict[str, dict] = {}
+    todo = []
+    for entry in entries:
+        try:
+            entry.options.validate()
+            fingerprint = result_fingerprint(entry.observation, entry.options, _prior(entry.options.prior))
+        except Exception as err:  # a missing observation or lens-model file, a bad per-lens option
+            rows[entry.name] = _error_row(entry, err)
+            continue
+        row = _finished_row(out_dir, entry.name, fingerprint)
+        if row is not None:
+            rows[entry.name] = row
+        else:
+            todo.append((entry, fingerprint))
+    bar = _progress(len(entries), len(entries) - len(todo), progress)
+    try:
+        if todo and workers == 0 and scheduler is None:
+            for entry, fingerprint in todo:
+                rows[entry.name] = process_lens(entry, out_dir, fingerprint, _prior(entry.options.prior))
+                bar.update()
+        elif todo:
+            rows.update(_run_on_dask(todo, out_dir, workers, scheduler, bar))
+    finally:
+        bar.close()
+    table = _summary_table([rows[e.name] for e in entries])
+    _write_summary(table, out_dir)
+    return table
+
+
+def _run_on_dask(todo, out_dir: Path, workers: int, scheduler, bar) -> dict:
+    from dask.base import tokenize
+    from distributed import as_completed
+
+    rows = {}
+    with _client(workers, scheduler) as client:
+        priors = {}  # prior objects (not specs) are sent once, not with every lens
+        futures = {}
+        for entry, fingerprint in todo:
+            prior = entry.options.prior
+            if not isinstance(prior, (str, Path)):
+                key = id(prior)
+                if key not in priors:
+                    priors[key] = client.scatter(prior, broadcast=True, hash=False)
+                prior = priors[key]
+            else:
+                prior = None  # each worker loads (and keeps) the prior it names
+            future = client.submit(process_lens, entry, str(out_dir), fingerprint, prior, pure=False,
+                                   key=f"blindlens-lens-{entry.name}-{tokenize(fingerprint)}")
+            futures[future] = entry
+        for future in as_completed(futures):
+            entry = futures[future]
+            try:
+                rows[entry.name] = future.result()
+            except Exception as err:  # e.g. KilledWorker: the lens killed its worker every time
+                rows[entry.name] = _error_row(entry, err)
+            bar.update()
+    return rows

@@ -1,0 +1,418 @@
+"""The single-lens joint sampling pipeline behind ``blindlens sample`` (without ``--fixed-lens``).
+
+One observation file in, one posterior out: :func:`sample_observation` loads the observation,
+the lens model and the source prior named by a :class:`SampleOptions`, runs
+:class:`~blindlens.gibbs_kernel.BlindLensGibbs` through :func:`~blindlens.chain_runner.run_chains`
+(with the same resumable checkpoint as the command line) and writes the netCDF InferenceData,
+the summary text and (optionally) the figures. The command line (:mod:`blindlens.cli`) turns its
+arguments into a :class:`SampleOptions` and calls this module; :mod:`blindlens.catalogue` calls it
+once per lens.
+
+Adding a sampling option is one change here and one in the parser: a field of
+:class:`SampleOptions` (named as the argparse ``dest``; input files marked with
+``metadata={"file": True}`` so fingerprints hash their content) and its ``add_argument`` in
+``blindlens.cli._add_sampling_arguments`` (default ``DEFAULTS.<field>``). A new field enters the
+checkpoint fingerprint only when it differs from its default, so existing checkpoints stay valid.
+
+Heavy libraries are imported inside the functions: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SampleOptions", "DEFAULTS", "sample_observation", "diagnose", "load_lens_model", "load_source_prior",
+           "sample_fingerprint", "result_fingerprint"]
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """Every option of a joint ``blindlens sample`` run, with the command line's defaults.
+
+    Field names are the ``blindlens sample`` options without the leading ``--`` and with ``_`` for
+    ``-`` (``warm_start_steps`` is ``--warm-start-steps``); see ``blindlens sample --help`` for
+    their meaning. ``prior`` is a spec (``"default"``, ``"highres"``, a prior file) or, from
+    Python, a source prior object. ``--strict`` (an exit status) is the command line's own.
+    """
+
+    # source prior and source step (shared with --fixed-lens runs)
+    prior: Any = "default"
+    guidance: str = "pigdm"
+    steps: int = 50
+    solver: str = "auto"
+    source_center: tuple = (0.0, 0.0)
+    flux_scale: float | None = None
+    supersampling: int = 2
+    seed: int = 0
+    # joint lens + source inference
+    lens_model: str = "sie+shear"
+    chains: int = 2
+    warmup: int = 200
+    draws: int | None = None
+    target_ess: float | None = None
+    max_rhat: float = 1.01
+    max_minutes: float | None = None
+    thinning: int = 1
+    chain_method: str = "sequential"
+    refresh_sigma: Any = "auto"
+    warm_start_steps: int = 200
+    warm_start_tries: int = 4
+    lens_prefit: str = "sersic"
+    checkpoint_every: int = 100
+    no_resume: bool = False
+    truth: str | None = field(default=None, metadata={"file": True})
+    figures: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "source_center", tuple(float(v) for v in self.source_center))
+
+    @classmethod
+    def from_namespace(cls, namespace) -> SampleOptions:
+        """The options of a parsed ``argparse`` namespace (its attributes named as the fields)."""
+        return cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)
+                      if hasattr(namespace, f.name)})
+
+    def replace(self, **changes) -> SampleOptions:
+        """A copy with some fields changed (unknown names raise ``TypeError``)."""
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        """Refuse out-of-range settings (``ValueError`` naming the option), before any work."""
+        for name in ("chains", "draws", "thinning", "steps", "checkpoint_every", "warm_start_steps",
+                     "warm_start_tries"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1.")
+        if self.warmup < 0:
+            raise ValueError("--warmup must be >= 0.")
+        convergence_target(self)
+
+
+DEFAULTS = SampleOptions()
+"""The default options (the command line's defaults)."""
+
+_CHECKPOINT_SETTINGS = ("chains", "warmup", "thinning", "chain_method", "refresh_sigma", "warm_start_steps",
+                        "warm_start_tries", "lens_prefit", "checkpoint_every", "guidance", "steps", "solver",
+                        "source_center", "flux_scale", "supersampling", "seed")
+"""Settings in every checkpoint fingerprint (in this order; the fingerprint of blindlens 0.1)."""
+_RUN_LENGTH = ("draws", "target_ess", "max_rhat", "max_minutes")
+"""How long a run goes on: not in the checkpoint fingerprint (a run can be extended), in the result's."""
+_NOT_FINGERPRINTED = ("prior", "lens_model", "no_resume", "figures", "truth") + _RUN_LENGTH
+"""Fields entered otherwise (prior, lens model) or that do not change the draws."""
+
+
+def _is_file_option(name: str) -> bool:
+    return bool(SampleOptions.__dataclass_fields__[name].metadata.get("file"))
+
+
+def load_source_prior(spec):
+    """A source prior from a spec: ``"default"``, ``"highres"``, a prior file, or a prior object (returned)."""
+    if not isinstance(spec, (str, Path)):
+        return spec
+    from .score_prior import SHIPPED_PRIORS, ScorePrior
+
+    return ScorePrior.shipped(spec) if spec in SHIPPED_PRIORS else ScorePrior.load(spec)
+
+
+def load_lens_model(spec: str):
+    """The NumPyro lens model of ``--lens-model``: a named model or ``FILE.py:function``."""
+    from . import numpyro_model
+
+    named = {
+        "sie+shear": numpyro_model.sie_shear,
+        "epl+shear": numpyro_model.epl_shear,
+        "epl+shear+multipole": numpyro_model.epl_shear_multipole,
+    }
+    if spec in named:
+        return named[spec]
+    if ":" not in spec:
+        raise ValueError(f"--lens-model must be one of {sorted(named)} or FILE.py:function, got {spec!r}.")
+    import importlib.util
+
+    file, func = spec.rsplit(":", 1)
+    path = Path(file)
+    if not path.is_file():
+        raise FileNotFoundError(f"lens-model file {path} does not exist.")
+    module_spec = importlib.util.spec_from_file_location(f"_blindlens_user_lens_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not callable(getattr(module, func, None)):
+        raise ValueError(f"{path} has no function {func!r}; write `def {func}(): ... return lens`.")
+    return getattr(module, func)
+
+
+def truth_values(truth_lens, sites) -> dict:
+    """Lens parameters of a truth lens Module, by site name (first component that has each name)."""
+    values = {}
+    components = getattr(truth_lens, "components", (truth_lens,))
+    for comp in components:
+        for name in sites:
+            if name not in values and hasattr(comp, name):
+                values[name] = float(getattr(comp, name))
+    return values
+
+
+def read_input(label, path, loader, *args, **kwargs):
+    """``loader(path, ...)``, with a low-level read failure turned into a one-line error naming the file."""
+    import zipfile
+
+    try:
+        return loader(path, *args, **kwargs)
+    except (FileNotFoundError, KeyError):
+        raise
+    except ValueError as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"{label} {path}: {err}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, TypeError) as err:
+        text = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise ValueError(f"{label} {path} cannot be read ({text}); it may be truncated or damaged.") from None
+
+
+def convergence_target(options):
+    """The :class:`~blindlens.chain_runner.ConvergenceTarget` of ``target_ess`` (``None`` without it)."""
+    if options.target_ess is None:
+        if options.max_minutes is not None:
+            raise ValueError("--max-minutes needs --target-ess (a fixed-length run is set by --draws).")
+        return None
+    if not options.target_ess > 0:
+        raise ValueError(f"--target-ess must be > 0, got {options.target_ess:g}.")
+    if not options.max_rhat > 1.0:
+        raise ValueError(f"--max-rhat must be > 1, got {options.max_rhat:g}.")
+    if options.max_minutes is not None and not options.max_minutes > 0:
+        raise ValueError(f"--max-minutes must be > 0, got {options.max_minutes:g}.")
+    if options.draws is not None and options.draws < 4:
+        raise ValueError("--draws must be >= 4 with --target-ess (R-hat needs 4 draws per chain).")
+    from .chain_runner import ConvergenceTarget
+
+    return ConvergenceTarget(target_ess=options.target_ess, max_rhat=options.max_rhat,
+                             max_minutes=options.max_minutes,
+                             max_draws=5000 if options.draws is None else options.draws)
+
+
+def sample_inputs(observation, options, *, fixed_lens=None) -> dict:
+    """The input files of a ``blindlens sample`` run (for the output-path checks)."""
+    inputs = {"the observation": observation, "--truth": options.truth, "--fixed-lens": fixed_lens}
+    from .score_prior import SHIPPED_PRIORS
+
+    if isinstance(options.prior, (str, Path)) and options.prior not in SHIPPED_PRIORS:
+        inputs["--prior"] = options.prior
+    spec = options.lens_model
+    if fixed_lens is None and ":" in spec:
+        inputs["--lens-model"] = spec.rsplit(":", 1)[0]
+    for f in dataclasses.fields(SampleOptions):
+        if _is_file_option(f.name) and f.name != "truth" and getattr(options, f.name) is not None:
+            inputs["--" + f.name.replace("_", "-")] = getattr(options, f.name)
+    return inputs
+
+
+def sample_fingerprint(observation, options, prior) -> dict:
+    """Everything that defines the draws of a joint run, for its checkpoint.
+
+    The observation and lens-model file enter by content, the prior by
+    :func:`~blindlens.run_checkpoint.prior_fingerprint`; run-length settings (``draws``,
+    ``target_ess`` ...) do not enter (a checkpoint can be extended). Options added after
+    blindlens 0.1 enter only when they differ from their default.
+    """
+    from . import __version__
+    from .run_checkpoint import file_sha256, prior_fingerprint
+
+    lens = options.lens_model
+    if ":" in lens:
+        file, func = lens.rsplit(":", 1)
+        lens = f"{Path(file).name}:{func} {file_sha256(file)}"
+    newer = {}
+    for f in dataclasses.fields(SampleOptions):
+        if f.name in _CHECKPOINT_SETTINGS or f.name in _NOT_FINGERPRINTED:
+            continue
+        value = getattr(options, f.name)
+        if value != f.default:
+            newer[f.name] = file_sha256(value) if _is_file_option(f.name) and value is not None else value
+    return {"observation": file_sha256(observation), "lens_model": lens, "prior": prior_fingerprint(prior),
+            **{name: getattr(options, name) for name in _CHECKPOINT_SETTINGS}, **newer, "blindlens": __version__}
+
+
+def result_fingerprint(observation, options, prior) -> dict:
+    """:func:`sample_fingerprint` plus the run length and the truth file: all that defines a finished posterior."""
+    from .run_checkpoint import file_sha256
+
+    return {**sample_fingerprint(observation, options, prior), **{n: getattr(options, n) for n in _RUN_LENGTH},
+            "truth": None if options.truth is None else file_sha256(options.truth)}
+
+
+def check_joint_outputs(out, figures, *, inputs, write_figures=True):
+    """Check every file joint sampling writes before it starts (creating the figures folder); returns ``out``.
+
+    Files: ``out`` (netCDF, ``.nc``), its checkpoint and, in the figures folder (default: beside
+    ``out``), ``<stem>_summary.txt`` and (with ``write_figures``) ``<stem>_summary.png``,
+    ``<stem>_pair.png``, ``<stem>_curves.png`` and, with ``--truth``, ``<stem>_source_vs_truth.png``.
+    """
+    from .run_checkpoint import check_output_dir, check_output_paths, checkpoint_path
+
+    out = check_output_paths({"--out": out}, suffixes={"--out": (".nc",)}, inputs=inputs)["--out"]
+    fig_dir = check_output_dir("--figures", figures) if figures else out.parent
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    files = {"--out": out, "the checkpoint": checkpoint_path(out)}
+    names = ("summary.png", "pair.png", "curves.png", "summary.txt") if write_figures else ("summary.txt",)
+    for name in names + (("source_vs_truth.png",) if write_figures and inputs.get("--truth") else ()):
+        files[f"figure file {out.stem}_{name}"] = Path(fig_dir) / f"{out.stem}_{name}"
+    check_output_paths(files, inputs=inputs)
+    return out
+
+
+def write_joint_outputs(idata, out, fig_dir, truth, *, title, lens_model=None, truth_file=None, figures=True,
+                        verbose=True):
+    """netCDF, figures and summary text; ``truth_file``: a :func:`~blindlens.simulation.load_truth` dict.
+
+    Returns the summary text file. ``figures=False`` writes the netCDF and the summary text only.
+    """
+    from .arviz_conversion import summary_text
+
+    out = Path(out)
+    fig_dir = Path(fig_dir) if fig_dir else out.parent
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    idata.to_netcdf(str(tmp))
+    tmp.replace(out)  # atomic: never leaves a half-written posterior behind
+    stem = out.stem
+    figs = []
+    if figures:
+        from .arviz_conversion import plot_joint_summary
+        from .posterior_figures import plot_critical_curves, plot_lens_pair, plot_source_comparison
+
+        figs = [
+            plot_joint_summary(idata, fig_dir / f"{stem}_summary.png"),
+            plot_lens_pair(idata, fig_dir / f"{stem}_pair.png", truth),
+            plot_critical_curves(idata, fig_dir / f"{stem}_curves.png", truth=truth_file, lens_model=lens_model),
+        ]
+        if truth_file is not None:
+            figs.append(plot_source_comparison(
+                idata, fig_dir / f"{stem}_source_vs_truth.png", truth_file["source"],
+                float(truth_file["source_pixel_scale"]), tuple(truth_file.get("source_center", (0.0, 0.0)))))
+    text = summary_text(idata, truth, title=title)
+    summary = fig_dir / f"{stem}_summary.txt"
+    summary.write_text(text)
+    if verbose:
+        print(text)
+        print(f"wrote {out}, {summary} and " + ", ".join(str(f) for f in figs) if figs
+              else f"wrote {out} and {summary}")
+    return summary
+
+
+def _sample(observation, out, options, *, progress=True, verbose=True, figures=True, prior=None,
+            load_prior=None, write_outputs=None):
+    """The joint run; returns ``(idata, summary_path, chain_run)``.
+
+    ``prior``: an already loaded source prior (else ``load_prior(options.prior)``, by default
+    :func:`load_source_prior`); ``write_outputs``: the writer (default :func:`write_joint_outputs`;
+    the command line passes its own name so tests can replace it).
+    """
+    import time
+
+    import jax
+
+    from .arviz_conversion import to_inference_data
+    from .chain_runner import RunClock, run_chains
+    from .gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig
+    from .grid import PixelGrid
+    from .likelihood_score import CLA, CalibratedTweedie, PiGDM
+    from .numpyro_model import lens_site_names
+    from .observation import load_observation
+    from .parametric_prefit import SersicPrefitConfig
+    from .run_checkpoint import checkpoint_path
+    from .source_posterior import SourceSamplerConfig
+
+    options.validate()
+    target = convergence_target(options)
+    out = check_joint_outputs(out, options.figures, inputs=sample_inputs(observation, options),
+                              write_figures=figures)
+    obs = load_observation(observation)
+    lens_model = load_lens_model(options.lens_model)
+    sites = lens_site_names(lens_model)
+    if prior is None:
+        prior = (load_prior or load_source_prior)(options.prior)
+    if options.flux_scale is not None:
+        prior = prior.with_flux_scale(options.flux_scale)
+    guidance = {"pigdm": PiGDM, "calibrated": CalibratedTweedie, "cla": CLA}[options.guidance]()
+    grid = PixelGrid(tuple(prior.shape), float(prior.pixel_scale), tuple(options.source_center))
+    kernel = BlindLensGibbs(
+        lens_model, obs, prior,
+        source_config=SourceSamplerConfig(guidance=guidance, num_steps=options.steps, solver=options.solver),
+        warm_start=GibbsDDRMConfig(guidance=guidance, num_steps=options.warm_start_steps),
+        warm_start_tries=options.warm_start_tries,
+        source_grid=grid, supersampling=options.supersampling, source_refresh_sigma=options.refresh_sigma,
+        lens_prefit=SersicPrefitConfig() if options.lens_prefit == "sersic" else None,
+    )
+    truth = truth_file = None
+    if options.truth:
+        from .simulation import load_truth
+
+        truth_file = read_input("--truth", options.truth, load_truth)
+        truth = truth_values(truth_file["lens"], sites)
+    t0 = time.time()
+    clock = RunClock(verbose)
+    run = run_chains(
+        kernel, jax.random.key(options.seed), num_chains=options.chains, num_warmup=options.warmup,
+        num_draws=None if target is not None else (300 if options.draws is None else options.draws), target=target,
+        sites=sites, chunk=options.checkpoint_every, thinning=options.thinning, chain_method=options.chain_method,
+        checkpoint=checkpoint_path(out), resume=not options.no_resume, clock=clock, progress=progress,
+        fingerprint=sample_fingerprint(observation, options, prior),
+    )
+    clock.say("sampling done; computing model images and writing outputs ...")
+    idata = to_inference_data(run.samples, obs, kernel=kernel, sample_stats=run.stats, truth=truth)
+    idata.posterior.attrs["wall_seconds"] = float(time.time() - t0)
+    idata.posterior.attrs["stop_reason"] = run.stop_reason
+    writer = write_outputs or write_joint_outputs
+    summary = writer(idata, out, options.figures, truth, title=f"blindlens sample {observation}",
+                     lens_model=lens_model, truth_file=truth_file, figures=figures, verbose=verbose)
+    if run.converged is False:  # stopped by a budget: the checkpoint lets the same command continue
+        clock.say(f"kept {checkpoint_path(out)}: rerun the same command to continue sampling (--no-resume: afresh)")
+    else:
+        checkpoint_path(out).unlink(missing_ok=True)  # complete: the outputs are written
+    clock.say("done")
+    return idata, summary, run
+
+
+def diagnose(idata, summary=None):
+    """:func:`blindlens.check_run` of a finished run, its text appended to the ``summary`` file; the report."""
+    from .run_diagnostics import check_run
+
+    report = check_run(idata, warn=False)
+    if summary is not None:
+        Path(summary).write_text(Path(summary).read_text() + "\n" + str(report) + "\n")
+    return report
+
+
+def sample_observation(observation, out, options: SampleOptions | None = None, *, progress: bool = True,
+                       figures: bool = True):
+    """Blind joint lens + source inference of one observation file: ``blindlens sample`` from Python.
+
+    Parameters
+    ----------
+    observation
+        Observation file (``.fits`` or ``.npz``).
+    out
+        Output InferenceData (``.nc``) in an existing folder; the summary text (and figures) go
+        beside it or into ``options.figures``. A checkpoint ``<out>.ckpt.npz`` is kept while the
+        run goes on: the same call after an interruption resumes it (``no_resume=True``: afresh).
+    options
+        The run's :class:`SampleOptions` (default: the command line's defaults).
+    progress
+        Print progress lines, progress bars, the summary and the diagnostics.
+    figures
+        Also write the summary, pair and critical-curve figures.
+
+    Returns
+    -------
+    (idata, report)
+        The ArviZ InferenceData written to ``out`` and its :class:`~blindlens.run_diagnostics.RunReport`
+        (``report.ok`` is ``False`` when a diagnostic failed; nothing is raised for that).
+    """
+    options = DEFAULTS if options is None else options
+    idata, summary, _ = _sample(observation, out, options, progress=progress, verbose=progress, figures=figures)
+    report = diagnose(idata, summary)
+    if progress:
+        print(str(report), flush=True)
+    return idata, report
