@@ -178,6 +178,19 @@ def _add_simulate(sub):
     p.add_argument("--supersampling", type=int, default=2, help="rays per pixel per axis (default 2)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--plot", default=None, help="also write a figure (.png/.pdf/.svg: image, source, curves)")
+    s = p.add_argument_group("survey layout (docs/real_data.md)")
+    s.add_argument("--layout", choices=("simple", "survey"), default="simple",
+                   help="simple (default): PIXSCALE/NOISE keywords and PSF/MASK extensions; survey: SCI/ERR/DQ "
+                        "extensions with a celestial TAN WCS, the PSF in --psf-out")
+    s.add_argument("--rotation", type=float, default=0.0,
+                   help="survey layout: rotation of the pixel axes, degrees counter-clockwise in the sky frame "
+                        "(x = east, y = north); default 0: north up, east left")
+    s.add_argument("--sky-center", type=float, nargs=2, default=(150.1, 2.2), metavar=("RA", "DEC"),
+                   help="survey layout: sky position of the image centre, degrees (default 150.1 2.2)")
+    s.add_argument("--psf-out", default=None,
+                   help="survey layout: write the PSF to this FITS file (default: a PSF extension in --out)")
+    s.add_argument("--cosmic-rays", type=int, default=0,
+                   help="survey layout: hit this many random pixels with cosmic rays, flagged in DQ (default 0)")
     p.set_defaults(run=_run_simulate)
 
 
@@ -203,6 +216,9 @@ def _run_simulate(args):
     files = {"--out": args.out, "the truth file": truth_path_for(args.out)}
     if args.plot:
         files["--plot"] = args.plot
+    if args.psf_out:
+        files["--psf-out"] = args.psf_out
+        suffixes["--psf-out"] = (".fits", ".fit", ".fts")
     check_output_paths(files, suffixes=suffixes, inputs=inputs)
     lens = load_lens_config(args.lens or example_lens_path())
     if args.source is None:
@@ -214,12 +230,42 @@ def _run_simulate(args):
         if args.source_pixel_scale is None:
             raise ValueError("--source-pixel-scale is required with --source (arcsec/pixel).")
         source, scale = _read_input("--source", args.source, load_source), args.source_pixel_scale
+    import numpy as np
+
+    survey = args.layout == "survey"
+    if not survey and (args.psf_out or args.cosmic_rays or args.rotation):
+        raise ValueError("--psf-out, --cosmic-rays and --rotation need --layout survey.")
+    if survey and not str(args.out).lower().endswith((".fits", ".fit", ".fts", ".fits.gz")):
+        raise ValueError("--layout survey writes FITS: give --out a .fits name.")
+    pix2angle = None
+    if survey:  # east left (RA flip), rotated by --rotation
+        a = np.deg2rad(args.rotation)
+        rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        pix2angle = rot @ np.diag([-args.pixel_scale, args.pixel_scale])
     obs, noiseless = simulate_observation(
         lens, source, scale, key=jax.random.key(args.seed), image_shape=tuple(args.image_shape),
         pixel_scale=args.pixel_scale, psf_fwhm=args.psf_fwhm, noise_sigma=args.noise_sigma,
-        supersampling=args.supersampling,
+        supersampling=args.supersampling, pix2angle=pix2angle,
     )
-    out = save_observation(obs, args.out)
+    if survey:
+        from .survey_fits import save_psf_fits, save_survey_fits
+
+        image = np.array(obs.image, np.float32)
+        dq = np.zeros(image.shape, np.int16)
+        rng = np.random.default_rng(args.seed + 1)
+        for _ in range(args.cosmic_rays):  # a short streak of a few pixels, far above the noise
+            j, i = rng.integers(0, image.shape[0]), rng.integers(0, image.shape[1])
+            for step in range(int(rng.integers(1, 4))):
+                jj, ii = min(j + step, image.shape[0] - 1), i
+                image[jj, ii] += 50 * args.noise_sigma * (1 + rng.random())
+                dq[jj, ii] = 8192  # the HST "cosmic ray" flag
+        err = np.full(image.shape, args.noise_sigma, np.float32)
+        if args.psf_out:
+            save_psf_fits(args.psf_out, np.asarray(obs.psf), obs.pixel_scale)
+        out = save_survey_fits(args.out, image, pix2angle=pix2angle, sky_center=tuple(args.sky_center), err=err,
+                               dq=dq, psf=None if args.psf_out else np.asarray(obs.psf))
+    else:
+        out = save_observation(obs, args.out)
     truth = save_truth(
         truth_path_for(out), lens, source, scale, noiseless, args.pixel_scale,
         supersampling=args.supersampling, noise_sigma=args.noise_sigma, psf_fwhm=args.psf_fwhm, seed=args.seed,
@@ -302,6 +348,10 @@ def _add_sampling_arguments(p) -> None:
                    help="image units per prior (network) unit; default: the prior's own")
     p.add_argument("--supersampling", type=int, default=DEFAULTS.supersampling, help="rays per image pixel per axis")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="PRNG seed")
+    p.add_argument("--psf", default=DEFAULTS.psf,
+                   help="PSF FITS file (at the image's pixel scale; default: the observation's PSF extension)")
+    p.add_argument("--mask", default=DEFAULTS.mask,
+                   help="mask FITS file, nonzero = pixel excluded (besides DQ flags and non-finite pixels)")
     _add_joint_sample_arguments(p)
 
 
@@ -333,7 +383,7 @@ def _run_sample(args):
 
     check_output_paths({"--out": args.out, "--plot": args.plot or Path(args.out).with_suffix(".png")},
                        suffixes={"--out": (".nc",), "--plot": FIGURE_SUFFIXES}, inputs=_sample_inputs(args))
-    obs = load_observation(args.observation)
+    obs = load_observation(args.observation, psf=args.psf, mask=args.mask)
     lens = load_lens_config(args.fixed_lens)
     prior = _load_source_prior(args.prior)
     if args.flux_scale is not None:
@@ -414,6 +464,17 @@ def _add_joint_sample_arguments(p) -> None:
     g.add_argument("--warm-start-tries", type=int, default=DEFAULTS.warm_start_tries,
                    help="continuous-time trajectories per chain, pooled over chains and ranked by residual chi^2: "
                         "the chains start from the best-fitting ones (default 4)")
+    g.add_argument("--lens-light", choices=("none", "sersic"), default=DEFAULTS.lens_light,
+                   help="sersic: model the deflector's light with elliptical Sérsic components (sites "
+                        "lens_light_amp, lens_light_R_sersic, ...; docs/real_data.md); none (default): the image "
+                        "holds the lensed source only")
+    g.add_argument("--lens-light-components", type=int, default=DEFAULTS.lens_light_components,
+                   help="Sérsic components of the lens light (default 1)")
+    g.add_argument("--tie-light-center", action="store_true", default=DEFAULTS.tie_light_center,
+                   help="fix the lens-light centre to the mass centre")
+    g.add_argument("--no-fits-products", dest="fits_products", action="store_false",
+                   help="do not write the FITS products (model, lens light, lensed source, residuals, source "
+                        "mean and sd) beside --out")
     g.add_argument("--lens-prefit", choices=("sersic", "none"), default=DEFAULTS.lens_prefit,
                    help="sersic (default): start the warm-start trajectories from the best lenses of a "
                         "multi-start Sérsic + shapelet fit (finds the lens's basin; docs/joint_inference.md); "

@@ -47,8 +47,14 @@ class SampleOptions:
     flux_scale: float | None = None
     supersampling: int = 2
     seed: int = 0
+    # the observation's companions (survey FITS: docs/real_data.md)
+    psf: str | None = field(default=None, metadata={"file": True})
+    mask: str | None = field(default=None, metadata={"file": True})
     # joint lens + source inference
     lens_model: str = "sie+shear"
+    lens_light: str = "none"
+    lens_light_components: int = 1
+    tie_light_center: bool = False
     chains: int = 2
     warmup: int = 200
     draws: int | None = None
@@ -65,6 +71,7 @@ class SampleOptions:
     no_resume: bool = False
     truth: str | None = field(default=None, metadata={"file": True})
     figures: str | None = None
+    fits_products: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "source_center", tuple(float(v) for v in self.source_center))
@@ -82,11 +89,13 @@ class SampleOptions:
     def validate(self) -> None:
         """Refuse out-of-range settings (``ValueError`` naming the option), before any work."""
         for name in ("chains", "draws", "thinning", "steps", "checkpoint_every", "warm_start_steps",
-                     "warm_start_tries"):
+                     "warm_start_tries", "lens_light_components"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1.")
         if self.warmup < 0:
             raise ValueError("--warmup must be >= 0.")
+        if self.lens_light not in ("none", "sersic"):
+            raise ValueError(f"--lens-light must be 'none' or 'sersic', got {self.lens_light!r}.")
         convergence_target(self)
 
 
@@ -99,7 +108,7 @@ _CHECKPOINT_SETTINGS = ("chains", "warmup", "thinning", "chain_method", "refresh
 """Settings in every checkpoint fingerprint (in this order; the fingerprint of blindlens 0.1)."""
 _RUN_LENGTH = ("draws", "target_ess", "max_rhat", "max_minutes")
 """How long a run goes on: not in the checkpoint fingerprint (a run can be extended), in the result's."""
-_NOT_FINGERPRINTED = ("prior", "lens_model", "no_resume", "figures", "truth") + _RUN_LENGTH
+_NOT_FINGERPRINTED = ("prior", "lens_model", "no_resume", "figures", "truth", "fits_products") + _RUN_LENGTH
 """Fields entered otherwise (prior, lens model) or that do not change the draws."""
 
 
@@ -144,13 +153,23 @@ def load_lens_model(spec: str):
 
 
 def truth_values(truth_lens, sites) -> dict:
-    """Lens parameters of a truth lens Module, by site name (first component that has each name)."""
+    """Lens parameters of a truth lens Module, by site name (first component that has each name);
+    a deflector light's components by the ``lens_light_`` / ``lens_light2_`` ... site names."""
+    from .light_profiles import light_of, mass_of
+
     values = {}
-    components = getattr(truth_lens, "components", (truth_lens,))
+    mass = mass_of(truth_lens)
+    components = getattr(mass, "components", (mass,))
     for comp in components:
         for name in sites:
             if name not in values and hasattr(comp, name):
                 values[name] = float(getattr(comp, name))
+    light = light_of(truth_lens)
+    for i, comp in enumerate(light.components if light is not None else ()):
+        prefix = "lens_light_" if i == 0 else f"lens_light{i + 1}_"
+        for name in sites:
+            if name.startswith(prefix) and hasattr(comp, name[len(prefix):]):
+                values[name] = float(getattr(comp, name[len(prefix):]))
     return values
 
 
@@ -242,7 +261,11 @@ def result_fingerprint(observation, options, prior) -> dict:
             "truth": None if options.truth is None else file_sha256(options.truth)}
 
 
-def check_joint_outputs(out, figures, *, inputs, write_figures=True):
+FITS_PRODUCTS = ("model", "lens_light", "lensed_source", "normalized_residual", "source_mean", "source_sd")
+"""The FITS products written beside the netCDF (:mod:`blindlens.posterior_products`)."""
+
+
+def check_joint_outputs(out, figures, *, inputs, write_figures=True, products=()):
     """Check every file joint sampling writes before it starts (creating the figures folder); returns ``out``.
 
     Files: ``out`` (netCDF, ``.nc``), its checkpoint and, in the figures folder (default: beside
@@ -258,6 +281,8 @@ def check_joint_outputs(out, figures, *, inputs, write_figures=True):
     names = ("summary.png", "pair.png", "curves.png", "summary.txt") if write_figures else ("summary.txt",)
     for name in names + (("source_vs_truth.png",) if write_figures and inputs.get("--truth") else ()):
         files[f"figure file {out.stem}_{name}"] = Path(fig_dir) / f"{out.stem}_{name}"
+    for name in products:  # beside the netCDF
+        files[f"FITS product {out.stem}_{name}.fits"] = out.parent / f"{out.stem}_{name}.fits"
     check_output_paths(files, inputs=inputs)
     return out
 
@@ -327,10 +352,18 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
     options.validate()
     target = convergence_target(options)
     out = check_joint_outputs(out, options.figures, inputs=sample_inputs(observation, options),
-                              write_figures=figures)
-    obs = load_observation(observation)
+                              write_figures=figures, products=FITS_PRODUCTS if options.fits_products else ())
+    obs = load_observation(observation, psf=options.psf, mask=options.mask)
     lens_model = load_lens_model(options.lens_model)
+    if options.lens_light == "sersic":
+        from .lens_light_model import amp_scale_of, with_lens_light
+
+        lens_model = with_lens_light(lens_model, amp_scale=amp_scale_of(obs),
+                                     num_components=options.lens_light_components,
+                                     tie_center=options.tie_light_center)
     sites = lens_site_names(lens_model)
+    if verbose and getattr(obs, "noise_source", None):
+        print(f"noise: {obs.noise_source}", flush=True)
     if prior is None:
         prior = (load_prior or load_source_prior)(options.prior)
     if options.flux_scale is not None:
@@ -364,15 +397,34 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
     idata = to_inference_data(run.samples, obs, kernel=kernel, sample_stats=run.stats, truth=truth)
     idata.posterior.attrs["wall_seconds"] = float(time.time() - t0)
     idata.posterior.attrs["stop_reason"] = run.stop_reason
+    if getattr(obs, "noise_source", None):
+        idata.posterior.attrs["noise_source"] = str(obs.noise_source)
     writer = write_outputs or write_joint_outputs
     summary = writer(idata, out, options.figures, truth, title=f"blindlens sample {observation}",
                      lens_model=lens_model, truth_file=truth_file, figures=figures, verbose=verbose)
+    if options.fits_products:
+        written = write_posterior_fits(idata, kernel, obs, out)
+        if verbose:
+            print("wrote FITS products " + ", ".join(str(p) for p in written.values()), flush=True)
     if run.converged is False:  # stopped by a budget: the checkpoint lets the same command continue
         clock.say(f"kept {checkpoint_path(out)}: rerun the same command to continue sampling (--no-resume: afresh)")
     else:
         checkpoint_path(out).unlink(missing_ok=True)  # complete: the outputs are written
     clock.say("done")
     return idata, summary, run
+
+
+def write_posterior_fits(idata, kernel, observation, out) -> dict:
+    """Write :func:`~blindlens.posterior_products.posterior_products` as ``<out stem>_<name>.fits``
+    beside ``out``, with the observation's WCS (and a source-plane WCS for the source maps)."""
+    from .posterior_products import posterior_products
+    from .survey_fits import write_fits_products
+
+    maps = posterior_products(idata, kernel.joint_model)
+    source = {k: maps.pop(k) for k in ("source_mean", "source_sd")}
+    out = Path(out)
+    return write_fits_products(out.parent / out.stem, maps, wcs_header=getattr(observation, "wcs_header", None),
+                               image_grid=observation.image_grid, source_grid=kernel.source_grid, **source)
 
 
 def diagnose(idata, summary=None):

@@ -62,6 +62,7 @@ def simulate_observation(
     noise_sigma: float = 0.01,
     supersampling: int = 1,
     source_center: tuple[float, float] = (0.0, 0.0),
+    pix2angle=None,
 ) -> tuple[Observation, Image]:
     """Simulate an observation of ``source`` through ``lens``.
 
@@ -86,6 +87,10 @@ def simulate_observation(
         Rays per pixel along each axis for the simulation.
     source_center
         ``(x, y)`` of the source grid centre in arcsec.
+    pix2angle
+        Optional ``(2, 2)`` pixel -> sky-frame matrix [arcsec/pixel] (a WCS CD matrix times 3600,
+        :class:`~blindlens.grid.PixelGrid`): the image is then simulated in the sky frame, with
+        ``pixel_scale`` ignored for the grid (it is ``sqrt|det pix2angle|``).
 
     Returns
     -------
@@ -97,7 +102,10 @@ def simulate_observation(
         raise ValueError(f"source_pixel_scale must be positive (arcsec/pixel), got {source_pixel_scale}.")
     if not (np.isfinite(noise_sigma) and noise_sigma > 0):
         raise ValueError(f"noise_sigma must be positive, got {noise_sigma}.")
-    image_grid = PixelGrid(tuple(int(n) for n in image_shape), float(pixel_scale))
+    if pix2angle is not None:
+        pix2angle = tuple(tuple(float(v) for v in row) for row in np.asarray(pix2angle, float))
+        pixel_scale = float(np.sqrt(abs(np.linalg.det(np.asarray(pix2angle)))))
+    image_grid = PixelGrid(tuple(int(n) for n in image_shape), float(pixel_scale), pix2angle=pix2angle)
     source_grid = PixelGrid(src.shape, float(source_pixel_scale), tuple(float(c) for c in source_center))
     kernel = gaussian_psf(psf_fwhm, pixel_scale)
     op = LensingOperator(lens, image_grid, source_grid, psf=kernel, supersampling=supersampling)
@@ -108,7 +116,7 @@ def simulate_observation(
     if light_of(lens) is not None:  # the deflector's own light, PSF-convolved
         noiseless = noiseless + LensLightImager(image_grid, op.psf, supersampling)(light_of(lens))
     noisy = noiseless + noise_sigma * jax.random.normal(key, noiseless.shape, dtype)
-    obs = Observation(np.asarray(noisy), noise_sigma, kernel, pixel_scale)
+    obs = Observation(np.asarray(noisy), noise_sigma, kernel, pixel_scale, pix2angle=pix2angle)
     return obs, noiseless
 
 
