@@ -383,9 +383,11 @@ def run_chains(
     reason = "fixed length" if target is None else "draw budget"
     if target is not None and done > 0 and samples:
         history.append(convergence_check(samples, sites or _default_sites(kernel, samples), done, clock.elapsed()))
-    while done < cap:
-        if history and history[-1].reached(target):
+    while True:
+        if history and history[-1].reached(target):  # (a resumed run may have converged already)
             reason = "converged"
+            break
+        if done >= cap:
             break
         n = min(chunk, cap - done)
         if target is not None and target.max_minutes is not None and done > resumed:
@@ -412,8 +414,6 @@ def run_chains(
         clock.say(f"{done} draws per chain: max R-hat {check.max_rhat:.3f} ({check.worst}; want <= "
                   f"{target.max_rhat}), min ESS {check.min_ess:.0f} ({check.least}; want >= {target.target_ess:.0f}); "
                   + _projection(check, target, clock.seconds_per_draw(done, resumed)))
-    if target is not None and history and history[-1].reached(target):
-        reason = "converged"
     if target is not None and reason != "converged":
         last = history[-1] if history else None
         detail = "" if last is None else (f": max R-hat {last.max_rhat:.3f} ({last.worst}), min ESS "
