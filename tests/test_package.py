@@ -16,7 +16,7 @@ CONFINED = {
     "lineax": {"diffusion_sde"},
     "optax": {"training"},
     "galsim": {"galaxies"},
-    "numpyro": {"numpyro_model", "lens_light_model", "gibbs_kernel", "chain_runner"},  # models, kernel, MCMC driver
+    "numpyro": {"numpyro_model", "lens_light_model", "lens_space", "gibbs_kernel", "chain_runner"},  # models, kernel, MCMC driver
     "arviz": {"arviz_conversion"},
     "xarray": {"arviz_conversion"},
     "astropy": {"observation", "survey_fits"},
@@ -67,3 +67,55 @@ def test_cli_lists_subcommands():
         assert command in help_text
     out = subprocess.run([sys.executable, "-m", "blindlens", "--help"], capture_output=True, text=True, check=True).stdout
     assert "train-prior" in out
+
+
+def _package_imports(path: Path, module_level_only: bool) -> set[str]:
+    """The blindlens modules ``path`` imports (relative imports), at module level or anywhere."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if module_level_only else list(ast.walk(tree))
+    out = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                out.add(node.module.split(".")[0])
+            else:
+                out |= {a.name for a in node.names}
+    return out
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        state[node] = "done"
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_cycles_among_modules():
+    """Module-level imports form no cycle; the physics layer never imports the inference layer, even lazily."""
+    modules = {p.stem: p for p in SRC.glob("*.py")}
+    graph = {name: _package_imports(p, True) & set(modules) for name, p in modules.items()}
+    assert _find_cycle(graph) is None, _find_cycle(graph)
+    physics = {"grid", "psf", "lens_models", "light_profiles", "lensing_operator", "linear_operator"}
+    inference = {"numpyro_model", "gibbs_kernel", "lens_space", "chain_runner", "chain_starts", "pipeline",
+                 "catalogue", "cli", "parametric_prefit", "lens_initialization", "lens_light_model"}
+    offenders = {m: sorted(_package_imports(modules[m], False) & inference) for m in physics}
+    assert not any(offenders.values()), offenders
+
+
+def test_a_cycle_is_found_by_the_checker():
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set()}) is None

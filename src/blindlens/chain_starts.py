@@ -31,7 +31,8 @@ import jax.random as jr
 import numpy as np
 
 from ._types import Array, Float, Int, PRNGKeyArray
-from .gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig, _LensSpace, lens_unconstrained, sample_gibbsddrm
+from .gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig, lens_unconstrained, sample_gibbsddrm
+from .lens_space import LensSpace as _LensSpace
 from .numpyro_model import SOURCE_SITE, lens_from_values
 
 __all__ = [

@@ -69,8 +69,6 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 from jax.flatten_util import ravel_pytree
 from numpyro.infer import NUTS
 from numpyro.infer.gibbs import GIBBS_SITES_KWARG, Gibbs, GibbsState
@@ -80,6 +78,8 @@ from numpyro.infer.mcmc import MCMCKernel
 from ._types import Array, Float, PRNGKeyArray, SourceImage
 from .diffusion_sde import ReverseDiffusion, reverse_time_grid
 from .grid import PixelGrid
+from .lens_space import LensSpace as _LensSpace  # (its old name here)
+from .lens_space import lens_unconstrained  # noqa: F401  (re-exported: part of this module's API)
 from .linear_operator import AbstractLinearOperator
 from .numpyro_model import (
     SOURCE_SITE,
@@ -88,7 +88,6 @@ from .numpyro_model import (
     joint_model,
     lens_from_values,
     lens_init_values,
-    lens_log_prior,
     lens_site_names,
 )
 from .source_prior import AbstractSourcePrior
@@ -111,69 +110,6 @@ __all__ = [
 
 SourceSampler = Callable[[PRNGKeyArray, object, Float[Array, "ny nx"], Float[Array, "ny nx"]], SourceImage]
 """``sampler(key, operator, data, noise_sigma) -> source``: one draw of ``p(s | A, y)``."""
-
-
-# --------------------------------------------------------------------------------------------
-# lens parameters in unconstrained space
-
-
-class _LensSpace:
-    """Bijection between a flat unconstrained vector and the constrained lens sites."""
-
-    def __init__(self, lens_model: Callable):
-        self.lens_model = lens_model
-        self.names = lens_site_names(lens_model)
-        box = {}
-
-        def wrapped():
-            box["lens"] = lens_model()
-
-        tr = numpyro.handlers.trace(numpyro.handlers.seed(wrapped, jr.key(0))).get_trace()
-        self.transforms = {n: dist.biject_to(tr[n]["fn"].support) for n in self.names}
-        example = {n: jnp.asarray(self.transforms[n].inv(tr[n]["value"])) for n in self.names}
-        flat, self._unravel = ravel_pytree(example)
-        self.size = flat.size
-
-    def constrain(self, u: Float[Array, " d"]) -> dict:
-        tree = self._unravel(u)
-        return {n: self.transforms[n](tree[n]) for n in self.names}
-
-    def complete(self, values: Mapping[str, Array]) -> dict:
-        """``values`` as arrays, one per lens site; a missing site is refused by name."""
-        missing = [n for n in self.names if n not in values]
-        if missing:
-            raise ValueError(f"init_lens lacks the lens sites {missing}; give a value for every site.")
-        return {n: jnp.asarray(values[n]) for n in self.names}
-
-    def unconstrain(self, values: Mapping[str, Array]) -> Float[Array, " d"]:
-        tree = {n: jnp.asarray(self.transforms[n].inv(v)) for n, v in self.complete(values).items()}
-        return ravel_pytree(tree)[0]
-
-    def log_prior_and_lens(self, u):
-        """``(lens, log p(theta(u)) + log |d theta / d u|)``."""
-        tree = self._unravel(u)
-        values = {n: self.transforms[n](tree[n]) for n in self.names}
-        log_det = sum(
-            jnp.sum(self.transforms[n].log_abs_det_jacobian(tree[n], values[n])) for n in self.names
-        )
-        lens, logp = lens_log_prior(self.lens_model, values)
-        return lens, logp + log_det
-
-    def prior_draw(self, key: PRNGKeyArray) -> dict:
-        """Constrained values of one draw from the lens prior."""
-        tr = numpyro.handlers.trace(numpyro.handlers.seed(self.lens_model, key)).get_trace()
-        return {n: tr[n]["value"] for n in self.names}
-
-
-def lens_unconstrained(lens_model: Callable, values: Mapping[str, Array]) -> dict[str, Array]:
-    """Map constrained lens-site values to NumPyro's unconstrained space (for ``init_params``).
-
-    NUTS blocks of NumPyro's ``Gibbs`` take unconstrained initial values; use this to start
-    :class:`BlindLensGibbs` at a given lens: ``init_params={**lens_unconstrained(model, v),
-    "source": s}``.
-    """
-    space = _LensSpace(lens_model)
-    return {n: space.transforms[n].inv(jnp.asarray(values[n])) for n in space.names}
 
 
 # --------------------------------------------------------------------------------------------

@@ -185,7 +185,7 @@ def search_lens_by_evidence(
     -------
     :class:`EvidenceSearchResult`; ``lens`` is the run with the highest final objective.
     """
-    from .gibbs_kernel import _LensSpace
+    from .lens_space import LensSpace as _LensSpace
 
     d = model.source_shape[0] * model.source_shape[1]
     if basis.shape[0] != d:

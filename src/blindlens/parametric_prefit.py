@@ -223,7 +223,7 @@ def prefit_lens_with_sersic(
     SersicPrefitResult
         Runs sorted by residual chi^2, best first.
     """
-    from .gibbs_kernel import _LensSpace
+    from .lens_space import LensSpace as _LensSpace
     from .lens_initialization import _adam
 
     space = _LensSpace(lens_model)
