@@ -145,7 +145,8 @@ class ScorePrior(AbstractSourcePrior):
                 f"{source}: the score-prior header is incomplete or malformed ({type(err).__name__}: {err}); "
                 "re-create the file with `blindlens train-prior`."
             ) from None
-        skeleton = ScoreUNet(config, key=jr.key(0))
+        # shapes only: initialising the network's weights just to overwrite them took ~17 s on a loaded CPU
+        skeleton = eqx.filter_eval_shape(ScoreUNet, config, key=jr.key(0))
         stream = io.BytesIO(data[newline + 1 :])
         try:
             network = eqx.tree_deserialise_leaves(stream, skeleton)
