@@ -93,3 +93,21 @@ def test_bad_survey_inputs_are_refused(tmp_path, capsys):
     assert "need --layout survey" in capsys.readouterr().err
     with pytest.raises(ValueError, match="lens-light"):
         SampleOptions(lens_light="gaussian").validate()
+
+
+def test_cutout_options_cut_the_frame(survey_run):
+    from blindlens.observation import load_observation
+    from blindlens.pipeline import observation_options
+
+    folder, _ = survey_run
+    full = load_observation(folder / "hst.fits", psf=folder / "psf.fits")
+    for centre in ({"cutout_sky": [150.1, 2.2]}, {"cutout_pixel": (7.5, 7.5)}):
+        options = SampleOptions(cutout_size=8, **centre)
+        options.validate()
+        cut = load_observation(folder / "hst.fits", psf=folder / "psf.fits", **observation_options(options))
+        assert cut.shape == (8, 8)
+        np.testing.assert_array_equal(np.asarray(cut.image), np.asarray(full.image)[4:12, 4:12])
+    with pytest.raises(ValueError, match="one cut-out centre"):
+        SampleOptions(cutout_size=8, cutout_pixel=(1, 2), cutout_sky=(3, 4)).validate()
+    with pytest.raises(ValueError, match="needs --cutout-size"):
+        SampleOptions(cutout_pixel=(1, 2)).validate()

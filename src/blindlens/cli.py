@@ -352,6 +352,13 @@ def _add_sampling_arguments(p) -> None:
                    help="PSF FITS file (at the image's pixel scale; default: the observation's PSF extension)")
     p.add_argument("--mask", default=DEFAULTS.mask,
                    help="mask FITS file, nonzero = pixel excluded (besides DQ flags and non-finite pixels)")
+    p.add_argument("--cutout-size", type=int, default=DEFAULTS.cutout_size, metavar="N",
+                   help="model an N x N cut-out of a larger frame (astropy Cutout2D, WCS carried along) centred on "
+                        "--cutout-pixel or --cutout-sky")
+    p.add_argument("--cutout-pixel", type=float, nargs=2, default=DEFAULTS.cutout_pixel, metavar=("X", "Y"),
+                   help="cut-out centre, 0-based pixel (column, row) of the frame")
+    p.add_argument("--cutout-sky", type=float, nargs=2, default=DEFAULTS.cutout_sky, metavar=("RA", "DEC"),
+                   help="cut-out centre, sky position in degrees (needs a celestial WCS)")
     _add_joint_sample_arguments(p)
 
 
@@ -383,7 +390,10 @@ def _run_sample(args):
 
     check_output_paths({"--out": args.out, "--plot": args.plot or Path(args.out).with_suffix(".png")},
                        suffixes={"--out": (".nc",), "--plot": FIGURE_SUFFIXES}, inputs=_sample_inputs(args))
-    obs = load_observation(args.observation, psf=args.psf, mask=args.mask)
+    from .pipeline import observation_options
+
+    obs = load_observation(args.observation, psf=args.psf, mask=args.mask,
+                           **observation_options(SampleOptions.from_namespace(args)))
     lens = load_lens_config(args.fixed_lens)
     prior = _load_source_prior(args.prior)
     if args.flux_scale is not None:

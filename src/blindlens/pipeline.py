@@ -50,6 +50,9 @@ class SampleOptions:
     # the observation's companions (survey FITS: docs/real_data.md)
     psf: str | None = field(default=None, metadata={"file": True})
     mask: str | None = field(default=None, metadata={"file": True})
+    cutout_size: int | None = None
+    cutout_pixel: tuple | None = None
+    cutout_sky: tuple | None = None
     # joint lens + source inference
     lens_model: str = "sie+shear"
     lens_light: str = "none"
@@ -75,6 +78,9 @@ class SampleOptions:
 
     def __post_init__(self):
         object.__setattr__(self, "source_center", tuple(float(v) for v in self.source_center))
+        for name in ("cutout_pixel", "cutout_sky"):  # (lists from a CSV or argparse: hashable tuples)
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
 
     @classmethod
     def from_namespace(cls, namespace) -> SampleOptions:
@@ -94,6 +100,12 @@ class SampleOptions:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1.")
         if self.warmup < 0:
             raise ValueError("--warmup must be >= 0.")
+        if (self.cutout_pixel is not None or self.cutout_sky is not None) != (self.cutout_size is not None):
+            raise ValueError("a cut-out needs --cutout-size N and one centre, --cutout-pixel X Y or --cutout-sky RA DEC.")
+        if self.cutout_pixel is not None and self.cutout_sky is not None:
+            raise ValueError("give one cut-out centre: --cutout-pixel X Y or --cutout-sky RA DEC, not both.")
+        if self.cutout_size is not None and self.cutout_size < 2:
+            raise ValueError(f"--cutout-size must be >= 2 pixels, got {self.cutout_size}.")
         if self.lens_light not in ("none", "sersic"):
             raise ValueError(f"--lens-light must be 'none' or 'sersic', got {self.lens_light!r}.")
         convergence_target(self)
@@ -188,6 +200,17 @@ def read_input(label, path, loader, *args, **kwargs):
     except (OSError, EOFError, zipfile.BadZipFile, TypeError) as err:
         text = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
         raise ValueError(f"{label} {path} cannot be read ({text}); it may be truncated or damaged.") from None
+
+
+def observation_options(options) -> dict:
+    """Extra :func:`~blindlens.observation.load_observation` keywords of ``options`` (a cut-out)."""
+    if options.cutout_size is None:
+        return {}
+    from .survey_fits import Cutout
+
+    centre = ({"pixel": tuple(float(v) for v in options.cutout_pixel)} if options.cutout_pixel is not None
+              else {"sky": tuple(float(v) for v in options.cutout_sky)})
+    return {"cutout": Cutout(int(options.cutout_size), **centre)}
 
 
 def convergence_target(options):
@@ -353,7 +376,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
     target = convergence_target(options)
     out = check_joint_outputs(out, options.figures, inputs=sample_inputs(observation, options),
                               write_figures=figures, products=FITS_PRODUCTS if options.fits_products else ())
-    obs = load_observation(observation, psf=options.psf, mask=options.mask)
+    obs = load_observation(observation, psf=options.psf, mask=options.mask, **observation_options(options))
     lens_model = load_lens_model(options.lens_model)
     if options.lens_light == "sersic":
         from .lens_light_model import amp_scale_of, with_lens_light
