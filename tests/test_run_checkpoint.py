@@ -258,6 +258,9 @@ def test_a_completed_run_removes_its_checkpoint_only_after_its_outputs_are_writt
                         lambda *a, **k: types.SimpleNamespace(posterior=types.SimpleNamespace(attrs={})))
     monkeypatch.setattr(cli, "_write_joint_outputs", fake_outputs)
     monkeypatch.setattr(cli, "_report_run", lambda *a, **k: 0)
+    import blindlens.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "write_posterior_fits", lambda *a, **k: {})  # (the fake posterior has no draws)
     ckpt = checkpoint_path(tmp_path / "post.nc")
     with pytest.raises(OSError, match="disk full"):
         cli.main(joint_cli())
