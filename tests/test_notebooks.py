@@ -32,16 +32,7 @@ def test_survey_lens_notebook_runs(tmp_path, monkeypatch):
     assert (tmp_path / "survey_lens_posterior.nc").exists()
 
 
-@pytest.mark.parametrize("name", ["custom_lens_model.ipynb"])
-def test_notebook_runs(name, tmp_path, monkeypatch):
-    monkeypatch.setenv("BLINDLENS_NOTEBOOK_TINY", "1")
-    monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", "cpu"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()
-    outputs = "".join(
-        out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
-    )
+def test_custom_lens_model_notebook_runs(tmp_path, monkeypatch):
+    outputs = _run("custom_lens_model.ipynb", tmp_path, monkeypatch)
     assert "custom lens model" in outputs and "theta_E" in outputs
     assert (tmp_path / "custom_lens_posterior.nc").exists()
