@@ -1,5 +1,7 @@
 """Score-network throughput on this CPU, as a fraction of the float32 matmul rate measured in the
-same run (perf-anchors.md section 8), for the shipped prior and a 64x64 reference size.
+same run (perf-anchors.md section 8), for the shipped prior and a 64x64 reference size; and the
+cost of a network pass with its VJP inside a ``lax.scan`` (where every reverse-diffusion step runs
+it) with blindlens's matrix-product convolution against the native XLA convolution it replaced.
 
 Usage: python benchmarks/score_network.py [--prior PATH] [--repeats 20]
 Prints a markdown table; results are recorded in docs/performance.md.
@@ -10,9 +12,9 @@ import time
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import jax.random as jr
 
+from blindlens import score_network
 from blindlens.score_network import ScoreNetworkConfig, ScoreUNet, count_parameters
 from blindlens.score_prior import ScorePrior
 
@@ -54,6 +56,24 @@ def measure(name, net, repeats):
             "gflop": f1 / 1e9}
 
 
+def scan_step_time(net, native: bool, steps=20):
+    """Seconds per denoiser pass + VJP inside a ``lax.scan`` of ``steps`` steps."""
+    n = net.config.image_size
+
+    def step(x, _):
+        d, vjp = jax.vjp(lambda z: net.denoise(z, 0.3), x)
+        return x + 1e-3 * vjp(d)[0], None
+
+    original = score_network.conv2d
+    if native:
+        score_network.conv2d = lambda conv, z: conv(z)
+    try:
+        fn = eqx.filter_jit(lambda x: jax.lax.scan(step, x, None, length=steps)[0])
+        return timeit(fn, jr.normal(jr.key(4), (n, n)), repeats=2) / steps
+    finally:
+        score_network.conv2d = original
+
+
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--prior", default=None)
 parser.add_argument("--repeats", type=int, default=20)
@@ -71,3 +91,11 @@ for r in rows:
     pctb = 100 * r["gflop"] * 32 / r["tb"] / peak
     print(f"| {r['name']} | {r['params']:,} | {r['size']}x{r['size']} | {r['gflop']:.3f} | "
           f"{1e3 * r['t1']:.2f} ({1 / r['t1']:.0f}/s, {pct1:.0f}%) | {1e3 * r['tb'] / 32:.2f} ({32 / r['tb']:.0f}/s, {pctb:.0f}%) | {1e3 * r['tv']:.2f} |")
+
+print("\nInside a lax.scan (a reverse-diffusion loop): one denoiser pass + its VJP per step\n")
+print("| network | native XLA convolution: ms/step | matrix-product convolution (default): ms/step | speed-up |")
+print("|---|---|---|---|")
+for name, net in [("shipped default prior", prior.network),
+                  ("64x64 reference (16,32,64,64)", ScoreUNet(ScoreNetworkConfig(64, (16, 32, 64, 64)), key=jr.key(0)))]:
+    slow, fast = scan_step_time(net, native=True), scan_step_time(net, native=False)
+    print(f"| {name} | {1e3 * slow:.1f} | {1e3 * fast:.1f} | {slow / fast:.1f}x |")

@@ -9,7 +9,7 @@ import pytest
 
 from blindlens.diffusion_sde import VESDE
 from blindlens.image_sets import load_image_set
-from blindlens.score_network import ScoreNetworkConfig, ScoreUNet, count_parameters
+from blindlens.score_network import ScoreNetworkConfig, ScoreUNet, conv2d, count_parameters
 from blindlens.score_prior import ScorePrior
 from blindlens.training import TrainingConfig, dsm_loss, heldout_loss_by_sigma, train_score_prior
 
@@ -195,3 +195,43 @@ def test_bin_images_averages_blocks_exactly_and_rejects_bad_factors():
     np.testing.assert_array_equal(bin_images(images[0], 1), images[0])
     with pytest.raises(ValueError, match="divide both sides"):
         bin_images(images, 4)
+
+
+@pytest.mark.parametrize(
+    "c_in,c_out,kernel,stride,padding",
+    [(3, 5, 3, 1, 1), (4, 4, 3, 2, 1), (6, 2, 1, 1, 0), (2, 3, 3, 1, 0), (3, 3, 5, 2, 2)],
+)
+def test_im2col_convolution_matches_the_native_one(c_in, c_out, kernel, stride, padding, x64):
+    """``conv2d`` (the loop-friendly matrix-product convolution) is the native convolution, values and gradients."""
+    conv = eqx.nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, key=jr.key(0))
+    conv = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, conv)
+    x = jr.normal(jr.key(1), (c_in, 12, 12), dtype=jnp.float64)
+    np.testing.assert_allclose(conv2d(conv, x), conv(x), rtol=0, atol=1e-12)
+    probe = jr.normal(jr.key(2), conv(x).shape, dtype=jnp.float64)
+    g_ours = eqx.filter_grad(lambda c, z: jnp.sum(probe * conv2d(c, z)))(conv, x)
+    g_native = eqx.filter_grad(lambda c, z: jnp.sum(probe * c(z)))(conv, x)
+    np.testing.assert_allclose(g_ours.weight, g_native.weight, rtol=0, atol=1e-11)
+    np.testing.assert_allclose(g_ours.bias, g_native.bias, rtol=0, atol=1e-11)
+    gx_ours = jax.grad(lambda z: jnp.sum(probe * conv2d(conv, z)))(x)
+    gx_native = jax.grad(lambda z: jnp.sum(probe * conv(z)))(x)
+    np.testing.assert_allclose(gx_ours, gx_native, rtol=0, atol=1e-11)
+    # A transposed kernel (the classic im2col ordering slip) is a different function.
+    flipped = eqx.tree_at(lambda c: c.weight, conv, conv.weight.transpose(0, 1, 3, 2))
+    if kernel > 1:
+        assert float(jnp.max(jnp.abs(conv2d(flipped, x) - conv(x)))) > 1e-2
+
+
+def test_shipped_prior_network_unchanged_by_the_matrix_product_convolution():
+    """The shipped network evaluated through ``conv2d`` equals the native-convolution network (float32)."""
+    import blindlens.score_network as sn
+
+    net = ScorePrior.default().network
+    x = jr.normal(jr.key(3), (net.config.image_size,) * 2)
+    ours = net.denoise(x, 0.3)
+    original = sn.conv2d
+    try:
+        sn.conv2d = lambda conv, z: conv(z)
+        native = net.denoise(x, 0.3)
+    finally:
+        sn.conv2d = original
+    np.testing.assert_allclose(ours, native, rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(native))))

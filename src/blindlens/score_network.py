@@ -28,7 +28,7 @@ import jax.random as jr
 
 from ._types import Array, Float, PRNGKeyArray
 
-__all__ = ["ScoreNetworkConfig", "ScoreUNet", "space_to_depth", "depth_to_space", "lift_to_subpixel"]
+__all__ = ["ScoreNetworkConfig", "ScoreUNet", "conv2d", "depth_to_space", "lift_to_subpixel", "space_to_depth"]
 
 
 class ScoreNetworkConfig(eqx.Module):
@@ -120,6 +120,32 @@ def _groups(channels: int) -> int:
     return 1
 
 
+def conv2d(conv: eqx.nn.Conv2d, x: Float[Array, "C H W"]) -> Float[Array, "O h w"]:
+    """Apply ``conv`` to ``x`` as one matrix product over shifted slices (im2col).
+
+    The same function as ``conv(x)`` (zero padding, any stride, no dilation or groups): the
+    ``kh * kw`` shifted, strided views of the padded input are stacked into a
+    ``(kh kw C, h w)`` matrix and multiplied by the ``(O, kh kw C)`` weights. On XLA:CPU a
+    convolution inside a ``lax.scan``/``while_loop`` body -- where every reverse-diffusion step
+    evaluates the network -- runs about 8x slower than this product (a network pass with its VJP
+    inside a scan: 88 ms native, 10.5 ms here, for the shipped prior; docs/performance.md,
+    ``benchmarks/score_network.py``). Other backends use the native convolution.
+    """
+    if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "ZEROS" or jax.default_backend() != "cpu":
+        return conv(x)
+    w = conv.weight
+    o, c, kh, kw = w.shape
+    (p0, p1), (q0, q1) = conv.padding
+    sy, sx = conv.stride
+    xp = jnp.pad(x, ((0, 0), (p0, p1), (q0, q1)))
+    ho = (xp.shape[1] - kh) // sy + 1
+    wo = (xp.shape[2] - kw) // sx + 1
+    views = [xp[:, i : i + sy * (ho - 1) + 1 : sy, j : j + sx * (wo - 1) + 1 : sx] for i in range(kh) for j in range(kw)]
+    columns = jnp.concatenate(views, axis=0).reshape(kh * kw * c, ho * wo)
+    out = (w.transpose(0, 2, 3, 1).reshape(o, kh * kw * c) @ columns).reshape(o, ho, wo)
+    return out if conv.bias is None else out + conv.bias
+
+
 def _zeroed(conv: eqx.nn.Conv2d) -> eqx.nn.Conv2d:
     return eqx.tree_at(lambda c: (c.weight, c.bias), conv, (jnp.zeros_like(conv.weight), jnp.zeros_like(conv.bias)))
 
@@ -145,10 +171,10 @@ class _ResBlock(eqx.Module):
         self.skip = eqx.nn.Conv2d(c_in, c_out, 1, key=k4) if c_in != c_out else None
 
     def __call__(self, h, emb):
-        out = self.conv1(jax.nn.silu(self.norm1(h)))
+        out = conv2d(self.conv1, jax.nn.silu(self.norm1(h)))
         out = out + self.emb(emb)[:, None, None]
-        out = self.conv2(jax.nn.silu(self.norm2(out)))
-        return out + (h if self.skip is None else self.skip(h))
+        out = conv2d(self.conv2, jax.nn.silu(self.norm2(out)))
+        return out + (h if self.skip is None else conv2d(self.skip, h))
 
 
 class ScoreUNet(eqx.Module):
@@ -216,14 +242,14 @@ class ScoreUNet(eqx.Module):
         """The bare U-Net ``F(x_in, c_noise)`` (no pre-conditioning)."""
         emb = self._embed(c_noise)
         r = self.config.pixel_unshuffle
-        h = self.conv_in(space_to_depth(x_in, r))
+        h = conv2d(self.conv_in, space_to_depth(x_in, r))
         skips = []
         for level, blocks in enumerate(self.down_blocks):
             for block in blocks:
                 h = block(h, emb)
             skips.append(h)
             if level < len(self.downsamplers):
-                h = self.downsamplers[level](h)
+                h = conv2d(self.downsamplers[level], h)
         h = self.mid_block(h, emb)
         for i, blocks in enumerate(self.up_blocks):
             h = jnp.concatenate([h, skips.pop()], axis=0)
@@ -231,8 +257,8 @@ class ScoreUNet(eqx.Module):
                 h = block(h, emb)
             if i < len(self.upsamplers):
                 h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-                h = self.upsamplers[i](h)
-        return depth_to_space(self.conv_out(jax.nn.silu(self.norm_out(h))), r)
+                h = conv2d(self.upsamplers[i], h)
+        return depth_to_space(conv2d(self.conv_out, jax.nn.silu(self.norm_out(h))), r)
 
     def preconditioning(self, sigma):
         """EDM coefficients ``(c_skip, c_out, c_in, c_noise)`` at noise level ``sigma``."""
