@@ -235,3 +235,26 @@ def test_shipped_prior_network_unchanged_by_the_matrix_product_convolution():
     finally:
         sn.conv2d = original
     np.testing.assert_allclose(ours, native, rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(native))))
+
+
+def test_native_convolutions_context_switches_the_traced_form_not_the_function():
+    """Outside the context the CPU network has no XLA convolution; inside it has only those; same output."""
+    from blindlens.score_network import native_convolutions
+
+    net = ScoreUNet(TINY, key=jr.key(0))
+    # random weights everywhere (the zero-initialised output convolution would hide any difference)
+    leaves, treedef = jax.tree_util.tree_flatten(net)
+    keys = iter(jr.split(jr.key(2), len(leaves)))
+    net = jax.tree_util.tree_unflatten(
+        treedef, [0.3 * jr.normal(next(keys), a.shape) if eqx.is_inexact_array(a) else a for a in leaves]
+    )
+    x = jr.normal(jr.key(1), (16, 16))
+    default = str(jax.make_jaxpr(lambda z: net.denoise(z, 0.3))(x))
+    with native_convolutions():
+        native = str(jax.make_jaxpr(lambda z: net.denoise(z, 0.3))(x))
+        out_native = net.denoise(x, 0.3)
+    if jax.default_backend() == "cpu":
+        assert "conv_general_dilated" not in default
+    assert "conv_general_dilated" in native
+    assert float(jnp.max(jnp.abs(out_native - net.preconditioning(0.3)[0] * x))) > 1e-2  # F is not 0
+    np.testing.assert_allclose(net.denoise(x, 0.3), out_native, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(out_native))))

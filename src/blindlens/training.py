@@ -33,10 +33,10 @@ import optax
 
 from ._types import Array, Float, PRNGKeyArray
 from .diffusion_sde import VESDE
-from .score_network import ScoreNetworkConfig, ScoreUNet
+from .score_network import ScoreNetworkConfig, ScoreUNet, native_convolutions
 from .score_prior import ScorePrior
 
-__all__ = ["TrainingConfig", "TrainState", "dsm_loss", "train_score_prior", "heldout_loss_by_sigma"]
+__all__ = ["TrainState", "TrainingConfig", "dsm_loss", "heldout_loss_by_sigma", "train_score_prior"]
 
 
 class TrainingConfig(eqx.Module):
@@ -99,7 +99,6 @@ def _optimizer(config: TrainingConfig):
 def _make_step(config: TrainingConfig, sde: VESDE):
     optimizer = _optimizer(config)
 
-    @eqx.filter_jit
     def step(state: TrainState, data: Float[Array, "N H W"]):
         key = jr.fold_in(jr.key(config.seed), state.step)
         k_idx, k_aug, k_loss = jr.split(key, 3)
@@ -117,6 +116,24 @@ def _make_step(config: TrainingConfig, sde: VESDE):
         return TrainState(model, ema, opt_state, state.step + 1), loss
 
     return step, optimizer
+
+
+@functools.lru_cache(maxsize=8)
+def _make_single_step(config: TrainingConfig, sde: VESDE):
+    """One compiled optimisation step, traced with XLA's native convolutions.
+
+    Outside a loop the native convolution is the faster one on the CPU (a batch-64 step of the
+    64 x 64 prior: 1.26 s against 2.06 s with the matrix-product form); inside a ``lax.scan`` it is
+    15x slower, so :func:`_make_multi_step` traces the same step with the default form.
+    """
+    step, optimizer = _make_step(config, sde)
+    compiled = eqx.filter_jit(step)
+
+    def native_step(state, data):
+        with native_convolutions():
+            return compiled(state, data)
+
+    return native_step, optimizer
 
 
 @functools.lru_cache(maxsize=8)
@@ -219,7 +236,7 @@ def train_score_prior(
     out = Path(out)
     ckpt = out.with_suffix(out.suffix + ".ckpt")
     sde = VESDE(config.sigma_min, config.sigma_max)
-    step_fn, optimizer = _make_step(config, sde)
+    step_fn, optimizer = _make_single_step(config, sde)
     model = init_network if init_network is not None else ScoreUNet(network_config, key=jr.key(config.seed))
     state = TrainState(model, model, optimizer.init(eqx.filter(model, eqx.is_inexact_array)),
                        jnp.asarray(0, jnp.int32))  # strong dtype: a resumed state compiles alike
