@@ -27,8 +27,9 @@ bias of a source grid coarser than the data, not a frame error (the other six pa
 within 2.5 sd, and the ``highres`` prior at 0.05" removed it in a short run started at the truth).
 
 Cost: the whole file took 11.3 min (10.6 min CPU) on the shared 2-core CPU at load 3.3-4.0
-(2026-12-03), 10.3 min of it in the sampling fixture, mostly in the score network's convolutions,
-which run 20-30x slower inside ``lax.scan``/``while`` loops on XLA:CPU (jax 0.10) than outside.
+(2026-12-03), 10.3 min of it in the sampling fixture, mostly in the score network's native
+convolutions, which ran 8-23x slower inside ``lax.scan``/``while`` loops on XLA:CPU (jax 0.10) than
+the matrix-product form blindlens has used there since (``score_network.conv2d``).
 """
 
 import time
