@@ -758,6 +758,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from .compilation_cache import enable_compilation_cache
+
+    enable_compilation_cache()
     try:
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, KeyError) as err:
