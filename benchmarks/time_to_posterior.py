@@ -5,7 +5,7 @@ Systems: `scripts/lenstronomy_systems.py` (lenstronomy's `ImageModel`, held-out 
 of the broad population at their own 0.05"/px, 96x96 at 0.05", PSF FWHM 0.1", supersampling 3, peak
 SNR 25-77), written to `--work`. Per system:
 
-1. **new default, to convergence**: `blindlens.sample_observation` with the command line's defaults
+1. **new default, to convergence**: the pipeline of `blindlens.sample_observation` with the command line's defaults
    and `--target-ess`, `--max-rhat 1.01`, `--max-minutes`: wall time to max R-hat <= 1.01 and min
    bulk ESS >= target (or what a budget reached), draws per chain, network passes per effective
    sample (prior-score evaluations of all chains, warm-up and warm start's sweeps included, x 2 for
@@ -58,6 +58,11 @@ def run(obs, out, options):
     return idata, chain_run, time.time() - t
 
 
+def seconds_per_draw(first, last) -> float:
+    """Wall seconds per draw (all chains together) between two convergence checks (NaN if one)."""
+    return (last.seconds - first.seconds) / (last.draws - first.draws) if last.draws > first.draws else float("nan")
+
+
 def converged_row(i, obs, truth, work, args):
     options = DEFAULTS.replace(target_ess=args.target_ess, max_rhat=args.max_rhat, max_minutes=args.max_minutes,
                                checkpoint_every=args.chunk, no_resume=True, fits_products=False, truth=str(truth))
@@ -67,10 +72,7 @@ def converged_row(i, obs, truth, work, args):
     evals = np.asarray(idata.sample_stats["num_score_evals"].values)[:, -1].sum()
     passes = PASSES_PER_EVAL[options.guidance] * float(evals)
     sweeps = options.chains * (options.warmup + last.draws)
-    if len(history) > 1:
-        rate = (last.seconds - history[0].seconds) / (last.draws - history[0].draws)  # s per draw (all chains)
-    else:
-        rate = float("nan")
+    rate = seconds_per_draw(history[0], last)
     startup = history[0].seconds - rate * (options.warmup + history[0].draws)
     return {"system": i, "converged": chain_run.converged, "stop": chain_run.stop_reason,
             "seconds_to_stop": last.seconds, "wall": wall, "draws": last.draws, "max_rhat": last.max_rhat,
@@ -89,10 +91,9 @@ def sweep_rate(i, obs, work, args, native, chain_method="sequential"):
             chain_run = run(obs, out, options)[1]
     else:
         chain_run = run(obs, out, options)[1]
-    first, second = chain_run.history[0], chain_run.history[-1]
-    per_sweep = (second.seconds - first.seconds) / (second.draws - first.draws) / options.chains
-    startup = first.seconds - per_sweep * options.chains * (options.warmup + first.draws)
-    return per_sweep, startup
+    first = chain_run.history[0]
+    rate = seconds_per_draw(first, chain_run.history[-1])
+    return rate / options.chains, first.seconds - rate * (options.warmup + first.draws)
 
 
 def main():

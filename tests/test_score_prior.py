@@ -223,17 +223,13 @@ def test_im2col_convolution_matches_the_native_one(c_in, c_out, kernel, stride, 
 
 def test_shipped_prior_network_unchanged_by_the_matrix_product_convolution():
     """The shipped network evaluated through ``conv2d`` equals the native-convolution network (float32)."""
-    import blindlens.score_network as sn
+    from blindlens.score_network import native_convolutions
 
     net = ScorePrior.default().network
     x = jr.normal(jr.key(3), (net.config.image_size,) * 2)
     ours = net.denoise(x, 0.3)
-    original = sn.conv2d
-    try:
-        sn.conv2d = lambda conv, z: conv(z)
+    with native_convolutions():
         native = net.denoise(x, 0.3)
-    finally:
-        sn.conv2d = original
     np.testing.assert_allclose(ours, native, rtol=0, atol=2e-5 * float(jnp.max(jnp.abs(native))))
 
 

@@ -147,9 +147,8 @@ def conv2d(conv: eqx.nn.Conv2d, x: Float[Array, "C H W"]) -> Float[Array, "O h w
     ``kh * kw`` shifted, strided views of the padded input are stacked into a
     ``(kh kw C, h w)`` matrix and multiplied by the ``(O, kh kw C)`` weights. On XLA:CPU a
     convolution inside a ``lax.scan``/``while_loop`` body -- where every reverse-diffusion step
-    evaluates the network -- runs about 8x slower than this product (a network pass with its VJP
-    inside a scan: 88 ms native, 10.5 ms here, for the shipped prior; docs/performance.md,
-    ``benchmarks/score_network.py``). Other backends use the native convolution.
+    evaluates the network -- runs 8-23x slower than this product (a network pass with its VJP
+    inside a scan, docs/performance.md, ``benchmarks/score_network.py``). Other backends use the native convolution.
     """
     if (
         conv.groups != 1
