@@ -38,14 +38,23 @@ def _imported_roots(path: Path) -> set[str]:
     return roots
 
 
+def _module_files() -> dict[str, list[Path]]:
+    """Each blindlens module by name with its source files; a subpackage is one module (all its files)."""
+    modules = {p.stem: [p] for p in SRC.glob("*.py")}
+    for init in SRC.glob("*/__init__.py"):
+        modules[init.parent.name] = sorted(init.parent.rglob("*.py"))
+    return modules
+
+
 def test_third_party_libraries_are_confined():
     offenders = []
-    for path in SRC.glob("*.py"):
-        if path.stem == "cli":  # the CLI may use anything public
+    for name, paths in _module_files().items():
+        if name == "cli":  # the CLI may use anything public
             continue
-        for lib in _imported_roots(path) & set(CONFINED):
-            if path.stem not in CONFINED[lib]:
-                offenders.append(f"{path.name} imports {lib}")
+        for path in paths:
+            for lib in _imported_roots(path) & set(CONFINED):
+                if name not in CONFINED[lib]:
+                    offenders.append(f"{path.relative_to(SRC)} imports {lib}")
     assert not offenders, offenders
 
 
@@ -70,12 +79,16 @@ def test_cli_lists_subcommands():
 
 
 def _package_imports(path: Path, module_level_only: bool) -> set[str]:
-    """The blindlens modules ``path`` imports (relative imports), at module level or anywhere."""
+    """The blindlens modules ``path`` imports (relative imports), at module level or anywhere.
+
+    In a subpackage, imports among its own files are internal and left out.
+    """
+    level = len(path.relative_to(SRC).parts)  # the relative-import level that names blindlens itself
     tree = ast.parse(path.read_text())
     nodes = tree.body if module_level_only else list(ast.walk(tree))
     out = set()
     for node in nodes:
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
+        if isinstance(node, ast.ImportFrom) and node.level == level:
             if node.module:
                 out.add(node.module.split(".")[0])
             else:
@@ -106,13 +119,15 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_import_cycles_among_modules():
     """Module-level imports form no cycle; the physics layer never imports the inference layer, even lazily."""
-    modules = {p.stem: p for p in SRC.glob("*.py")}
-    graph = {name: _package_imports(p, True) & set(modules) for name, p in modules.items()}
+    modules = _module_files()
+    graph = {name: set().union(*(_package_imports(p, True) for p in paths)) & set(modules)
+             for name, paths in modules.items()}
     assert _find_cycle(graph) is None, _find_cycle(graph)
     physics = {"grid", "psf", "lens_models", "light_profiles", "lensing_operator", "linear_operator"}
     inference = {"numpyro_model", "gibbs_kernel", "lens_space", "chain_runner", "chain_starts", "pipeline",
                  "catalogue", "cli", "parametric_prefit", "lens_initialization", "lens_light_model"}
-    offenders = {m: sorted(_package_imports(modules[m], False) & inference) for m in physics}
+    offenders = {m: sorted(set().union(*(_package_imports(p, False) for p in modules[m])) & inference)
+                 for m in physics}
     assert not any(offenders.values()), offenders
 
 
