@@ -13,7 +13,11 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from blindlens.diffusion_sde import VESDE
-from blindlens.gaussian_prior import GaussianMixtureSourcePrior, GaussianSourcePrior, squared_exponential_covariance
+from blindlens.gaussian_prior import (
+    GaussianMixtureSourcePrior,
+    GaussianSourcePrior,
+    squared_exponential_covariance,
+)
 from blindlens.grid import PixelGrid
 from blindlens.lens_models import SIS
 from blindlens.lensing_operator import LensingOperator
@@ -88,3 +92,17 @@ def posterior_metrics(posterior, samples, sigma_final=0.0):
         "num_samples": m,
         "dim": d,
     }
+
+
+def band_failures(m, z_scalar=4.0, z_modes=4.0):
+    """Which of the three checks on :func:`posterior_metrics` output fall outside their bands
+    (``chi2``, ``mean_offset``, ``mode_variance``; an empty list means calibrated)."""
+    out = []
+    if abs(m["chi2_per_dim"] - m["chi2_expected"]) > z_scalar * m["chi2_sd"]:
+        out.append("chi2")
+    if abs(m["mean_offset"] - 1.0) > z_scalar * m["mean_offset_sd"]:
+        out.append("mean_offset")
+    r = m["ratio_normalised"]
+    if float(r.min()) < 1 - z_modes * m["ratio_sd"] or float(r.max()) > 1 + z_modes * m["ratio_sd"]:
+        out.append("mode_variance")
+    return out

@@ -63,6 +63,9 @@ _EXPORTS: dict[str, str] = {
     "TwistedSMCConfig": "twisted_smc",
     "twisted_smc": "twisted_smc",
     "sample_source_posterior_smc": "twisted_smc",
+    "SplitGibbsConfig": "split_gibbs",
+    "split_gibbs_move": "split_gibbs",
+    "sample_source_posterior_split_gibbs": "split_gibbs",
     # joint inference (NumPyro) and results (ArviZ)
     "sie_shear": "numpyro_model",
     "epl_shear": "numpyro_model",

@@ -95,12 +95,16 @@ class VESDE(eqx.Module):
 
 
 def reverse_time_grid(num_steps: int, t_final: float = 1e-3, t_start: float = 1.0) -> Float[Array, " num_steps+1"]:
-    """Uniform diffusion times from ``t_start`` (default 1) down to ``t_final`` (``num_steps`` intervals)."""
+    """Uniform diffusion times from ``t_start`` (default 1) down to ``t_final`` (``num_steps`` intervals).
+
+    ``t_start`` may be a traced scalar (checked only when concrete).
+    """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
     if not 0 <= t_final < 1:
         raise ValueError(f"t_final must be in [0, 1), got {t_final}.")
-    if not t_final < t_start <= 1:
+    # a traced t_start (chosen at run time, e.g. from the operator's spectrum) is the caller's to check
+    if not isinstance(t_start, jax.core.Tracer) and not t_final < float(t_start) <= 1:
         raise ValueError(f"t_start must be in (t_final, 1] = ({t_final}, 1], got {t_start}.")
     return jnp.linspace(t_start, t_final, num_steps + 1)
 

@@ -13,10 +13,18 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._types import Array, Float
 
-__all__ = ["AbstractLinearOperator", "DenseOperator", "conjugate_gradient"]
+__all__ = [
+    "AbstractLinearOperator",
+    "DenseOperator",
+    "conjugate_gradient",
+    "power_iteration",
+    "chebyshev_coefficients",
+    "chebyshev_apply",
+]
 
 
 class AbstractLinearOperator(eqx.Module):
@@ -135,3 +143,71 @@ def conjugate_gradient(matvec, b, tol: float, maxiter: int, x0=None):
 
     u, _, _, _, k, _ = jax.lax.while_loop(cond, body, (u, r, p, rs, jnp.asarray(0), jnp.asarray(True)))
     return u, k
+
+
+def power_iteration(matvec, x0, num_iterations: int) -> Float[Array, ""]:
+    """Largest eigenvalue of a symmetric positive semi-definite ``M`` by the power method.
+
+    Returns the Rayleigh quotient ``v^T M v / v^T v`` of ``M^k x0`` (``k = num_iterations``), a
+    lower bound on ``lambda_max`` that converges geometrically at rate ``lambda_2 / lambda_1``
+    (Golub & Van Loan 2013, Matrix Computations, sec. 8.2.1). Callers that need an upper bound
+    add a margin.
+    """
+    if int(num_iterations) < 1:
+        raise ValueError(f"num_iterations must be >= 1, got {num_iterations}.")
+
+    def body(_, v):
+        w = matvec(v)
+        return w / jnp.maximum(jnp.sqrt(jnp.vdot(w, w)), jnp.finfo(w.dtype).tiny)
+
+    v = x0 / jnp.sqrt(jnp.vdot(x0, x0))
+    v = jax.lax.fori_loop(0, int(num_iterations), body, v)
+    return jnp.vdot(v, matvec(v)) / jnp.vdot(v, v)
+
+
+def chebyshev_coefficients(fn, lower: float, upper: float, degree: int):
+    """Chebyshev interpolation coefficients ``c_0..c_degree`` of a scalar ``fn`` on ``[lower, upper]``.
+
+    Interpolation at the ``degree + 1`` Chebyshev points of the first kind (Trefethen 2013,
+    Approximation Theory and Approximation Practice, ch. 3-4); ``fn`` is called on a numpy array
+    once, so the coefficients are static constants of a compiled program.
+    """
+    if not upper > lower:
+        raise ValueError(f"need upper > lower, got [{lower}, {upper}].")
+    n = int(degree) + 1
+    theta = np.pi * (np.arange(n) + 0.5) / n
+    nodes = 0.5 * (upper + lower) + 0.5 * (upper - lower) * np.cos(theta)
+    values = np.asarray(fn(nodes), dtype=np.float64)
+    coeffs = np.array([2.0 / n * np.sum(values * np.cos(k * theta)) for k in range(n)])
+    coeffs[0] *= 0.5
+    return tuple(float(c) for c in coeffs)
+
+
+def chebyshev_apply(matvec, v, coeffs, lower: float, upper: float):
+    """``p(M) v`` for the Chebyshev series ``p = sum_k c_k T_k`` on ``[lower, upper]``.
+
+    ``M`` is symmetric with its spectrum inside ``[lower, upper]``; the three-term recurrence
+    ``T_{k+1}(S) v = 2 S T_k(S) v - T_{k-1}(S) v`` with ``S = (2 M - (upper + lower)) / (upper - lower)``
+    costs ``len(coeffs) - 1`` products with ``M`` and no factorisation. With ``coeffs`` from
+    :func:`chebyshev_coefficients` this evaluates ``f(M) v`` (e.g. a matrix square root applied to
+    a vector, Higham 2008, Functions of Matrices, sec. 4.4), to the accuracy of the interpolant.
+    """
+    half_width = 0.5 * (upper - lower)
+    centre = 0.5 * (upper + lower)
+
+    def scaled(u):
+        return (matvec(u) - centre * u) / half_width
+
+    t_prev, t_curr = v, scaled(v)
+    out = coeffs[0] * t_prev + coeffs[1] * t_curr if len(coeffs) > 1 else coeffs[0] * v
+    if len(coeffs) <= 2:
+        return out
+    stacked = jnp.asarray(coeffs[2:], dtype=v.dtype)
+
+    def body(carry, c):
+        t_prev, t_curr, out = carry
+        t_next = 2.0 * scaled(t_curr) - t_prev
+        return (t_curr, t_next, out + c * t_next), None
+
+    (_, _, out), _ = jax.lax.scan(body, (t_prev, t_curr, out), stacked)
+    return out

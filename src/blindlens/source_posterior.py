@@ -377,15 +377,37 @@ def fixed_lens_posterior(
     num_samples: int,
     config: SourceSamplerConfig = SourceSamplerConfig(),
     batch_size: int | None = None,
+    polish_moves: int = 0,
+    polish=None,
 ) -> FixedLensPosterior:
     """Sample the source for a fixed lens and compute model images and normalised residuals.
 
     This is the library side of ``blindlens sample --fixed-lens``; see
     :func:`sample_source_posterior` for the arguments.
+
+    Parameters
+    ----------
+    polish_moves
+        Exact split-Gibbs moves applied to every guided draw (:mod:`blindlens.split_gibbs`; 0:
+        none). They redraw the well-measured source directions without the guidance's bias: on
+        lenstronomy-simulated lenses the draws' residual chi^2/N falls from 0.02-0.05 above the
+        true source's own to its level within 10-20 moves (docs/source_posterior.md).
+    polish
+        The moves' :class:`~blindlens.split_gibbs.SplitGibbsConfig` (default settings if ``None``).
     """
+    if int(polish_moves) < 0:
+        raise ValueError(f"polish_moves must be >= 0, got {polish_moves}.")
+    k_draw, k_polish = jr.split(key) if int(polish_moves) > 0 else (key, None)
     samples = sample_source_posterior(
-        key, prior, operator, data, noise_sigma, num_samples=num_samples, config=config, batch_size=batch_size
+        k_draw, prior, operator, data, noise_sigma, num_samples=num_samples, config=config, batch_size=batch_size
     )
+    if int(polish_moves) > 0:
+        from .split_gibbs import SplitGibbsConfig, sample_source_posterior_split_gibbs
+
+        samples = sample_source_posterior_split_gibbs(
+            k_polish, prior, operator, data, noise_sigma, samples, num_samples=1, burn_in=0,
+            thin=int(polish_moves), config=SplitGibbsConfig() if polish is None else polish,
+        )[:, 0]
     models = jax.vmap(operator)(samples)
     w = inverse_noise_variance(noise_sigma, operator.image_shape, operator)
     resid = (jnp.asarray(data) - models) * jnp.sqrt(w)

@@ -1,0 +1,200 @@
+"""The exact split-Gibbs source move (issue 19) against exact answers.
+
+* Linear algebra: the power method and the Chebyshev matrix function against dense ``eigh``.
+* The data step: its mean map and covariance square root, exactly, in float64.
+* The move: exact posterior draws (under the prior floored at ``sigma(t_final)``) moved three
+  times stay inside the Monte-Carlo bands of ``tests/test_source_posterior.py`` (4 sigma); the same
+  move with white auxiliary noise (the covariance correction dropped) must leave them.
+* Mode weights of the Gaussian-mixture posterior from chains, and clear errors for bad input.
+"""
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+from _lensed_gaussian import band_failures, gaussian_problem, mixture_problem, posterior_metrics
+
+import blindlens.split_gibbs as sg
+from blindlens.gaussian_prior import (
+    GaussianSourcePrior,
+    inverse_noise_variance,
+    operator_matrix,
+)
+from blindlens.linear_operator import (
+    chebyshev_apply,
+    chebyshev_coefficients,
+    power_iteration,
+)
+from blindlens.split_gibbs import (
+    SplitGibbsConfig,
+    auxiliary_draw,
+    coupling_sigma,
+    floor_sigma,
+    sample_source_posterior_split_gibbs,
+    split_gibbs_move,
+)
+
+Z = 4.0
+
+
+def _dense_normal_matrix(op, sigma):
+    a = np.asarray(operator_matrix(op), np.float64)
+    return a.T @ a / sigma**2
+
+
+def test_power_iteration_and_chebyshev_match_dense_linear_algebra(x64, getkey):
+    prior, op, y, sigma, _ = gaussian_problem(jr.key(3), ns=8, ni=12)
+    c = _dense_normal_matrix(op, sigma)
+    lam = np.linalg.eigvalsh(c)
+    est = float(power_iteration(lambda v: jnp.asarray(c) @ v, jr.normal(getkey(), (c.shape[0],)), 300))
+    assert est == pytest.approx(lam[-1], rel=1e-6)
+    assert est <= lam[-1] * (1 + 1e-12)  # a Rayleigh quotient never overshoots
+
+    m = 0.8 * c / lam[-1]  # spectrum in [0, 0.8]
+    w, vec = np.linalg.eigh(m)
+    v = np.asarray(jr.normal(getkey(), (m.shape[0],)))
+    exact = vec @ (np.sqrt(np.clip(1 - w, 0, None)) * (vec.T @ v))
+    coeffs = chebyshev_coefficients(lambda x: np.sqrt(1 - x), 0.0, 0.9, 24)
+    approx = np.asarray(chebyshev_apply(lambda u: jnp.asarray(m) @ u, jnp.asarray(v), coeffs, 0.0, 0.9))
+    assert np.linalg.norm(approx - exact) / np.linalg.norm(exact) < 1e-6
+    # a polynomial is reproduced exactly at its own degree
+    cubic = chebyshev_coefficients(lambda x: 2 * x**3 - x + 0.5, 0.0, 0.9, 3)
+    got = np.asarray(chebyshev_apply(lambda u: jnp.asarray(m) @ u, jnp.asarray(v), cubic, 0.0, 0.9))
+    np.testing.assert_allclose(got, 2 * m @ m @ m @ v - m @ v + 0.5 * v, rtol=1e-10, atol=1e-12)
+    # control: the expansion of a different function does not pass
+    wrong = chebyshev_coefficients(lambda x: np.sqrt(1 + x), 0.0, 0.9, 24)
+    bad = np.asarray(chebyshev_apply(lambda u: jnp.asarray(m) @ u, jnp.asarray(v), wrong, 0.0, 0.9))
+    assert np.linalg.norm(bad - exact) / np.linalg.norm(exact) > 1e-2
+
+
+def test_auxiliary_draw_has_the_stated_mean_map_and_covariance(x64):
+    prior, op, y, sigma, _ = gaussian_problem(jr.key(3), ns=8, ni=12)
+    w = inverse_noise_variance(sigma, op.image_shape, op)
+    config = SplitGibbsConfig()
+    c = _dense_normal_matrix(op, sigma)
+    rho = float(coupling_sigma(jr.key(0), prior, op, w, config))
+    assert rho**2 * np.linalg.eigvalsh(c)[-1] == pytest.approx(config.coupling, rel=1e-3)
+    rho = jnp.asarray(rho)
+    d = c.shape[0]
+    x1 = jr.normal(jr.key(1), prior.shape)
+    x2 = jr.normal(jr.key(2), prior.shape)
+    # same key, same noise: the difference is the mean map (I - rho^2 C) applied to x1 - x2
+    du = auxiliary_draw(jr.key(9), op, y, w, x1, rho, config) - auxiliary_draw(jr.key(9), op, y, w, x2, rho, config)
+    expected = (np.eye(d) - float(rho) ** 2 * c) @ np.ravel(x1 - x2)
+    np.testing.assert_allclose(np.ravel(du), expected, rtol=1e-9, atol=1e-10)
+    # the mean at x: x + rho^2 A^T W (y - A x); the rest is rho L xi with L L^T = I - rho^2 C
+    a = np.asarray(operator_matrix(op), np.float64)
+    mean = np.ravel(x1) + float(rho) ** 2 * a.T @ (np.ravel(y) - a @ np.ravel(x1)) / sigma**2
+    coeffs = chebyshev_coefficients(lambda x: np.sqrt(np.clip(1 - x, 0, None)), 0.0, config.spectrum_bound,
+                                    config.chebyshev_degree)
+    colour = jax.vmap(lambda e: chebyshev_apply(lambda v: float(rho) ** 2 * jnp.asarray(c) @ v, e, coeffs, 0.0,
+                                                config.spectrum_bound))(jnp.eye(d))
+    colour = np.asarray(colour).T
+    np.testing.assert_allclose(colour @ colour.T, np.eye(d) - float(rho) ** 2 * c, atol=1e-6)
+    u = auxiliary_draw(jr.key(9), op, y, w, x1, rho, config)
+    resid = (np.ravel(u) - mean) / float(rho)  # = L xi: its L-whitened norm is a chi^2_d draw
+    z = np.linalg.solve(colour, resid)
+    assert 0.5 * d < float(z @ z) < 1.5 * d
+
+
+@pytest.fixture(scope="module")
+def floored():
+    """The 16x16 exact problem and its exact posterior under the prior floored at sigma(t_final)."""
+    prior, op, y, sigma, _ = gaussian_problem(jr.key(2026))
+    config = SplitGibbsConfig(num_moves=3)
+    f = floor_sigma(prior, config)
+    cov = prior.eigvecs @ jnp.diag(prior.eigvals) @ prior.eigvecs.T + f**2 * jnp.eye(prior.eigvals.size)
+    post = GaussianSourcePrior(prior.mean, cov, prior.sde, prior.pixel_scale).posterior(op, y, sigma)
+    return prior, op, y, sigma, post, config
+
+
+def _failures(m):
+    return band_failures(m, Z, Z)
+
+
+def _moved(floored, n=2000):
+    prior, op, y, sigma, post, config = floored
+    start = post.sample(jr.key(11), n)
+    step = eqx.filter_jit(jax.vmap(lambda k, s: split_gibbs_move(k, prior, op, y, sigma, s, config)))
+    return start, step(jr.split(jr.key(12), n), start)
+
+
+def test_move_leaves_the_exact_posterior_invariant_and_white_auxiliary_noise_fails(floored, monkeypatch):
+    prior, op, y, sigma, post, config = floored
+    start, after = _moved(floored)
+    m = posterior_metrics(post, after, 0.0)
+    r = m["ratio_normalised"]
+    print(f"\nsplit Gibbs x3: chi2/d {m['chi2_per_dim']:.4f} (+- {m['chi2_sd']:.4f}), offset {m['mean_offset']:.2f}, "
+          f"mode variance {float(r.min()):.2f}-{float(r.max()):.2f}")
+    assert _failures(m) == []
+    # it moves: the best-measured modes are redrawn almost independently
+    z0, z1 = np.asarray(post.whiten(start)), np.asarray(post.whiten(after))
+    corr = np.array([np.corrcoef(z0[:, i], z1[:, i])[0, 1] for i in range(z0.shape[1])])
+    print(f"start/moved correlation per mode: min {corr.min():.2f}, median {np.median(corr):.2f}, max {corr.max():.2f}")
+    assert np.median(corr) < 0.8 and corr.min() < 0.2
+
+    # control: white auxiliary noise (the sqrt(I - rho^2 A^T W A) correction dropped) over-disperses
+    monkeypatch.setattr(sg, "chebyshev_apply", lambda matvec, v, *args: v)
+    _, broken = _moved(floored)
+    b = posterior_metrics(post, broken, 0.0)
+    print(f"white auxiliary noise: chi2/d {b['chi2_per_dim']:.4f}")
+    assert "chi2" in _failures(b) and b["chi2_per_dim"] > m["chi2_expected"]  # over-dispersed
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limitation: the moves are local (the auxiliary noise rho is set by the best-measured "
+    "direction), so chains keep the mode they start in: 0.50 of 400 prior-started chains sit in mode 0 "
+    "after 60 moves against the posterior's 0.36. Strict: a mode-hopping move must remove this mark.",
+)
+def test_mixture_mode_weights_from_chains():
+    """Chains started from the prior reach the analytic mode weight of the two-mode posterior."""
+    prior, op, y, sigma = mixture_problem()
+    post = prior.posterior(op, y, sigma)
+    weights = np.asarray(post.weights)
+    n = 400
+    init = prior.sample(jr.key(4), n)
+    config = SplitGibbsConfig()
+    chains = sample_source_posterior_split_gibbs(jr.key(5), prior, op, y, sigma, init, num_samples=1, burn_in=60,
+                                                 config=config)
+    resp = post.responsibilities(chains[:, -1])
+    frac = float(jnp.mean(jnp.argmax(resp, axis=1) == 0))
+    se = np.sqrt(weights[0] * (1 - weights[0]) / n)
+    print(f"\nmode-0 weight from {n} chains: {frac:.3f}, analytic {weights[0]:.3f} +- {se:.3f}")
+    assert abs(frac - weights[0]) < Z * se
+
+
+def test_deterministic_and_chain_layout():
+    prior, op, y, sigma, _ = gaussian_problem(jr.key(1), ns=8, ni=12)
+    init = prior.sample(jr.key(0), 3)
+    config = SplitGibbsConfig(denoise_steps=3)
+    a = sample_source_posterior_split_gibbs(jr.key(2), prior, op, y, sigma, init, num_samples=4, burn_in=2, thin=2,
+                                            config=config)
+    b = sample_source_posterior_split_gibbs(jr.key(2), prior, op, y, sigma, init, num_samples=4, burn_in=2, thin=2,
+                                            config=config)
+    assert a.shape == (3, 4, 8, 8)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert bool(jnp.all(jnp.isfinite(a)))
+    assert config.network_passes_per_move == 6  # Heun: two passes per step
+    assert dataclasses.replace(config, solver="euler").network_passes_per_move == 3
+
+
+def test_bad_inputs_have_clear_errors():
+    prior, op, y, sigma, _ = gaussian_problem(jr.key(1), ns=8, ni=12)
+    with pytest.raises(ValueError, match="coupling < spectrum_bound"):
+        SplitGibbsConfig(coupling=0.95)
+    with pytest.raises(ValueError, match="denoise_steps"):
+        SplitGibbsConfig(denoise_steps=0)
+    with pytest.raises(ValueError, match="solver"):
+        SplitGibbsConfig(solver="imex")
+    with pytest.raises(ValueError, match="init must have shape"):
+        sample_source_posterior_split_gibbs(jr.key(0), prior, op, y, sigma, jnp.zeros((8, 8)), num_samples=2)
+    with pytest.raises(ValueError, match="thin"):
+        sample_source_posterior_split_gibbs(jr.key(0), prior, op, y, sigma, jnp.zeros((1, 8, 8)), num_samples=2,
+                                            thin=0)
+    with pytest.raises(ValueError, match="noise_sigma"):
+        split_gibbs_move(jr.key(0), prior, op, y, -1.0, jnp.zeros((8, 8)))
