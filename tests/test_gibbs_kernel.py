@@ -163,29 +163,6 @@ def test_split_gibbs_source_move_is_wired_and_refuses_a_refresh_level(gold):
                        source_refresh_sigma=0.3, split_gibbs=SplitGibbsConfig())
 
 
-@pytest.mark.slow
-def test_gold_standard_with_split_gibbs_source_moves(gold):
-    """The exact split-Gibbs source move (no guidance in the sweeps) matches the exact marginal.
-
-    Slow: the move is local (rho ~ the best-measured source direction's posterior sd), so theta_E
-    mixes ~15x slower per network pass than with the guided partial refresh (ESS 8 from 2 x 250
-    sweeps of one move each); four moves per sweep and 2 x 1000 sweeps give the bands power.
-    """
-    problem, grid, cdf, mean, sd = gold
-    kernel = _split_gibbs_kernel(problem, SplitGibbsConfig(num_moves=4))
-    mcmc = MCMC(kernel, num_warmup=200, num_samples=1000, num_chains=2, chain_method=jax.vmap, progress_bar=False)
-    mcmc.run(jr.key(7))
-    idata = az.from_numpyro(mcmc, log_likelihood=False)
-    draws = idata.posterior["theta_E"].values
-    ess = float(az.ess(idata, var_names=["theta_E"])["theta_E"])
-    z_mean, z_sd, ks, ks_crit = _gold_check(draws, ess, _mcse_sd(draws), grid, cdf, mean, sd)
-    evals = int(idata.sample_stats["num_score_evals"].values[0, -1])
-    print(f"split Gibbs: mean {draws.mean():.5f} vs {mean:.5f}, sd {draws.std():.5f} vs {sd:.5f}, ESS {ess:.0f}, "
-          f"z_mean {z_mean:.2f}, z_sd {z_sd:.2f}, KS {ks:.3f} (crit {ks_crit:.3f}), score evals per chain {evals}")
-    assert ess > 60
-    assert abs(z_mean) < Z_99 and abs(z_sd) < Z_99 and ks < ks_crit
-
-
 def test_auto_refresh_level_follows_the_noise_and_falls_back_to_full_draws(gold):
     problem = gold[0]
     obs = problem.observation

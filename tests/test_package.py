@@ -16,7 +16,8 @@ CONFINED = {
     "lineax": {"diffusion_sde"},
     "optax": {"training"},
     "galsim": {"galaxies"},
-    "numpyro": {"numpyro_model", "lens_light_model", "lens_space", "gibbs_kernel", "chain_runner"},  # models, kernel, MCMC driver
+    "numpyro": {"numpyro_model", "lens_light_model", "lens_space", "gibbs_kernel", "lens_block", "source_moves",
+                "chain_runner"},  # models, kernel and its blocks, MCMC driver
     "arviz": {"arviz_conversion"},
     "xarray": {"arviz_conversion"},
     "astropy": {"observation", "survey_fits"},
@@ -124,8 +125,9 @@ def test_no_import_cycles_among_modules():
              for name, paths in modules.items()}
     assert _find_cycle(graph) is None, _find_cycle(graph)
     physics = {"grid", "psf", "lens_models", "light_profiles", "lensing_operator", "linear_operator"}
-    inference = {"numpyro_model", "gibbs_kernel", "lens_space", "chain_runner", "chain_starts", "pipeline",
-                 "catalogue", "cli", "parametric_prefit", "lens_initialization", "lens_light_model"}
+    inference = {"numpyro_model", "gibbs_kernel", "gibbsddrm", "lens_block", "source_moves", "lens_space",
+                 "chain_runner", "chain_starts", "pipeline", "catalogue", "cli", "parametric_prefit",
+                 "lens_initialization", "lens_light_model"}
     offenders = {m: sorted(set().union(*(_package_imports(p, False) for p in modules[m])) & inference)
                  for m in physics}
     assert not any(offenders.values()), offenders

@@ -31,7 +31,8 @@ import jax.random as jr
 import numpy as np
 
 from ._types import Array, Float, Int, PRNGKeyArray
-from .gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig, lens_unconstrained, sample_gibbsddrm
+from .gibbs_kernel import BlindLensGibbs, lens_unconstrained
+from .gibbsddrm import GibbsDDRMConfig, sample_gibbsddrm
 from .lens_space import LensSpace as _LensSpace
 from .numpyro_model import SOURCE_SITE, lens_from_values
 
@@ -121,7 +122,7 @@ def pooled_chain_starts(
 ) -> ChainStarts:
     """Starts for ``num_chains`` chains from one ranked pool of continuous-time warm starts.
 
-    Runs ``num_chains * tries_per_chain`` :func:`~blindlens.gibbs_kernel.sample_gibbsddrm`
+    Runs ``num_chains * tries_per_chain`` :func:`~blindlens.gibbsddrm.sample_gibbsddrm`
     trajectories (default ``kernel.warm_start_tries`` per chain, the cost of the per-chain warm
     starts), each from its own prior draw of the lens, and gives the chains the best-fitting ones
     (see the module docstring).

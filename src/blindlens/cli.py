@@ -319,8 +319,8 @@ def _add_sample(sub):
     p.add_argument("--fixed-lens", default=None, help="lens TOML ([[profile]] tables) to hold fixed")
     p.add_argument("--num-samples", type=int, default=16, help="number of source samples")
     p.add_argument("--polish-moves", type=int, default=0,
-                   help="with --fixed-lens: exact split-Gibbs moves after each guided draw (0: none; 10-20 bring "
-                        "the residuals to the true source's level, ~20 network passes per move)")
+                   help="with --fixed-lens: exact split-Gibbs moves after each guided draw (0: none; 10 bring the "
+                        "residuals to the true source's level, not the coverage; 20 network passes per move)")
     p.add_argument("--out", required=True,
                    help="output InferenceData (.nc) in an existing folder; outputs are checked before sampling "
                         "starts and replaced if they exist")
@@ -625,7 +625,8 @@ def _demo(out_dir, prior, *, chains=2, warmup=60, draws=60, steps=40, seed=0, im
     import numpy as np
 
     from .arviz_conversion import to_inference_data
-    from .gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig
+    from .gibbs_kernel import BlindLensGibbs
+    from .gibbsddrm import GibbsDDRMConfig
     from .image_sets import bin_images
     from .lens_config import load_lens_config
     from .likelihood_score import PiGDM

@@ -363,7 +363,8 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
 
     from .arviz_conversion import to_inference_data
     from .chain_runner import RunClock, run_chains
-    from .gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig
+    from .gibbs_kernel import BlindLensGibbs
+    from .gibbsddrm import GibbsDDRMConfig
     from .grid import PixelGrid
     from .likelihood_score import CLA, CalibratedTweedie, PiGDM
     from .numpyro_model import lens_site_names

@@ -34,9 +34,9 @@ diffusion reaches before a final Tweedie denoise: ``s | u`` is then the reverse 
 **Cost and mixing.** Per move: ``chebyshev_degree`` products with ``A^T W A`` and
 ``denoise_steps`` Heun steps (two network passes each); the power method once per call. The
 moves are local: directions the data measure well are redrawn almost independently each move,
-prior-dominated ones random-walk in steps of ``rho``. Use them to polish guided draws (their
-residuals reach the true source's level in 10-20 moves, ``docs/source_posterior.md``), not to
-cross between modes.
+prior-dominated ones random-walk in steps of ``rho``. Polishing guided draws brings their
+residuals to the true source's level in ~10 moves but does not improve their galaxy-pixel
+coverage (``docs/source_posterior.md``); they do not cross between modes.
 
 * :func:`split_gibbs_move` moves a current source (the Gibbs kernel's source move with
   ``BlindLensGibbs(split_gibbs=...)``).
