@@ -47,8 +47,6 @@ coverage (``docs/source_posterior.md``); they do not cross between modes.
 
 from __future__ import annotations
 
-import dataclasses
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -221,17 +219,20 @@ def _denoise_from(key, prior: AbstractSourcePrior, u, rho, config: SplitGibbsCon
     )
 
 
-def _moves(key, prior, operator, data, inv_var, current, config: SplitGibbsConfig):
-    k_rho, k_moves = jr.split(key)
-    rho = coupling_sigma(k_rho, prior, operator, inv_var, config)
-
+def _moves_at(key, prior, operator, data, inv_var, current, rho, num_moves: int, config: SplitGibbsConfig):
     def one(x, k):
         k_u, k_s = jr.split(k)
         u = auxiliary_draw(k_u, operator, data, inv_var, x, rho, config)
         return _denoise_from(k_s, prior, u, rho, config), None
 
-    x, _ = jax.lax.scan(one, current, jr.split(k_moves, int(config.num_moves)))
+    x, _ = jax.lax.scan(one, current, jr.split(key, int(num_moves)))
     return x
+
+
+def _moves(key, prior, operator, data, inv_var, current, config: SplitGibbsConfig):
+    k_rho, k_moves = jr.split(key)
+    rho = coupling_sigma(k_rho, prior, operator, inv_var, config)
+    return _moves_at(k_moves, prior, operator, data, inv_var, current, rho, config.num_moves, config)
 
 
 def split_gibbs_move(
@@ -277,9 +278,12 @@ def split_gibbs_move(
 
 @eqx.filter_jit
 def _chains(keys, prior, operator, data, w, init, config, num_samples, thin):
+    # one operator, one rho: the power method runs once per call, not once per kept state
+    rho = coupling_sigma(jr.fold_in(keys[0], 1), prior, operator, w, config)
+
     def chain(key, x):
         def draw(x, k):
-            x = _moves(k, prior, operator, data, w, x, dataclasses.replace(config, num_moves=thin))
+            x = _moves_at(k, prior, operator, data, w, x, rho, thin, config)
             return x, x
 
         _, xs = jax.lax.scan(draw, x, jr.split(key, num_samples))
