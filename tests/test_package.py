@@ -127,7 +127,7 @@ def test_no_import_cycles_among_modules():
     physics = {"grid", "psf", "lens_models", "light_profiles", "lensing_operator", "linear_operator"}
     inference = {"numpyro_model", "gibbs_kernel", "gibbsddrm", "lens_block", "source_moves", "lens_space",
                  "chain_runner", "chain_starts", "pipeline", "catalogue", "cli", "parametric_prefit",
-                 "lens_initialization", "lens_light_model"}
+                 "lens_initialization", "lens_light_model", "gibbs_core", "lens_batch", "batch_pipeline"}
     offenders = {m: sorted(set().union(*(_package_imports(p, False) for p in modules[m])) & inference)
                  for m in physics}
     assert not any(offenders.values()), offenders
@@ -136,3 +136,9 @@ def test_no_import_cycles_among_modules():
 def test_a_cycle_is_found_by_the_checker():
     assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_package_ships_the_typing_marker():
+    """PEP 561: ``py.typed`` in the package, and listed as package data so wheels carry it."""
+    assert (SRC / "py.typed").exists()
+    assert '"py.typed"' in (SRC.parents[1] / "pyproject.toml").read_text()

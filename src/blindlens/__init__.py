@@ -106,6 +106,14 @@ _EXPORTS: dict[str, str] = {
     "SampleOptions": "pipeline",
     "sample_observation": "pipeline",
     "run_catalogue": "catalogue",
+    "GibbsCore": "gibbs_core",
+    "GibbsCoreState": "gibbs_core",
+    "SweepInfo": "gibbs_core",
+    "sample_batch": "lens_batch",
+    "BatchDraws": "lens_batch",
+    "stack_models": "lens_batch",
+    "batch_inference_data": "lens_batch",
+    "sample_observations_batch": "batch_pipeline",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -155,10 +155,8 @@ def pooled_chain_starts(
         starts, prefit_note = prefit_starts(kernel, jr.fold_in(key, 7), num_tries, prefit)
         draws = jax.lax.map(lambda a: sample_gibbsddrm(a[0], jm, kernel.prior, config, a[1]),
                             (jr.split(key, num_tries), starts))
-    floor = jnp.sum(jm.pixel_log_likelihood(jm.image))  # the log-likelihood of a perfect fit
-
     def chi2(lens_values, source):
-        return -2.0 * (jm.log_likelihood(lens_from_values(jm.lens_model, lens_values), source) - floor)
+        return jm.residual_chi2(lens_from_values(jm.lens_model, lens_values), source)
 
     fit = np.asarray(jax.lax.map(lambda a: chi2(*a), (draws.lens, draws.source)))
     num_pixels = int(np.sum(np.asarray(jm.mask)))
@@ -220,11 +218,9 @@ def chain_chi2(kernel: BlindLensGibbs, z: dict) -> np.ndarray:
     """
     jm = kernel.joint_model
     space = _LensSpace(jm.lens_model)
-    floor = jnp.sum(jm.pixel_log_likelihood(jm.image))
-
     def one(zc):
         values = {n: space.transforms[n](jnp.asarray(zc[n])) for n in space.names}
-        return -2.0 * (jm.log_likelihood(lens_from_values(jm.lens_model, values), zc[SOURCE_SITE]) - floor)
+        return jm.residual_chi2(lens_from_values(jm.lens_model, values), zc[SOURCE_SITE])
 
     return np.asarray(jax.lax.map(one, {n: jnp.asarray(z[n]) for n in (*space.names, SOURCE_SITE)}))
 

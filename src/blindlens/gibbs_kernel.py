@@ -435,9 +435,7 @@ class BlindLensGibbs(Gibbs):
 
         def chi2_of_run(values, k):
             source = self.source_block.draw(k, values)
-            lens = lens_from_values(jm.lens_model, values)
-            resid = (jm.image - jm.predict(lens, source)) / jm.noise
-            return jnp.sum(jnp.where(jm.mask, resid**2, 0.0))
+            return jm.residual_chi2(lens_from_values(jm.lens_model, values), source)
 
         chi2 = jax.lax.map(
             lambda a: chi2_of_run(a[0], a[1]), (found.runs, jr.split(k_select, config.num_starts))

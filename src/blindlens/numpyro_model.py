@@ -332,36 +332,42 @@ def split_rhat_and_ess(draws) -> tuple[float, float]:
 # --- the joint model ------------------------------------------------------------------------
 
 
-class _DefaultOperatorFactory:
+class _DefaultOperatorFactory(eqx.Module):
     """The default ``factory(lens, masked=True)`` of :func:`joint_model`: a
     :class:`~blindlens.lensing_operator.LensingOperator` on the observation's grids and PSF.
 
-    A module-level class rather than a closure so that a joint model, and every kernel and
-    ``numpyro.infer.MCMC`` holding one, can be pickled. It hashes by identity (it is a static
-    field of :class:`JointModel`), as the closure it replaces did.
+    An Equinox Module whose PSF (kernel and its FFT) and mask are array leaves: the observation is
+    *data* of the joint model, not a constant captured at trace time, so one compiled function
+    taking a :class:`JointModel` as an argument (``eqx.filter_jit``, ``jax.vmap``) serves every
+    observation with the same image shape, grids and PSF size (:mod:`blindlens.gibbs_core`). The
+    grids are static (their shape and geometry select the compiled program). It pickles.
     """
 
-    def __init__(self, observation, source_grid: PixelGrid, supersampling: int):
-        self.observation = observation
-        self.source_grid = source_grid
-        self.supersampling = supersampling
+    image_grid: PixelGrid
+    source_grid: PixelGrid
+    psf: object  # blindlens.psf.PSF or None
+    mask: Array | None
+    supersampling: int = eqx.field(static=True)
 
     def __call__(self, lens, *, masked: bool = True) -> AbstractLinearOperator:
         from .lensing_operator import LensingOperator
 
-        obs = self.observation
         return LensingOperator(
             lens,
-            obs.image_grid,
+            self.image_grid,
             self.source_grid,
-            psf=obs.psf,
+            psf=self.psf,
             supersampling=self.supersampling,
-            mask=obs.mask if masked else None,
+            mask=self.mask if masked else None,
         )
 
 
 def _default_operator_factory(observation, source_grid: PixelGrid, supersampling: int):
-    return _DefaultOperatorFactory(observation, source_grid, supersampling)
+    psf = observation.psf_operator() if getattr(observation, "psf", None) is not None else None
+    mask = getattr(observation, "mask", None)
+    return _DefaultOperatorFactory(
+        observation.image_grid, source_grid, psf, None if mask is None else jnp.asarray(mask), int(supersampling)
+    )
 
 
 class JointModel(eqx.Module):
@@ -382,7 +388,11 @@ class JointModel(eqx.Module):
     operator_factory
         ``factory(lens, masked=True) -> AbstractLinearOperator``; ``masked=True`` zeroes the
         rows of masked pixels (used by the source step), ``masked=False`` gives full model
-        images (used for predictions).
+        images (used for predictions). The default is an Equinox Module holding the
+        observation's PSF and mask as arrays, so the whole model (image, noise, mask, PSF) is a
+        pytree of data: pass it as an argument of a compiled function and one compilation
+        serves every observation of the same shape (:mod:`blindlens.gibbs_core`). A custom
+        factory that is a plain function is a non-array leaf (use ``eqx.filter_jit``).
     """
 
     lens_model: Callable = eqx.field(static=True)
@@ -390,7 +400,7 @@ class JointModel(eqx.Module):
     noise: Float[Array, "ny nx"]
     mask: Array
     source_shape: tuple[int, int] = eqx.field(static=True)
-    operator_factory: Callable = eqx.field(static=True)
+    operator_factory: Callable
     light_imager: object = None
 
     def operator(self, lens, *, masked: bool = True) -> AbstractLinearOperator:
@@ -436,6 +446,15 @@ class JointModel(eqx.Module):
         r = (self.image - model_image) / self.noise
         ll = -0.5 * r**2 - jnp.log(self.noise) - 0.5 * jnp.log(2 * jnp.pi)
         return jnp.where(self.mask, ll, 0.0)
+
+    def residual_chi2(self, lens, source) -> Float[Array, ""]:
+        """``sum_unmasked ((y - A_theta s - light) / sigma)^2`` of one ``(lens, source)`` (dimensionless).
+
+        The one residual chi^2 of a joint model: chain starts, the lens search and the pure core
+        rank and report fits by it (``-2 log_likelihood`` up to a lens-free constant).
+        """
+        resid = (self.image - self.predict(lens, source)) / self.noise
+        return jnp.sum(jnp.where(self.mask, resid**2, 0.0))
 
     def log_likelihood(self, lens, source) -> Float[Array, ""]:
         """``log N(y; A s, sigma^2)`` over unmasked pixels (Gaussian, independent pixels)."""

@@ -1,0 +1,177 @@
+"""The pure Gibbs core (init/sweep, the observation as data) and batches of lenses (sample_batch).
+
+Exactness: on the gold-standard problem (Gaussian source prior, exact likelihood score; the lens
+marginal is known, see test_gibbs_kernel.py) the core's chains, run through ``sample_batch``, must
+reproduce the exact theta_E marginal (ESS-based MCSE z-scores of mean and sd below 2.326, KS below
+its 1% critical value), and the likelihood tempered by 2 must fail the same check.
+Compilation: one compiled sweep serves two observations of one shape, and gives them different
+answers (the data are arguments, not constants).
+"""
+
+import arviz as az
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+from _joint_problem import LowRankExactGuidance, Problem
+from test_gibbs_kernel import KS_99, Z_99, _gold_check, _mcse_sd, gold  # noqa: F401  (gold: fixture)
+
+from blindlens.gibbs_core import GibbsCore, GibbsCoreState
+from blindlens.gibbsddrm import GibbsDDRMConfig
+from blindlens.lens_batch import batch_inference_data, sample_batch, stack_models
+from blindlens.numpyro_model import joint_model
+from blindlens.observation import Observation
+from blindlens.run_diagnostics import check_run
+from blindlens.source_posterior import SourceSamplerConfig
+
+
+def _core(problem, model, **kwargs):
+    exact = LowRankExactGuidance(basis=problem.basis)
+    return GibbsCore.default(
+        problem.lens_model, problem.prior, model, source_config=SourceSamplerConfig(guidance=exact, num_steps=40),
+        **kwargs,
+    )
+
+
+def _model(problem, observation=None):
+    return joint_model(problem.lens_model, problem.observation if observation is None else observation,
+                       problem.source_grid)
+
+
+def test_one_compiled_sweep_serves_two_observations_and_reads_their_data(x64):
+    problem = Problem()
+    other = Problem(seed=3, theta_E=0.9, noise=0.05)
+    m1, m2 = _model(problem), _model(problem, other.observation)
+    core = _core(problem, m1, num_warmup=5)
+    traces = []
+
+    @eqx.filter_jit
+    def sweep(key, state, model):
+        traces.append(1)
+        return core.sweep(key, state, model)
+
+    s1 = core.init(jr.key(0), m1, problem.truth)
+    s2 = core.init(jr.key(0), m2, problem.truth)
+    out1, info1 = sweep(jr.key(1), s1, m1)
+    out2, info2 = sweep(jr.key(1), s2, m2)
+    assert len(traces) == 1
+    # the second observation's data were used: its noise is half, so chi^2 is far larger at the same lens
+    assert float(info2.chi2) > 2.0 * float(info1.chi2)
+    assert not np.allclose(np.asarray(out1.source), np.asarray(out2.source))
+    # and the compiled sweep equals the eager one
+    eager, _ = core.sweep(jr.key(1), s2, m2)
+    np.testing.assert_allclose(np.asarray(eager.lens), np.asarray(out2.lens), rtol=1e-9, atol=1e-12)
+
+
+def _batch_gold(problem, observation, key, num_warmup=100, num_samples=300):
+    model = _model(problem, observation)
+    core = _core(problem, model, num_warmup=num_warmup)
+    starts = {"theta_E": jnp.full((1, 2), problem.truth["theta_E"])}
+    draws = sample_batch(key, core, [model], num_samples=num_samples, starts=starts, keep_source=False)
+    return np.asarray(draws.lens["theta_E"][0]), draws
+
+
+def test_core_chains_match_the_exact_marginal_and_tempered_fail(gold):  # noqa: F811
+    problem, grid, cdf, mean, sd = gold
+    theta, draws = _batch_gold(problem, None, jr.key(11))
+    ess = float(az.ess(theta))
+    z_mean, z_sd, ks, ks_crit = _gold_check(theta, ess, _mcse_sd(theta), grid, cdf, mean, sd)
+    acc = float(draws.info.accept_prob.mean())
+    print(f"core gold: mean {theta.mean():.5f} vs {mean:.5f}, sd {theta.std():.5f} vs {sd:.5f}, ESS {ess:.0f}, "
+          f"z_mean {z_mean:.2f}, z_sd {z_sd:.2f}, KS {ks:.3f} (crit {ks_crit:.3f}), accept {acc:.2f}")
+    assert ess > 60
+    assert abs(z_mean) < Z_99 and abs(z_sd) < Z_99 and ks < ks_crit
+    assert not bool(np.any(np.asarray(draws.info.diverging)))
+
+    obs = problem.observation
+    tempered = Observation(obs.image, problem.noise / np.sqrt(2.0), obs.psf, problem.image_grid.pixel_scale)
+    theta_b, _ = _batch_gold(problem, tempered, jr.key(11))
+    ess_b = float(az.ess(theta_b))
+    z_mean_b, z_sd_b, ks_b, ks_crit_b = _gold_check(theta_b, ess_b, _mcse_sd(theta_b), grid, cdf, mean, sd)
+    print(f"tempered: z_mean {z_mean_b:.2f}, z_sd {z_sd_b:.2f}, KS {ks_b:.3f} (crit {ks_crit_b:.3f})")
+    assert abs(z_mean_b) > Z_99 or abs(z_sd_b) > Z_99 or ks_b > ks_crit_b
+
+
+def test_a_lens_in_a_batch_draws_what_it_draws_alone(x64):
+    problem = Problem()
+    other = Problem(seed=1, theta_E=0.9)
+    m1, m2 = _model(problem), _model(problem, other.observation)
+    core = _core(problem, m1, num_warmup=10)
+    starts = {"theta_E": jnp.array([[0.8, 0.8], [0.9, 0.9]]), "center_x": jnp.full((2, 2), 0.03)}
+    both = sample_batch(jr.key(4), core, [m1, m2], num_samples=15, starts=starts, batch_size=2)
+    alone = sample_batch(jr.key(4), core, [m2], num_samples=15, starts={k: v[1:] for k, v in starts.items()},
+                         first_index=1)
+    for name in ("theta_E", "center_x"):
+        np.testing.assert_allclose(np.asarray(alone.lens[name][0]), np.asarray(both.lens[name][1]), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(alone.source[0]), np.asarray(both.source[1]), rtol=0, atol=1e-9)
+    # the two lenses are different problems: their theta_E posteriors do not overlap
+    assert abs(float(both.lens["theta_E"][0].mean()) - float(both.lens["theta_E"][1].mean())) > 0.05
+    assert both.final.lens.shape == (2, 2, 2) and isinstance(both.final, GibbsCoreState)
+
+
+def test_warm_started_batch_gives_single_run_inference_data():
+    """Cold starts: each chain starts from the best of 4 continuous-time draws (single tries end in
+    a wrong mode for about 5 of 16 keys here, test_gibbs_kernel.py), so every chain must fit."""
+    problem = Problem(free=("theta_E",))
+    model = _model(problem)
+    core = _core(problem, model, num_warmup=8)
+    exact = LowRankExactGuidance(basis=problem.basis)
+    draws = sample_batch(jr.key(2), core, [model, model], num_samples=12, prior=problem.prior,
+                         warm_start=GibbsDDRMConfig(guidance=exact, num_steps=60), warm_start_tries=4)
+    idata = batch_inference_data(draws, 1, model, problem.observation, problem.source_grid)
+    post = idata.posterior
+    assert set(post.data_vars) >= {"theta_E", "source"}
+    assert post["theta_E"].shape == (2, 12) and post["source"].shape == (2, 12, 16, 16)
+    assert {"lp", "acceptance_rate", "step_size", "n_steps", "diverging", "chi2"} <= set(idata.sample_stats.data_vars)
+    assert "normalized_residual" in idata.posterior_predictive
+    chi2 = np.asarray(draws.info.chi2).mean(axis=-1) / problem.observation.image.size
+    print("chi2/N per lens and chain:", chi2.round(3))
+    assert np.all((chi2 > 0.7) & (chi2 < 1.3))  # every warm-started chain sits in the right mode
+    check_run(idata)  # the diagnostics read it like a single-lens run
+
+
+def test_bad_batch_inputs_are_refused_clearly():
+    problem = Problem()
+    model = _model(problem)
+    core = _core(problem, model)
+    small = Problem(image_shape=(20, 20))
+    with pytest.raises(ValueError, match="group the observations"):
+        stack_models([model, _model(small)])
+    with pytest.raises(ValueError, match="needs the source prior"):
+        sample_batch(jr.key(0), core, [model], num_samples=2)
+    with pytest.raises(ValueError, match="lacks the lens sites"):
+        sample_batch(jr.key(0), core, [model], num_samples=2, starts={"theta_E": jnp.ones((1, 2))})
+    with pytest.raises(ValueError, match="shape"):
+        sample_batch(jr.key(0), core, [model], num_samples=2,
+                     starts={"theta_E": jnp.ones((2, 2)), "center_x": jnp.zeros((2, 2))})
+    with pytest.raises(ValueError, match="num_leapfrog"):
+        GibbsCore.default(problem.lens_model, problem.prior, model, num_leapfrog=0)
+    with pytest.raises(ValueError, match="pass model="):
+        GibbsCore.default(problem.lens_model, problem.prior)
+
+
+def test_observation_files_in_one_batch_write_one_netcdf_each(tmp_path):
+    from blindlens.batch_pipeline import sample_observations_batch
+    from blindlens.observation import save_observation
+    from blindlens.pipeline import SampleOptions
+
+    kw = dict(source_shape=(8, 8), image_shape=(12, 12), pixel_scale=0.15, rank=30, length_scale=1.5)
+    paths = []
+    for k in range(2):
+        lens = Problem(**kw, theta_E=0.55 + 0.1 * k, seed=k)
+        paths.append(save_observation(lens.observation, tmp_path / f"lens_{k}.npz"))
+    (tmp_path / "sis.py").write_text(
+        "import numpyro, numpyro.distributions as dist\nfrom blindlens.lens_models import SIS\n"
+        "def lens():\n    return SIS(theta_E=numpyro.sample('theta_E', dist.Uniform(0.4, 0.9)))\n")
+    prior = Problem(**kw).prior
+    options = SampleOptions(prior=prior, lens_model=f"{tmp_path / 'sis.py'}:lens", chains=2, warmup=3, draws=4,
+                            steps=4, warm_start_steps=4, warm_start_tries=2, supersampling=1)
+    both = sample_observations_batch(paths, tmp_path / "out", options)
+    assert [p.name for p in sorted((tmp_path / "out").glob("*.nc"))] == ["lens_0.nc", "lens_1.nc"]
+    assert both[1].posterior["theta_E"].shape == (2, 4) and both[1].posterior.attrs["batch_size"] == 2
+    alone = sample_observations_batch(paths[1:], tmp_path / "alone", options, first_index=1)
+    np.testing.assert_allclose(alone[0].posterior["theta_E"].values, both[1].posterior["theta_E"].values,
+                               rtol=1e-4)
+    with pytest.raises(ValueError, match="nothing is overwritten"):
+        sample_observations_batch(paths, tmp_path / "out", options)
