@@ -15,15 +15,15 @@ import jax.random as jr
 import numpy as np
 import pytest
 from _joint_problem import LowRankExactGuidance, Problem
-from test_gibbs_kernel import KS_99, Z_99, _gold_check, _mcse_sd, gold  # noqa: F401  (gold: fixture)
-
+from blindlens.results.batch_results import batch_inference_data
 from blindlens.gibbs_core import GibbsCore, GibbsCoreState
 from blindlens.gibbsddrm import GibbsDDRMConfig
-from blindlens.lens_batch import batch_inference_data, sample_batch, stack_models
+from blindlens.lens_batch import sample_batch, stack_models
 from blindlens.numpyro_model import joint_model
 from blindlens.observation import Observation
 from blindlens.run_diagnostics import check_run
 from blindlens.source_posterior import SourceSamplerConfig
+from test_gibbs_kernel import KS_99, Z_99, _gold_check, _mcse_sd, gold  # noqa: F401  (gold: fixture)
 
 
 def _core(problem, model, **kwargs):
@@ -152,8 +152,9 @@ def test_bad_batch_inputs_are_refused_clearly():
 
 
 def test_observation_files_in_one_batch_write_one_netcdf_each(tmp_path):
-    from blindlens.batch_pipeline import sample_observations_batch
     from blindlens.observation import save_observation
+
+    from blindlens.batch_pipeline import sample_observations_batch
     from blindlens.pipeline import SampleOptions
 
     kw = dict(source_shape=(8, 8), image_shape=(12, 12), pixel_scale=0.15, rank=30, length_scale=1.5)

@@ -39,17 +39,37 @@ def _imported_roots(path: Path) -> set[str]:
     return roots
 
 
+LAYERS = ("physics", "io", "prior", "source", "inference", "results")
+"""The pipeline's layers, lowest first: a module may import its own layer and lower ones only."""
+
+
+def _module_key(dotted: str) -> str:
+    """The module a dotted path (relative to blindlens) belongs to: ``layer.name`` or a root module;
+    a subpackage inside a layer (``physics.lens_models``) is one module."""
+    parts = dotted.split(".")
+    return ".".join(parts[:2]) if parts[0] in LAYERS else parts[0]
+
+
 def _module_files() -> dict[str, list[Path]]:
-    """Each blindlens module by name with its source files; a subpackage is one module (all its files)."""
-    modules = {p.stem: [p] for p in SRC.glob("*.py")}
-    for init in SRC.glob("*/__init__.py"):
-        modules[init.parent.name] = sorted(init.parent.rglob("*.py"))
+    """Each blindlens module by key (``physics.grid``, ``pipeline``) with its source files."""
+    modules: dict[str, list[Path]] = {}
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC).with_suffix("")
+        parts = [p for p in rel.parts if p != "__init__"]
+        if not parts or (len(parts) == 1 and parts[0] in LAYERS):
+            continue  # blindlens/__init__.py and the layers' empty __init__ files
+        modules.setdefault(_module_key(".".join(parts)), []).append(path)
     return modules
+
+
+def _stem(key: str) -> str:
+    return key.split(".")[-1]
 
 
 def test_third_party_libraries_are_confined():
     offenders = []
-    for name, paths in _module_files().items():
+    for key, paths in _module_files().items():
+        name = _stem(key)
         if name == "cli":  # the CLI may use anything public
             continue
         for path in paths:
@@ -80,21 +100,23 @@ def test_cli_lists_subcommands():
 
 
 def _package_imports(path: Path, module_level_only: bool) -> set[str]:
-    """The blindlens modules ``path`` imports (relative imports), at module level or anywhere.
-
-    In a subpackage, imports among its own files are internal and left out.
-    """
-    level = len(path.relative_to(SRC).parts)  # the relative-import level that names blindlens itself
+    """The blindlens modules (keys, see :func:`_module_key`) ``path`` imports by relative imports,
+    at module level or anywhere; imports among the files of one module are left out."""
+    package = list(path.relative_to(SRC).parts[:-1])
+    own = _module_key(".".join([*package, path.stem])) if path.stem != "__init__" else _module_key(".".join(package))
     tree = ast.parse(path.read_text())
     nodes = tree.body if module_level_only else list(ast.walk(tree))
     out = set()
     for node in nodes:
-        if isinstance(node, ast.ImportFrom) and node.level == level:
-            if node.module:
-                out.add(node.module.split(".")[0])
-            else:
-                out |= {a.name for a in node.names}
-    return out
+        if not (isinstance(node, ast.ImportFrom) and node.level > 0):
+            continue
+        base = package[: len(package) - (node.level - 1)]
+        target = ".".join([*base, node.module] if node.module else base)
+        if target in ("", *LAYERS):  # ``from . import x`` / ``from ..inference import x``: x is a module
+            out |= {_module_key(f"{target}.{a.name}".lstrip(".")) for a in node.names}
+        else:
+            out.add(_module_key(target))
+    return out - {own, "__version__"}
 
 
 def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -119,18 +141,56 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_no_import_cycles_among_modules():
-    """Module-level imports form no cycle; the physics layer never imports the inference layer, even lazily."""
+    """Module-level imports among blindlens modules form no cycle."""
     modules = _module_files()
     graph = {name: set().union(*(_package_imports(p, True) for p in paths)) & set(modules)
              for name, paths in modules.items()}
     assert _find_cycle(graph) is None, _find_cycle(graph)
-    physics = {"grid", "psf", "lens_models", "light_profiles", "lensing_operator", "linear_operator"}
-    inference = {"numpyro_model", "gibbs_kernel", "gibbsddrm", "lens_block", "source_moves", "lens_space",
-                 "chain_runner", "chain_starts", "pipeline", "catalogue", "cli", "parametric_prefit",
-                 "lens_initialization", "lens_light_model", "gibbs_core", "lens_batch", "batch_pipeline"}
-    offenders = {m: sorted(set().union(*(_package_imports(p, False) for p in modules[m])) & inference)
-                 for m in physics}
-    assert not any(offenders.values()), offenders
+
+
+def _rank(key: str) -> int:
+    """Layer of a module: -1 for the shared type aliases, the layer's index, or above every layer (the
+    application: pipeline, batch_pipeline, catalogue, cli, ...)."""
+    if key == "_types":
+        return -1
+    head = key.split(".")[0]
+    return LAYERS.index(head) if head in LAYERS else len(LAYERS)
+
+
+def test_lower_layers_never_import_higher_ones():
+    """physics < io < prior < source < inference < results < application, counting imports inside
+    functions too (a lazy import is still a dependency)."""
+    modules = _module_files()
+    assert {k.split(".")[0] for k in modules} >= set(LAYERS)
+    offenders = {
+        name: sorted(t for t in set().union(*(_package_imports(p, False) for p in paths)) if _rank(t) > _rank(name))
+        for name, paths in modules.items()
+    }
+    offenders = {k: v for k, v in offenders.items() if v}
+    assert not offenders, offenders
+
+
+def test_the_layering_check_finds_an_upward_import(tmp_path, monkeypatch):
+    """The checker itself: a physics file importing the inference layer is caught."""
+    bad = SRC / "physics" / "grid.py"
+    text = bad.read_text() + "\n\ndef _f():\n    from ..inference import numpyro_model  # noqa\n"
+    fake = tmp_path / "physics"
+    fake.mkdir()
+    (fake / "grid.py").write_text(text)
+    monkeypatch.setattr(sys.modules[__name__], "SRC", tmp_path)
+    assert "inference.numpyro_model" in _package_imports(fake / "grid.py", False)
+    assert _rank("inference.numpyro_model") > _rank("physics.grid")
+
+
+def test_moved_modules_keep_their_old_import_paths():
+    """``blindlens.grid`` is ``blindlens.physics.grid`` (the same module object), submodules included."""
+    import importlib
+
+    for old, new in blindlens._MOVED.items():
+        assert importlib.import_module(f"blindlens.{old}") is importlib.import_module(f"blindlens.{new}"), old
+    base = importlib.import_module("blindlens.lens_models.base")
+    assert base is importlib.import_module("blindlens.physics.lens_models.base")
+    assert base.__spec__.name == "blindlens.physics.lens_models.base"
 
 
 def test_a_cycle_is_found_by_the_checker():

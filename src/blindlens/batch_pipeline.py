@@ -62,20 +62,21 @@ def sample_observations_batch(
     """
     import jax
 
-    from .gibbs_core import GibbsCore
-    from .gibbsddrm import GibbsDDRMConfig
-    from .grid import PixelGrid
-    from .lens_batch import batch_inference_data, sample_batch
-    from .likelihood_score import CLA, CalibratedTweedie, PiGDM
-    from .numpyro_model import joint_model
-    from .observation import load_observation
+    from .inference.gibbs_core import GibbsCore
+    from .inference.gibbsddrm import GibbsDDRMConfig
+    from .inference.lens_batch import sample_batch
+    from .inference.numpyro_model import joint_model
+    from .io.observation import load_observation
+    from .physics.grid import PixelGrid
     from .pipeline import (
         DEFAULTS,
         load_lens_model,
         load_source_prior,
         observation_options,
     )
-    from .source_posterior import SourceSamplerConfig
+    from .results.batch_results import batch_inference_data
+    from .source.likelihood_score import CLA, CalibratedTweedie, PiGDM
+    from .source.source_posterior import SourceSamplerConfig
 
     options = DEFAULTS if options is None else options
     options.validate()
@@ -94,7 +95,7 @@ def sample_observations_batch(
                     for p in paths]
     lens_model = load_lens_model(options.lens_model)
     if options.lens_light == "sersic":
-        from .lens_light_model import amp_scale_of, with_lens_light
+        from .inference.lens_light_model import amp_scale_of, with_lens_light
 
         # one lens model for the batch: the light amplitude scale of the first observation
         lens_model = with_lens_light(lens_model, amp_scale=amp_scale_of(observations[0]),

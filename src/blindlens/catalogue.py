@@ -115,7 +115,7 @@ def _cell(name: str, text: str):
 
 def _absolute(options: SampleOptions, base: Path) -> SampleOptions:
     """Input-file options resolved against ``base`` (workers may run elsewhere)."""
-    from .score_prior import SHIPPED_PRIORS
+    from .prior.score_prior import SHIPPED_PRIORS
 
     changes = {}
     for fld in dataclasses.fields(SampleOptions):
@@ -427,7 +427,7 @@ def run_catalogue(inputs, out_dir, options: SampleOptions | None = None, *, work
     options.validate()
     if workers < 0:
         raise ValueError(f"--workers must be >= 0, got {workers}.")
-    from .run_checkpoint import check_output_dir
+    from .io.run_checkpoint import check_output_dir
 
     out_dir = check_output_dir("--out", out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)

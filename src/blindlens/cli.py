@@ -14,12 +14,12 @@ import argparse
 import sys
 
 from .pipeline import DEFAULTS, SampleOptions
+
 # the joint pipeline lives in blindlens.pipeline; these names stay here for the subcommands and tests
 from .pipeline import check_joint_outputs as _check_joint_outputs  # noqa: F401
 from .pipeline import load_lens_model as _load_lens_model  # noqa: F401
 from .pipeline import load_source_prior as _load_source_prior
 from .pipeline import read_input as _read_input
-from .pipeline import truth_values as _truth_values
 from .pipeline import write_joint_outputs as _write_joint_outputs
 
 __all__ = ["main", "build_parser"]
@@ -48,11 +48,11 @@ def _run_make_galaxies(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from .galaxies import POPULATIONS, draw_procedural_galaxies
+    from .prior.galaxies import POPULATIONS, draw_procedural_galaxies
 
     if args.num < 1 or args.chunk < 1:
         raise ValueError("--num and --chunk must be positive.")
-    from .run_checkpoint import check_output_dir
+    from .io.run_checkpoint import check_output_dir
 
     out = check_output_dir("--out", args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,17 +97,17 @@ def _add_train_prior(sub) -> None:
 
 
 def _run_train_prior(args) -> int:
-    from .image_sets import load_image_set
-    from .score_network import ScoreNetworkConfig
-    from .run_checkpoint import check_output_paths
-    from .training import TrainingConfig, train_score_prior
+    from .io.image_sets import load_image_set
+    from .io.run_checkpoint import check_output_paths
+    from .prior.score_network import ScoreNetworkConfig
+    from .prior.training import TrainingConfig, train_score_prior
 
     check_output_paths({"--out": args.out, "the checkpoint": args.out + ".ckpt"}, suffixes={"--out": (".eqx",)},
                        inputs={"--data": args.data, "--init-from": getattr(args, "init_from", None)})
     data = _read_input("--data", args.data, load_image_set)
     init_network = None
     if args.init_from is not None:
-        from .score_network import lift_to_subpixel
+        from .prior.score_network import lift_to_subpixel
 
         base = _load_source_prior(args.init_from)
         init_network = base.network
@@ -197,18 +197,20 @@ def _add_simulate(sub):
 def _run_simulate(args):
     import jax
 
-    from .lens_config import load_lens_config
-    from .observation import save_observation
-    from .simulation import (
+    from .io.lens_config import load_lens_config
+    from .io.observation import save_observation
+    from .io.run_checkpoint import FIGURE_SUFFIXES, check_output_paths
+    from .io.simulation import (
         example_lens_path,
         example_source_path,
         load_source,
         plot_observation,
+        save_simulated_survey,
         save_truth,
         simulate_observation,
+        survey_pix2angle,
         truth_path_for,
     )
-    from .run_checkpoint import FIGURE_SUFFIXES, check_output_paths
 
     suffixes = {"--out": (".fits", ".fit", ".fts", ".fits.gz", ".npz"), "--plot": FIGURE_SUFFIXES}
     inputs = {"--lens": args.lens, "--source": args.source}
@@ -230,40 +232,21 @@ def _run_simulate(args):
         if args.source_pixel_scale is None:
             raise ValueError("--source-pixel-scale is required with --source (arcsec/pixel).")
         source, scale = _read_input("--source", args.source, load_source), args.source_pixel_scale
-    import numpy as np
-
     survey = args.layout == "survey"
     if not survey and (args.psf_out or args.cosmic_rays or args.rotation):
         raise ValueError("--psf-out, --cosmic-rays and --rotation need --layout survey.")
     if survey and not str(args.out).lower().endswith((".fits", ".fit", ".fts", ".fits.gz")):
         raise ValueError("--layout survey writes FITS: give --out a .fits name.")
-    pix2angle = None
-    if survey:  # east left (RA flip), rotated by --rotation
-        a = np.deg2rad(args.rotation)
-        rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-        pix2angle = rot @ np.diag([-args.pixel_scale, args.pixel_scale])
+    pix2angle = survey_pix2angle(args.rotation, args.pixel_scale) if survey else None
     obs, noiseless = simulate_observation(
         lens, source, scale, key=jax.random.key(args.seed), image_shape=tuple(args.image_shape),
         pixel_scale=args.pixel_scale, psf_fwhm=args.psf_fwhm, noise_sigma=args.noise_sigma,
         supersampling=args.supersampling, pix2angle=pix2angle,
     )
     if survey:
-        from .survey_fits import save_psf_fits, save_survey_fits
-
-        image = np.array(obs.image, np.float32)
-        dq = np.zeros(image.shape, np.int16)
-        rng = np.random.default_rng(args.seed + 1)
-        for _ in range(args.cosmic_rays):  # a short streak of a few pixels, far above the noise
-            j, i = rng.integers(0, image.shape[0]), rng.integers(0, image.shape[1])
-            for step in range(int(rng.integers(1, 4))):
-                jj, ii = min(j + step, image.shape[0] - 1), i
-                image[jj, ii] += 50 * args.noise_sigma * (1 + rng.random())
-                dq[jj, ii] = 8192  # the HST "cosmic ray" flag
-        err = np.full(image.shape, args.noise_sigma, np.float32)
-        if args.psf_out:
-            save_psf_fits(args.psf_out, np.asarray(obs.psf), obs.pixel_scale)
-        out = save_survey_fits(args.out, image, pix2angle=pix2angle, sky_center=tuple(args.sky_center), err=err,
-                               dq=dq, psf=None if args.psf_out else np.asarray(obs.psf))
+        out = save_simulated_survey(args.out, obs, pix2angle=pix2angle, noise_sigma=args.noise_sigma,
+                                    sky_center=tuple(args.sky_center), cosmic_rays=args.cosmic_rays,
+                                    seed=args.seed + 1, psf_out=args.psf_out)
     else:
         out = save_observation(obs, args.out)
     truth = save_truth(
@@ -289,9 +272,9 @@ def _add_plot_observation(sub):
 
 
 def _run_plot_observation(args):
-    from .observation import load_observation
-    from .run_checkpoint import FIGURE_SUFFIXES, check_output_paths
-    from .simulation import load_truth, plot_observation
+    from .io.observation import load_observation
+    from .io.run_checkpoint import FIGURE_SUFFIXES, check_output_paths
+    from .io.simulation import load_truth, plot_observation
 
     check_output_paths({"--out": args.out}, suffixes={"--out": FIGURE_SUFFIXES},
                        inputs={"the observation": args.observation, "--truth": args.truth})
@@ -368,19 +351,6 @@ def _add_sampling_arguments(p) -> None:
 def _run_sample(args):
     from pathlib import Path
 
-    import jax
-
-    from .arviz_conversion import fixed_lens_inference_data
-    from .lens_config import load_lens_config
-    from .likelihood_score import CLA, CalibratedTweedie, PiGDM
-    from .observation import load_observation
-    from .source_posterior import (
-        SourceSamplerConfig,
-        fixed_lens_operator,
-        fixed_lens_posterior,
-        plot_fixed_lens_summary,
-    )
-
     if args.fixed_lens is None:
         if args.polish_moves:
             raise ValueError("--polish-moves polishes fixed-lens source draws; use it with --fixed-lens.")
@@ -390,42 +360,12 @@ def _run_sample(args):
     if args.target_ess is not None or args.max_minutes is not None:
         raise ValueError("--target-ess and --max-minutes are for joint runs; with --fixed-lens use --num-samples "
                          "(the source draws are independent).")
-    from .chain_runner import RunClock
-    from .run_checkpoint import FIGURE_SUFFIXES, check_output_paths
+    from .fixed_lens import run_fixed_lens
+    from .io.run_checkpoint import FIGURE_SUFFIXES, check_output_paths
 
     check_output_paths({"--out": args.out, "--plot": args.plot or Path(args.out).with_suffix(".png")},
                        suffixes={"--out": (".nc",), "--plot": FIGURE_SUFFIXES}, inputs=_sample_inputs(args))
-    from .pipeline import observation_options
-
-    obs = load_observation(args.observation, psf=args.psf, mask=args.mask,
-                           **observation_options(SampleOptions.from_namespace(args)))
-    lens = load_lens_config(args.fixed_lens)
-    prior = _load_source_prior(args.prior)
-    if args.flux_scale is not None:
-        prior = prior.with_flux_scale(args.flux_scale)
-    op = fixed_lens_operator(obs, lens, prior, source_center=tuple(args.source_center), supersampling=args.supersampling)
-    guidance = {"pigdm": PiGDM, "calibrated": CalibratedTweedie, "cla": CLA}[args.guidance]()
-    config = SourceSamplerConfig(guidance=guidance, num_steps=args.steps, solver=args.solver)
-    clock = RunClock()
-    clock.say(f"fixed lens: compiling and drawing {args.num_samples} source samples of {args.steps} reverse-SDE "
-              f"steps{'' if args.batch_size is None else f' in batches of {args.batch_size}'} ...")
-    if args.polish_moves:
-        clock.say(f"each draw then polished by {args.polish_moves} exact split-Gibbs moves")
-    result = fixed_lens_posterior(
-        jax.random.key(args.seed), prior, op, obs.image, obs.noise, num_samples=args.num_samples,
-        config=config, batch_size=args.batch_size, polish_moves=args.polish_moves,
-    )
-    clock.say(f"{args.num_samples} source samples drawn")
-    settings = {"guidance": args.guidance, "steps": args.steps, "solver": args.solver, "seed": args.seed,
-                "prior": args.prior, "lens_file": str(args.fixed_lens), "polish_moves": args.polish_moves}
-    idata = fixed_lens_inference_data(result.samples, result.model_images, obs, op.source_grid, attrs=settings)
-    out = Path(args.out)
-    idata.to_netcdf(str(out))
-    plot = Path(args.plot) if args.plot else out.with_suffix(".png")
-    plot_fixed_lens_summary(obs, result, op.source_grid, plot)
-    chi2 = result.chi2 / result.num_pixels
-    print(f"wrote {out} and {plot}; residual chi2/N per sample: mean {float(chi2.mean()):.3f}, "
-          f"min {float(chi2.min()):.3f}, max {float(chi2.max()):.3f} (N = {result.num_pixels})")
+    idata = run_fixed_lens(args, _load_source_prior(args.prior), SampleOptions.from_namespace(args))
     return _report_run(idata, strict=args.strict)
 
 
@@ -506,16 +446,6 @@ def _add_joint_sample_arguments(p) -> None:
                    help="directory for the figures and summary text (created if missing; default: beside --out)")
 
 
-def _demo_fingerprint(obs, lens_model, prior, **settings) -> dict:
-    """Everything that defines a demo run (the simulated observation by content), for its checkpoint."""
-    from . import __version__
-    from .run_checkpoint import prior_fingerprint, tree_sha256
-
-    return {"observation": tree_sha256((obs, obs.pixel_scale, obs.center)),
-            "lens_model": f"{lens_model.__module__}.{lens_model.__qualname__}", "prior": prior_fingerprint(prior),
-            **settings, "blindlens": __version__}
-
-
 def _run_joint_sample(args):
     from . import pipeline
 
@@ -545,7 +475,7 @@ STRICT_EXIT = 3
 
 def _report_run(idata, summary=None, *, strict=False) -> int:
     """Print the run diagnostics (:func:`blindlens.check_run`), append them to ``summary``; the exit code."""
-    from .run_diagnostics import check_run
+    from .results.run_diagnostics import check_run
 
     report = check_run(idata, warn=False)  # printed below; Python callers get the warnings
     text = str(report)
@@ -596,7 +526,7 @@ def _run_demo(args):
     for name in ("chains", "draws", "steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1.")
-    from .run_checkpoint import check_output_dir
+    from .io.run_checkpoint import check_output_dir
 
     check_output_dir("--out", args.out)
     codes = []
@@ -606,97 +536,13 @@ def _run_demo(args):
     return codes[-1] if codes else 0
 
 
-def _demo(out_dir, prior, *, chains=2, warmup=60, draws=60, steps=40, seed=0, image_shape=(72, 72),
-          pixel_scale=0.05, noise_sigma=None, source=None, source_pixel_scale=None, lens=None,
-          lens_model=None, progress=True, max_tree_depth=5, source_resolution="prior", strict=False, exit_codes=None):
-    """The demo pipeline for any source prior (tests pass a small Gaussian prior and source).
+def _demo(out_dir, prior, *, strict=False, exit_codes=None, **settings):
+    """The demo (:func:`blindlens.demo.run_demo`) with the run diagnostics printed and appended to its
+    summary; their exit code (``--strict``) is appended to ``exit_codes`` when a list is given.
+    Returns the summary path."""
+    from .demo import run_demo
 
-    Simulates ``lens`` (default: the bundled example lens) observing ``source`` (default: the
-    bundled held-out galaxy, binned to the prior's pixel grid unless ``source_resolution="native"``),
-    runs BlindLensGibbs and writes
-    ``posterior.nc``, figures and ``summary.txt`` into ``out_dir``. Returns the summary path. The run
-    diagnostics (:func:`blindlens.check_run`) are printed and appended to the summary; their exit code
-    (``--strict``) is appended to ``exit_codes`` when a list is given.
-    """
-    import time
-    from pathlib import Path
-
-    import jax
-    import numpy as np
-
-    from .arviz_conversion import to_inference_data
-    from .gibbs_kernel import BlindLensGibbs
-    from .gibbsddrm import GibbsDDRMConfig
-    from .image_sets import bin_images
-    from .lens_config import load_lens_config
-    from .likelihood_score import PiGDM
-    from .numpyro_model import lens_site_names, sie_shear
-    from .observation import save_observation
-    from .run_checkpoint import checkpoint_path
-    from .simulation import example_lens_path, example_source_path, load_source, save_truth, simulate_observation
-    from .source_posterior import SourceSamplerConfig
-
-    from .chain_runner import RunClock, run_chains
-
-    t_start = time.time()
-    clock = RunClock(progress)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    lens = load_lens_config(example_lens_path()) if lens is None else lens
-    lens_model = sie_shear if lens_model is None else lens_model
-    if source is None:
-        source, source_pixel_scale = np.asarray(load_source(example_source_path()), float), 0.05
-        if source_resolution == "prior":  # bin to the prior's grid: the inference model is then well specified
-            factor = float(prior.pixel_scale) / source_pixel_scale
-            b = int(round(factor))
-            if abs(factor - b) > 1e-6 or b < 1 or source.shape[0] % b or source.shape[1] % b:
-                raise ValueError(
-                    f"the bundled source ({source.shape} at {source_pixel_scale}\"/pixel) cannot be binned to the "
-                    f"prior's {prior.pixel_scale}\"/pixel grid; use --source-resolution native."
-                )
-            source = bin_images(source, b)
-            source_pixel_scale *= b
-        elif source_resolution != "native":
-            raise ValueError(f"source_resolution must be 'prior' or 'native', got {source_resolution!r}.")
-    source = np.asarray(source, float)  # simulated at its own resolution; inferred on the prior's grid
-    if source_pixel_scale is None:
-        source_pixel_scale = float(prior.pixel_scale)
-    if noise_sigma is None:  # peak signal-to-noise about 20 per pixel
-        noise_sigma = float(np.max(source)) / 20.0
-    obs, noiseless = simulate_observation(
-        lens, source, source_pixel_scale, key=jax.random.key(seed + 1000), image_shape=tuple(image_shape),
-        pixel_scale=pixel_scale, psf_fwhm=2 * pixel_scale, noise_sigma=noise_sigma, supersampling=2,
-    )
-    save_observation(obs, out / "observation.npz")
-    save_truth(out / "observation_truth.npz", lens, source, source_pixel_scale, noiseless, pixel_scale,
-               supersampling=2, noise_sigma=noise_sigma, psf_fwhm=2 * pixel_scale, seed=seed + 1000)
-    sites = lens_site_names(lens_model)
-    truth = _truth_values(lens, sites)
-    guidance = PiGDM()
-    kernel = BlindLensGibbs(
-        lens_model, obs, prior,
-        source_config=SourceSamplerConfig(guidance=guidance, num_steps=steps),
-        warm_start=GibbsDDRMConfig(guidance=guidance, num_steps=max(steps, 50)),
-        # curvature-metric NUTS (LensNUTS); a shallow tree bounds the cost of a sweep early in warm-up
-        target_accept_prob=0.8, max_tree_depth=max_tree_depth,
-    )
-    print(f"demo: {chains} chains x ({warmup} warm-up + {draws} draws) Gibbs sweeps, {steps} reverse-SDE steps "
-          f"per source draw; lens parameters {', '.join(sites)}")
-    run = run_chains(
-        kernel, jax.random.key(seed), num_chains=chains, num_warmup=warmup, num_draws=draws, chunk=draws,
-        checkpoint=checkpoint_path(out / "posterior.nc"), resume=True, progress=progress, clock=clock,
-        fingerprint=_demo_fingerprint(obs, lens_model, prior, chains=chains, warmup=warmup, draws=draws, steps=steps,
-                                      seed=seed, max_tree_depth=max_tree_depth),
-    )
-    clock.say("sampling done; computing model images and writing outputs ...")
-    idata = to_inference_data(run.samples, obs, kernel=kernel, sample_stats=run.stats, truth=truth)
-    wall = time.time() - t_start
-    idata.posterior.attrs["wall_seconds"] = float(wall)
-    summary = _write_joint_outputs(idata, out / "posterior.nc", out, truth,
-                                   title=f"blindlens demo (wall time {wall / 60:.1f} min)", lens_model=lens_model,
-                                   truth_file={"lens": lens, "source": source, "source_pixel_scale": source_pixel_scale})
-    checkpoint_path(out / "posterior.nc").unlink(missing_ok=True)  # complete: the outputs are written
-    clock.say("done")
+    summary, idata = run_demo(out_dir, prior, **settings)
     code = _report_run(idata, summary, strict=strict)
     if exit_codes is not None:
         exit_codes.append(code)

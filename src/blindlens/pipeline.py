@@ -132,14 +132,14 @@ def load_source_prior(spec):
     """A source prior from a spec: ``"default"``, ``"highres"``, a prior file, or a prior object (returned)."""
     if not isinstance(spec, (str, Path)):
         return spec
-    from .score_prior import SHIPPED_PRIORS, ScorePrior
+    from .prior.score_prior import SHIPPED_PRIORS, ScorePrior
 
     return ScorePrior.shipped(spec) if spec in SHIPPED_PRIORS else ScorePrior.load(spec)
 
 
 def load_lens_model(spec: str):
     """The NumPyro lens model of ``--lens-model``: a named model or ``FILE.py:function``."""
-    from . import numpyro_model
+    from .inference import numpyro_model
 
     named = {
         "sie+shear": numpyro_model.sie_shear,
@@ -167,7 +167,7 @@ def load_lens_model(spec: str):
 def truth_values(truth_lens, sites) -> dict:
     """Lens parameters of a truth lens Module, by site name (first component that has each name);
     a deflector light's components by the ``lens_light_`` / ``lens_light2_`` ... site names."""
-    from .light_profiles import light_of, mass_of
+    from .physics.light_profiles import light_of, mass_of
 
     values = {}
     mass = mass_of(truth_lens)
@@ -206,7 +206,7 @@ def observation_options(options) -> dict:
     """Extra :func:`~blindlens.observation.load_observation` keywords of ``options`` (a cut-out)."""
     if options.cutout_size is None:
         return {}
-    from .survey_fits import Cutout
+    from .io.survey_fits import Cutout
 
     centre = ({"pixel": tuple(float(v) for v in options.cutout_pixel)} if options.cutout_pixel is not None
               else {"sky": tuple(float(v) for v in options.cutout_sky)})
@@ -227,7 +227,7 @@ def convergence_target(options):
         raise ValueError(f"--max-minutes must be > 0, got {options.max_minutes:g}.")
     if options.draws is not None and options.draws < 4:
         raise ValueError("--draws must be >= 4 with --target-ess (R-hat needs 4 draws per chain).")
-    from .chain_runner import ConvergenceTarget
+    from .inference.chain_runner import ConvergenceTarget
 
     return ConvergenceTarget(target_ess=options.target_ess, max_rhat=options.max_rhat,
                              max_minutes=options.max_minutes,
@@ -237,7 +237,7 @@ def convergence_target(options):
 def sample_inputs(observation, options, *, fixed_lens=None) -> dict:
     """The input files of a ``blindlens sample`` run (for the output-path checks)."""
     inputs = {"the observation": observation, "--truth": options.truth, "--fixed-lens": fixed_lens}
-    from .score_prior import SHIPPED_PRIORS
+    from .prior.score_prior import SHIPPED_PRIORS
 
     if isinstance(options.prior, (str, Path)) and options.prior not in SHIPPED_PRIORS:
         inputs["--prior"] = options.prior
@@ -259,7 +259,7 @@ def sample_fingerprint(observation, options, prior) -> dict:
     blindlens 0.1 enter only when they differ from their default.
     """
     from . import __version__
-    from .run_checkpoint import file_sha256, prior_fingerprint
+    from .io.run_checkpoint import file_sha256, prior_fingerprint
 
     lens = options.lens_model
     if ":" in lens:
@@ -278,7 +278,7 @@ def sample_fingerprint(observation, options, prior) -> dict:
 
 def result_fingerprint(observation, options, prior) -> dict:
     """:func:`sample_fingerprint` plus the run length and the truth file: all that defines a finished posterior."""
-    from .run_checkpoint import file_sha256
+    from .io.run_checkpoint import file_sha256
 
     return {**sample_fingerprint(observation, options, prior), **{n: getattr(options, n) for n in _RUN_LENGTH},
             "truth": None if options.truth is None else file_sha256(options.truth)}
@@ -295,7 +295,7 @@ def check_joint_outputs(out, figures, *, inputs, write_figures=True, products=()
     ``out``), ``<stem>_summary.txt`` and (with ``write_figures``) ``<stem>_summary.png``,
     ``<stem>_pair.png``, ``<stem>_curves.png`` and, with ``--truth``, ``<stem>_source_vs_truth.png``.
     """
-    from .run_checkpoint import check_output_dir, check_output_paths, checkpoint_path
+    from .io.run_checkpoint import check_output_dir, check_output_paths, checkpoint_path
 
     out = check_output_paths({"--out": out}, suffixes={"--out": (".nc",)}, inputs=inputs)["--out"]
     fig_dir = check_output_dir("--figures", figures) if figures else out.parent
@@ -316,7 +316,7 @@ def write_joint_outputs(idata, out, fig_dir, truth, *, title, lens_model=None, t
 
     Returns the summary text file. ``figures=False`` writes the netCDF and the summary text only.
     """
-    from .arviz_conversion import summary_text
+    from .results.arviz_conversion import summary_text
 
     out = Path(out)
     fig_dir = Path(fig_dir) if fig_dir else out.parent
@@ -327,8 +327,12 @@ def write_joint_outputs(idata, out, fig_dir, truth, *, title, lens_model=None, t
     stem = out.stem
     figs = []
     if figures:
-        from .arviz_conversion import plot_joint_summary
-        from .posterior_figures import plot_critical_curves, plot_lens_pair, plot_source_comparison
+        from .results.arviz_conversion import plot_joint_summary
+        from .results.posterior_figures import (
+            plot_critical_curves,
+            plot_lens_pair,
+            plot_source_comparison,
+        )
 
         figs = [
             plot_joint_summary(idata, fig_dir / f"{stem}_summary.png"),
@@ -361,17 +365,17 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
 
     import jax
 
-    from .arviz_conversion import to_inference_data
-    from .chain_runner import RunClock, run_chains
-    from .gibbs_kernel import BlindLensGibbs
-    from .gibbsddrm import GibbsDDRMConfig
-    from .grid import PixelGrid
-    from .likelihood_score import CLA, CalibratedTweedie, PiGDM
-    from .numpyro_model import lens_site_names
-    from .observation import load_observation
-    from .parametric_prefit import SersicPrefitConfig
-    from .run_checkpoint import checkpoint_path
-    from .source_posterior import SourceSamplerConfig
+    from .inference.chain_runner import RunClock, run_chains
+    from .inference.gibbs_kernel import BlindLensGibbs
+    from .inference.gibbsddrm import GibbsDDRMConfig
+    from .inference.numpyro_model import lens_site_names
+    from .inference.parametric_prefit import SersicPrefitConfig
+    from .io.observation import load_observation
+    from .io.run_checkpoint import checkpoint_path
+    from .physics.grid import PixelGrid
+    from .results.arviz_conversion import to_inference_data
+    from .source.likelihood_score import CLA, CalibratedTweedie, PiGDM
+    from .source.source_posterior import SourceSamplerConfig
 
     options.validate()
     target = convergence_target(options)
@@ -380,7 +384,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
     obs = load_observation(observation, psf=options.psf, mask=options.mask, **observation_options(options))
     lens_model = load_lens_model(options.lens_model)
     if options.lens_light == "sersic":
-        from .lens_light_model import amp_scale_of, with_lens_light
+        from .inference.lens_light_model import amp_scale_of, with_lens_light
 
         lens_model = with_lens_light(lens_model, amp_scale=amp_scale_of(obs),
                                      num_components=options.lens_light_components,
@@ -404,7 +408,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
     )
     truth = truth_file = None
     if options.truth:
-        from .simulation import load_truth
+        from .io.simulation import load_truth
 
         truth_file = read_input("--truth", options.truth, load_truth)
         truth = truth_values(truth_file["lens"], sites)
@@ -441,8 +445,8 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
 def write_posterior_fits(idata, kernel, observation, out) -> dict:
     """Write :func:`~blindlens.posterior_products.posterior_products` as ``<out stem>_<name>.fits``
     beside ``out``, with the observation's WCS (and a source-plane WCS for the source maps)."""
-    from .posterior_products import posterior_products
-    from .survey_fits import write_fits_products
+    from .io.survey_fits import write_fits_products
+    from .results.posterior_products import posterior_products
 
     maps = posterior_products(idata, kernel.joint_model)
     source = {k: maps.pop(k) for k in ("source_mean", "source_sd")}
@@ -453,7 +457,7 @@ def write_posterior_fits(idata, kernel, observation, out) -> dict:
 
 def diagnose(idata, summary=None):
     """:func:`blindlens.check_run` of a finished run, its text appended to the ``summary`` file; the report."""
-    from .run_diagnostics import check_run
+    from .results.run_diagnostics import check_run
 
     report = check_run(idata, warn=False)
     if summary is not None:

@@ -1,0 +1,275 @@
+"""Chain starts from a shared pool of warm-start trajectories, ranked by their fit.
+
+Blind lensing is multi-modal: a wrong lens with a contorted source can be a self-consistent fixed
+point of the Gibbs sweeps, and a chain started there stays (issue 14: one of two chains at
+``theta_E`` 0.38 for a true 1.01, residual chi^2/N 4.3). Per-chain best-of-k warm starts
+(:meth:`~blindlens.gibbs_kernel.BlindLensGibbs.warm_start_draw`) leave each chain on its own with
+``k`` trajectories; a wrong mode that wins all ``k`` of one chain's tries is then kept.
+
+Here all ``num_chains * k`` trajectories (the same total cost) go into one pool ranked by residual
+
+    chi^2 = sum_unmasked ((y - A_theta s) / sigma)^2 .
+
+The *dominant set* is every try within ``tolerance`` of the best; by default
+``tolerance = max(2 sqrt(2 N), 0.05 chi^2_best)`` for ``N`` unmasked pixels: twice the sd of chi^2
+for pure noise, or 5% of the best fit where the model cannot reach the noise (a source the prior
+cannot represent, rough warm-start draws), so tries that fit like the best one are not told apart
+while the wrong modes above (110-250% worse than the right basin's fit) are dropped. The chains take the dominant tries in order of fit;
+when there are fewer dominant tries than chains, starts are repeated (each chain still has its own
+PRNG key, so they separate during warm-up) and :attr:`ChainStarts.message` says so, because
+repeated starts make R-hat less able to reveal a missed mode.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+
+from .._types import Array, Float, Int, PRNGKeyArray
+from .gibbs_kernel import BlindLensGibbs, lens_unconstrained
+from .gibbsddrm import GibbsDDRMConfig, sample_gibbsddrm
+from .lens_space import LensSpace as _LensSpace
+from .numpyro_model import SOURCE_SITE, lens_from_values
+
+__all__ = [
+    "ChainStarts",
+    "chain_chi2",
+    "default_mode_tolerance",
+    "dominant_mode_starts",
+    "pooled_chain_starts",
+    "prefit_starts",
+    "reset_worse_chains",
+]
+
+
+class ChainStarts(NamedTuple):
+    """Starts of ``num_chains`` chains chosen from a ranked pool of warm-start trajectories.
+
+    Attributes
+    ----------
+    init_params
+        ``{site: (num_chains, ...)}`` in NumPyro's unconstrained space for the lens sites, plus
+        ``"source"`` (image units): pass as ``MCMC.run(..., init_params=...)`` or ``warmup``.
+    chi2
+        Residual chi^2 of every try in the pool, ``(num_tries,)``.
+    chosen
+        Index into the pool of each chain's start, ``(num_chains,)``.
+    num_dominant
+        Tries within ``tolerance`` of the best one.
+    tolerance
+        Chi^2 gap to the best try that still counts as the same mode.
+    num_pixels
+        Unmasked pixels ``N`` (chi^2 / N is the reduced chi^2).
+    message
+        A one-line report of the selection (printed by the CLI).
+    """
+
+    init_params: dict
+    chi2: Float[Array, " tries"]
+    chosen: Int[Array, " chains"]
+    num_dominant: int
+    tolerance: float
+    num_pixels: int
+    message: str
+
+
+def default_mode_tolerance(num_pixels: int, best_chi2: float = 0.0) -> float:
+    """``max(2 sqrt(2 N), 0.05 chi^2_best)``: twice the sd of a chi^2 with ``N`` degrees of freedom,
+    or 5% of the best fit's chi^2 when that is larger (a model that does not reach the noise)."""
+    return max(2.0 * math.sqrt(2.0 * num_pixels), 0.05 * float(best_chi2) if np.isfinite(best_chi2) else 0.0)
+
+
+def dominant_mode_starts(chi2, num_chains: int, tolerance: float) -> tuple[np.ndarray, int]:
+    """Which tries the chains start from: the dominant set in order of fit, repeated if short.
+
+    Parameters
+    ----------
+    chi2
+        Residual chi^2 of each try; non-finite values never start a chain unless all are.
+    num_chains
+        Number of chains.
+    tolerance
+        Largest chi^2 gap to the best try that counts as the best mode.
+
+    Returns
+    -------
+    chosen, num_dominant
+        ``chosen[c]`` is the try chain ``c`` starts from.
+    """
+    chi2 = np.asarray(chi2, float)
+    if num_chains < 1:
+        raise ValueError(f"num_chains must be >= 1, got {num_chains}.")
+    fit = np.where(np.isfinite(chi2), chi2, np.inf)
+    order = np.argsort(fit, kind="stable")
+    if not np.isfinite(fit[order[0]]):
+        return order[np.arange(num_chains) % order.size], 0
+    dominant = order[fit[order] <= fit[order[0]] + tolerance]
+    return dominant[np.arange(num_chains) % dominant.size], int(dominant.size)
+
+
+def pooled_chain_starts(
+    kernel: BlindLensGibbs,
+    key: PRNGKeyArray,
+    num_chains: int,
+    *,
+    tries_per_chain: int | None = None,
+    tolerance: float | None = None,
+) -> ChainStarts:
+    """Starts for ``num_chains`` chains from one ranked pool of continuous-time warm starts.
+
+    Runs ``num_chains * tries_per_chain`` :func:`~blindlens.gibbsddrm.sample_gibbsddrm`
+    trajectories (default ``kernel.warm_start_tries`` per chain, the cost of the per-chain warm
+    starts), each from its own prior draw of the lens, and gives the chains the best-fitting ones
+    (see the module docstring).
+
+    Parameters
+    ----------
+    kernel
+        The :class:`~blindlens.gibbs_kernel.BlindLensGibbs` kernel the chains will run.
+    key
+        PRNG key.
+    num_chains
+        Number of chains.
+    tries_per_chain
+        Trajectories per chain in the pool.
+    tolerance
+        Chi^2 gap to the best try that counts as the same mode (default
+        :func:`default_mode_tolerance`).
+    """
+    tries = kernel.warm_start_tries if tries_per_chain is None else int(tries_per_chain)
+    if tries < 1:
+        raise ValueError(f"tries_per_chain must be >= 1, got {tries}.")
+    jm = kernel.joint_model
+    config = kernel.warm_start if kernel.warm_start is not None else GibbsDDRMConfig()
+    num_tries = num_chains * tries
+    prefit_note = ""
+    prefit = getattr(kernel, "lens_prefit", None)
+    if prefit is None:
+        draws = jax.lax.map(lambda k: sample_gibbsddrm(k, jm, kernel.prior, config), jr.split(key, num_tries))
+    else:
+        starts, prefit_note = prefit_starts(kernel, jr.fold_in(key, 7), num_tries, prefit)
+        draws = jax.lax.map(lambda a: sample_gibbsddrm(a[0], jm, kernel.prior, config, a[1]),
+                            (jr.split(key, num_tries), starts))
+    def chi2(lens_values, source):
+        return jm.residual_chi2(lens_from_values(jm.lens_model, lens_values), source)
+
+    fit = np.asarray(jax.lax.map(lambda a: chi2(*a), (draws.lens, draws.source)))
+    num_pixels = int(np.sum(np.asarray(jm.mask)))
+    finite = fit[np.isfinite(fit)]
+    best_fit = float(finite.min()) if finite.size else float("inf")
+    tol = default_mode_tolerance(num_pixels, best_fit) if tolerance is None else float(tolerance)
+    chosen, num_dominant = dominant_mode_starts(fit, num_chains, tol)
+    lens = {n: jnp.asarray(v)[chosen] for n, v in draws.lens.items()}
+    unconstrained = jax.vmap(lambda values: lens_unconstrained(jm.lens_model, values))(lens)
+    init_params = {n: unconstrained[n] for n in kernel.lens_sites}
+    init_params[SOURCE_SITE] = jnp.asarray(draws.source)[chosen]
+    best = float(np.min(np.where(np.isfinite(fit), fit, np.inf))) / num_pixels
+    worst = float(np.max(np.where(np.isfinite(fit), fit, -np.inf))) / num_pixels
+    shown = ", ".join(f"{v:.3f}" for v in np.sort(fit)[:16] / num_pixels)
+    message = prefit_note + (
+        f"chain starts: {num_dominant} of {num_tries} warm-start trajectories within chi^2 {tol:.0f} of the best "
+        f"(chi^2/N {best:.4f}; worst try {worst:.4f}; tries: {shown}{', ...' if num_tries > 16 else ''})"
+    )
+    if num_dominant == 0:
+        message += "; WARNING: no trajectory has a finite fit: the warm start diverged (more --warm-start-steps)"
+    elif num_dominant < num_chains:
+        message += (
+            f"; WARNING: fewer than {num_chains} chains' worth, so chains share starts and R-hat is less able to "
+            "reveal a missed mode (raise --warm-start-tries)"
+        )
+    return ChainStarts(init_params, jnp.asarray(fit), jnp.asarray(chosen), num_dominant, tol, num_pixels, message)
+
+
+def prefit_starts(kernel: BlindLensGibbs, key: PRNGKeyArray, num_tries: int, config) -> tuple[dict, str]:
+    """Starting lenses of ``num_tries`` warm-start trajectories from a Sérsic pre-fit.
+
+    Runs :func:`~blindlens.parametric_prefit.prefit_lens_with_sersic` and hands out its runs in
+    the best basin (chi^2 within :func:`default_mode_tolerance` of the best, at least one) in
+    order of fit, cycling when there are fewer than ``num_tries``. Returns ``(lens values with a
+    leading tries axis, a report line)``.
+    """
+    from .parametric_prefit import prefit_lens_with_sersic
+
+    found = prefit_lens_with_sersic(key, kernel.joint_model.lens_model, kernel.observation, config)
+    chi2 = np.asarray(found.chi2)
+    n = found.num_pixels
+    best = float(chi2[0])
+    tol = default_mode_tolerance(n, best)
+    dominant = max(1, int(np.sum(chi2 <= best + tol)))
+    pick = np.arange(num_tries) % dominant
+    starts = {name: jnp.asarray(v)[pick] for name, v in found.runs.items()}
+    shown = ", ".join(f"{v:.2f}" for v in chi2[:8] / n)
+    lens = ", ".join(f"{name} {float(v[0]):+.3f}" for name, v in found.runs.items())
+    note = (f"lens pre-fit (Sérsic + shapelets, {chi2.size} starts): {dominant} in the best basin (chi^2/N "
+            f"{shown}{', ...' if chi2.size > 8 else ''}); best lens {lens}\n")
+    return starts, note
+
+
+def chain_chi2(kernel: BlindLensGibbs, z: dict) -> np.ndarray:
+    """Residual chi^2 of each chain's current ``(lens, source)``.
+
+    ``z`` is a Gibbs state's ``{site: value}`` with a leading chain axis (lens sites in NumPyro's
+    unconstrained space, as in ``mcmc.post_warmup_state.z``).
+    """
+    jm = kernel.joint_model
+    space = _LensSpace(jm.lens_model)
+    def one(zc):
+        values = {n: space.transforms[n](jnp.asarray(zc[n])) for n in space.names}
+        return jm.residual_chi2(lens_from_values(jm.lens_model, values), zc[SOURCE_SITE])
+
+    return np.asarray(jax.lax.map(one, {n: jnp.asarray(z[n]) for n in (*space.names, SOURCE_SITE)}))
+
+
+def reset_worse_chains(kernel: BlindLensGibbs, state, *, tolerance: float | None = None):
+    """Restart chains that sit in a worse mode than the best one from the best chain's state.
+
+    Meant for the end of warm-up (the CLI calls it there): a chain whose residual chi^2 exceeds
+    the best chain's by more than ``tolerance`` (default :func:`default_mode_tolerance`) gets the
+    best chain's whole state (lens, source, adapted step size and metric) but keeps its own PRNG
+    key, so it continues independently from the dominant mode instead of being averaged into the
+    posterior from a wrong one.
+
+    Parameters
+    ----------
+    kernel
+        The kernel the chains run.
+    state
+        A :class:`~blindlens.gibbs_kernel.BlindLensGibbsState` with a leading chain axis.
+    tolerance
+        Chi^2 gap to the best chain that still counts as the same mode.
+
+    Returns
+    -------
+    state, reset, message
+        The new state, the indices of the restarted chains and a one-line report (empty when no
+        chain was restarted).
+    """
+    chi2 = chain_chi2(kernel, state.z)
+    num_pixels = int(np.sum(np.asarray(kernel.joint_model.mask)))
+    fit = np.where(np.isfinite(chi2), chi2, np.inf)
+    best = int(np.argmin(fit))
+    tol = default_mode_tolerance(num_pixels, fit[best]) if tolerance is None else float(tolerance)
+    reset = [int(c) for c in range(fit.size) if c != best and not fit[c] <= fit[best] + tol]
+    if not reset or not np.isfinite(fit[best]):
+        return state, [], ""
+    index = np.arange(fit.size)
+    index[reset] = best
+
+    def take(path, leaf):
+        if any(getattr(p, "name", None) == "rng_key" for p in path) or np.ndim(leaf) == 0:
+            return leaf
+        return leaf[index]
+
+    new_state = jax.tree_util.tree_map_with_path(take, state)
+    per_n = ", ".join(f"chain {c} chi^2/N {chi2[c] / num_pixels:.4f}" for c in reset)
+    message = (
+        f"WARNING: after warm-up {per_n} sat in a worse mode than chain {best} (chi^2/N "
+        f"{chi2[best] / num_pixels:.4f}; gap > {tol:.0f}): restarted from chain {best}'s state with its own key. "
+        "Restarted chains share a start, so R-hat is less able to reveal a missed mode."
+    )
+    return new_state, reset, message

@@ -1,0 +1,232 @@
+"""The source step of the Gibbs sweep: the source block and the source moves it runs.
+
+:class:`SourceBlock` is the source block of :class:`~blindlens.gibbs_kernel.BlindLensGibbs`, a
+small NumPyro ``MCMCKernel`` (state :class:`SourceBlockState`) that reads the lens from the Gibbs
+conditioning and moves the source by a callable ``sampler(key, operator, data, noise_sigma) ->
+source`` (:data:`SourceSampler`, a fresh draw of ``p(s | theta, y)``) or ``refresher(key,
+operator, data, noise_sigma, current) -> source`` (a Markov move that leaves ``p(s | theta, y)``
+invariant). The adapters here wrap the package's source samplers in that form: the guided reverse
+SDE from ``t = 1`` (:func:`blindlens.source_posterior.source_step`), the partial refresh
+(:func:`blindlens.source_posterior.source_refresh`, level :func:`auto_refresh_sigma` by default)
+and the exact split-Gibbs move (:func:`blindlens.split_gibbs.split_gibbs_move`). Each adapter is
+a module-level class (not a closure), so that kernels holding it pickle, and carries its cost per
+call as ``num_score_evals``. :func:`_staged` passes a noise map into a traced source step (also
+used by :func:`blindlens.gibbsddrm.sample_gibbsddrm`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from numpyro.infer.gibbs import GIBBS_SITES_KWARG
+from numpyro.infer.mcmc import MCMCKernel
+
+from .._types import Array, Float, PRNGKeyArray, SourceImage
+from ..prior.source_prior import AbstractSourcePrior
+from .numpyro_model import SOURCE_SITE, JointModel, lens_from_values, lens_site_names
+
+__all__ = ["SourceBlock", "SourceBlockState", "SourceSampler", "auto_refresh_sigma"]
+
+
+SourceSampler = Callable[[PRNGKeyArray, object, Float[Array, "ny nx"], Float[Array, "ny nx"]], SourceImage]
+"""``sampler(key, operator, data, noise_sigma) -> source``: one draw of ``p(s | A, y)``."""
+
+
+def _staged(noise):
+    """``noise`` as a value of the current trace.
+
+    ``gaussian_prior.inverse_noise_variance`` validates concrete noise maps (with numpy, so
+    constants inside a trace work too); a traced array skips that check, which
+    :func:`~blindlens.numpyro_model.joint_model` has already done, so the check does not run once
+    per source step.
+    """
+    return noise + jnp.zeros((), noise.dtype)
+
+
+def _default_source_config():
+    from ..source.source_posterior import SourceSamplerConfig
+
+    return SourceSamplerConfig(num_steps=50)  # the accuracy-cost curve, docs/source_posterior.md
+
+
+class _SourceStepSampler:
+    """:func:`blindlens.source_posterior.source_step` as a :data:`SourceSampler`.
+
+    A module-level callable (not a closure) so that kernels holding it can be pickled.
+    """
+
+    def __init__(self, prior: AbstractSourcePrior, config):
+        self.prior = prior
+        self.config = config
+        self.num_score_evals = _evals_per_draw(config, int(config.num_steps))
+
+    def __call__(self, key, operator, data, noise):
+        from ..source.source_posterior import source_step
+
+        return source_step(key, self.prior, operator, data, noise, self.config)
+
+
+def _source_step_sampler(prior: AbstractSourcePrior, config) -> SourceSampler:
+    return _SourceStepSampler(prior, config)
+
+
+def _evals_per_draw(config, num_steps: int) -> int:
+    steps = num_steps * (1 + int(getattr(config, "corrector_steps", 0)))
+    steps *= 2 if getattr(config, "solver", "euler") == "heun" else 1
+    return steps + int(bool(getattr(config, "denoise", True)))
+
+
+class _SourceRefreshSampler:
+    """:func:`blindlens.source_posterior.source_refresh` as ``refresher(key, op, data, noise, current)``
+    (a module-level callable, picklable)."""
+
+    def __init__(self, prior: AbstractSourcePrior, config, refresh_sigma: float):
+        from ..source.source_posterior import refresh_steps
+
+        self.prior = prior
+        self.config = config
+        self.refresh_sigma = refresh_sigma
+        self.num_score_evals = _evals_per_draw(config, refresh_steps(prior, config, refresh_sigma)[1])
+
+    def __call__(self, key, operator, data, noise, current):
+        from ..source.source_posterior import source_refresh
+
+        return source_refresh(key, self.prior, operator, data, noise, current, self.refresh_sigma, self.config)
+
+
+def _source_refresh_sampler(prior: AbstractSourcePrior, config, refresh_sigma: float):
+    return _SourceRefreshSampler(prior, config, refresh_sigma)
+
+
+class _SplitGibbsMover:
+    """:func:`blindlens.split_gibbs.split_gibbs_move` as ``refresher(key, op, data, noise, current)``
+    (a module-level callable, picklable)."""
+
+    def __init__(self, prior: AbstractSourcePrior, config):
+        self.prior = prior
+        self.config = config
+        self.num_score_evals = int(config.network_passes_per_move) * int(config.num_moves)
+
+    def __call__(self, key, operator, data, noise, current):
+        from ..source.split_gibbs import split_gibbs_move
+
+        return split_gibbs_move(key, self.prior, operator, data, noise, current, self.config)
+
+
+def auto_refresh_sigma(model: JointModel, prior: AbstractSourcePrior) -> float | None:
+    """Default partial-refresh level: ``3 x`` the median noise sd of the unmasked pixels.
+
+    The move must decorrelate the source on the scale of its posterior uncertainty, which is set
+    by the noise (each source pixel is seen by several image pixels, so it is measured to better
+    than the noise sd). Measured: ``6 sigma_n`` gives a median start/refresh correlation of 0.03
+    over the posterior modes of the 16x16 exact test; ``3 sigma_n`` passes the gold standard
+    (docs/joint_inference.md). Returns ``None`` (full draws) when
+    that level lies outside ``(4 sigma_min, sigma_max / 4)`` of the prior's diffusion, where a
+    refresh would either barely move the source or cost as much as a full draw.
+    """
+    noise = np.asarray(model.noise)
+    observed = np.broadcast_to(np.asarray(model.mask, bool), noise.shape)
+    sigma_r = 3.0 * float(np.median(noise[observed]))
+    sde = prior.sde
+    if not 4 * sde.sigma_min < sigma_r < sde.sigma_max / 4:
+        return None
+    return sigma_r
+
+
+class SourceBlockState(NamedTuple):
+    """State of the source block.
+
+    Attributes
+    ----------
+    z
+        ``{"source": (sy, sx) array}``.
+    rng_key
+        Key for the next source draw.
+    num_score_evals
+        Cumulative prior-score (network) evaluations spent by the source block.
+    """
+
+    z: dict
+    rng_key: Array
+    num_score_evals: Array
+
+
+class SourceBlock(MCMCKernel):
+    """The source block of :class:`BlindLensGibbs`: ``s ~ p(s | theta, y)`` by a guided reverse SDE.
+
+    It reads the current lens from NumPyro's Gibbs conditioning (``model_kwargs["_gibbs_sites"]``),
+    rebuilds the lens and its lensing operator from the lens model (NumPyro 0.22 passes only
+    latent sites, never deterministic intermediates), and replaces the source by a fresh draw.
+    It caches nothing, so :meth:`refresh` is the identity.
+
+    Parameters
+    ----------
+    model
+        The joint model.
+    source_sampler
+        ``sampler(key, operator, data, noise_sigma) -> source``; its attribute
+        ``num_score_evals`` (if any) is counted per draw.
+    refresher
+        Optional ``refresher(key, operator, data, noise_sigma, current) -> source``, a Markov move
+        of the source that leaves ``p(s | theta, y)`` invariant (a partial refresh,
+        :func:`blindlens.source_posterior.source_refresh`); used for every sweep instead of a
+        fresh draw (the first source still comes from ``source_sampler``).
+    """
+
+    sample_field = "z"
+
+    def __init__(self, model: JointModel, source_sampler: SourceSampler, refresher=None):
+        self._joint = model
+        self._sampler = source_sampler
+        self._refresher = refresher
+        self._lens_sites = lens_site_names(model.lens_model)
+        sweep_cost = source_sampler if refresher is None else refresher
+        self._evals = int(getattr(sweep_cost, "num_score_evals", 0))
+
+    def _operator_and_data(self, lens_values):
+        lens = lens_from_values(self._joint.lens_model, lens_values)
+        return self._joint.operator(lens, masked=True), self._joint.source_data(lens)
+
+    def draw(self, key, lens_values):
+        """A fresh source draw given the lens (used for the first state)."""
+        op, data = self._operator_and_data(lens_values)
+        return self._sampler(key, op, data, _staged(self._joint.noise))
+
+    def move(self, key, lens_values, current):
+        """One sweep's source update: the refresher's move from ``current``, or a fresh draw."""
+        if self._refresher is None:
+            return self.draw(key, lens_values)
+        op, data = self._operator_and_data(lens_values)
+        return self._refresher(key, op, data, _staged(self._joint.noise), current)
+
+    def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
+        if not init_params or SOURCE_SITE not in init_params:
+            raise ValueError("SourceBlock needs an initial source; use it inside BlindLensGibbs.")
+        return SourceBlockState(
+            {SOURCE_SITE: jnp.asarray(init_params[SOURCE_SITE])}, rng_key, jnp.zeros((), jnp.int32)
+        )
+
+    def sample(self, state, model_args, model_kwargs):
+        cond = (model_kwargs or {}).get(GIBBS_SITES_KWARG, {})
+        missing = [n for n in self._lens_sites if n not in cond]
+        if missing:
+            raise ValueError(f"SourceBlock did not receive the lens sites {missing}; run it inside Gibbs.")
+        key, sub = jr.split(state.rng_key)
+        source = self.move(sub, {n: cond[n] for n in self._lens_sites}, state.z[SOURCE_SITE])
+        return SourceBlockState({SOURCE_SITE: source}, key, state.num_score_evals + self._evals)
+
+    def refresh(self, state, model_args, model_kwargs):
+        return state
+
+    def wrap_model(self, wrapper):
+        return self
+
+    def get_constrain_fn(self, model_args, model_kwargs):
+        return lambda z: z
+
+    def get_diagnostics_str(self, state):
+        return ""

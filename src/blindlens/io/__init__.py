@@ -1,0 +1,1 @@
+"""Input and output: observations, survey FITS, lens files, simulated observations, run checkpoints."""

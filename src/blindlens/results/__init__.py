@@ -1,0 +1,1 @@
+"""Results: ArviZ InferenceData, run diagnostics, figures, posterior products, lenstronomy export."""
