@@ -305,3 +305,12 @@ def test_per_time_likelihood_score_error():
     assert max(cal) < 1e-2
     assert max(cla[1:3]) > 0.5  # CLA over-weights the data at intermediate noise
     assert max(cla) > 50 * max(cal) and max(pigdm) > 10 * max(cal)
+
+
+def test_guidance_names_resolve_to_the_built_in_rules():
+    from blindlens.source import GUIDANCE_NAMES
+    from blindlens.source.likelihood_score import CLA, CalibratedTweedie, PiGDM, guidance_by_name
+
+    assert [type(guidance_by_name(n)) for n in GUIDANCE_NAMES] == [PiGDM, CalibratedTweedie, CLA]
+    with pytest.raises(ValueError, match="choose one of pigdm"):
+        guidance_by_name("tweedie")

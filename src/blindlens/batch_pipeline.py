@@ -75,7 +75,7 @@ def sample_observations_batch(
         observation_options,
     )
     from .results.batch_results import batch_inference_data
-    from .source.likelihood_score import CLA, CalibratedTweedie, PiGDM
+    from .source.likelihood_score import guidance_by_name
     from .source.source_posterior import SourceSamplerConfig
 
     options = DEFAULTS if options is None else options
@@ -105,7 +105,7 @@ def sample_observations_batch(
         prior = load_source_prior(options.prior)
     if options.flux_scale is not None:
         prior = prior.with_flux_scale(options.flux_scale)
-    guidance = {"pigdm": PiGDM, "calibrated": CalibratedTweedie, "cla": CLA}[options.guidance]()
+    guidance = guidance_by_name(options.guidance)
     grid = PixelGrid(tuple(prior.shape), float(prior.pixel_scale), tuple(options.source_center))
     models = [joint_model(lens_model, obs, grid, supersampling=options.supersampling) for obs in observations]
     core = GibbsCore.default(

@@ -21,6 +21,7 @@ from .pipeline import load_lens_model as _load_lens_model  # noqa: F401
 from .pipeline import load_source_prior as _load_source_prior
 from .pipeline import read_input as _read_input
 from .pipeline import write_joint_outputs as _write_joint_outputs
+from .source import GUIDANCE_NAMES
 
 __all__ = ["main", "build_parser"]
 
@@ -322,7 +323,7 @@ def _add_sampling_arguments(p) -> None:
     p.add_argument("--prior", default=DEFAULTS.prior,
                    help="'default' (shipped 32x32 prior at 0.1\"/pixel), 'highres' (shipped 64x64 prior at 0.05\"/pixel, "
                         "for data at HST-like resolution) or a prior file from train-prior")
-    p.add_argument("--guidance", choices=("pigdm", "calibrated", "cla"), default=DEFAULTS.guidance,
+    p.add_argument("--guidance", choices=GUIDANCE_NAMES, default=DEFAULTS.guidance,
                    help="likelihood score: pigdm (default), calibrated (exact for Gaussian priors, costlier), cla")
     p.add_argument("--steps", type=int, default=DEFAULTS.steps,
                    help=f"reverse-diffusion steps (default {DEFAULTS.steps}: docs/source_posterior.md)")

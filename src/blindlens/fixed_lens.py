@@ -23,7 +23,7 @@ def run_fixed_lens(args, prior, options):
     from .io.observation import load_observation
     from .pipeline import observation_options
     from .results.arviz_conversion import fixed_lens_inference_data
-    from .source.likelihood_score import CLA, CalibratedTweedie, PiGDM
+    from .source.likelihood_score import guidance_by_name
     from .source.source_posterior import (
         SourceSamplerConfig,
         fixed_lens_operator,
@@ -36,7 +36,7 @@ def run_fixed_lens(args, prior, options):
     if args.flux_scale is not None:
         prior = prior.with_flux_scale(args.flux_scale)
     op = fixed_lens_operator(obs, lens, prior, source_center=tuple(args.source_center), supersampling=args.supersampling)
-    guidance = {"pigdm": PiGDM, "calibrated": CalibratedTweedie, "cla": CLA}[args.guidance]()
+    guidance = guidance_by_name(args.guidance)
     config = SourceSamplerConfig(guidance=guidance, num_steps=args.steps, solver=args.solver)
     clock = RunClock()
     clock.say(f"fixed lens: compiling and drawing {args.num_samples} source samples of {args.steps} reverse-SDE "

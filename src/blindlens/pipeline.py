@@ -374,7 +374,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
     from .io.run_checkpoint import checkpoint_path
     from .physics.grid import PixelGrid
     from .results.arviz_conversion import to_inference_data
-    from .source.likelihood_score import CLA, CalibratedTweedie, PiGDM
+    from .source.likelihood_score import guidance_by_name
     from .source.source_posterior import SourceSamplerConfig
 
     options.validate()
@@ -396,7 +396,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
         prior = (load_prior or load_source_prior)(options.prior)
     if options.flux_scale is not None:
         prior = prior.with_flux_scale(options.flux_scale)
-    guidance = {"pigdm": PiGDM, "calibrated": CalibratedTweedie, "cla": CLA}[options.guidance]()
+    guidance = guidance_by_name(options.guidance)
     grid = PixelGrid(tuple(prior.shape), float(prior.pixel_scale), tuple(options.source_center))
     kernel = BlindLensGibbs(
         lens_model, obs, prior,

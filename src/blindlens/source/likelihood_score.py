@@ -52,6 +52,7 @@ from ..prior.gaussian_prior import (
     inverse_noise_variance,
 )
 from ..prior.source_prior import AbstractSourcePrior
+from . import GUIDANCE_NAMES
 
 __all__ = [
     "LikelihoodProblem",
@@ -62,6 +63,8 @@ __all__ = [
     "ExactGaussianLikelihoodScore",
     "TemperedLikelihoodScore",
     "conjugate_gradient",
+    "GUIDANCE_NAMES",
+    "guidance_by_name",
 ]
 
 
@@ -531,3 +534,13 @@ class TemperedLikelihoodScore(AbstractLikelihoodScore):
 
     def network_passes(self, x, t, problem):
         return self.base.network_passes(x, t, problem) + 1.0
+
+
+def guidance_by_name(name: str) -> AbstractLikelihoodScore:
+    """The built-in guidance rule called ``name`` (one of :data:`GUIDANCE_NAMES`): :class:`PiGDM`,
+    :class:`CalibratedTweedie` or :class:`CLA` with default settings."""
+    table = dict(zip(GUIDANCE_NAMES, (PiGDM, CalibratedTweedie, CLA), strict=True))
+    if name not in table:
+        raise ValueError(f"unknown guidance {name!r}; choose one of {', '.join(GUIDANCE_NAMES)}.")
+    return table[name]()
+
