@@ -32,8 +32,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _joint_problem import LowRankExactGuidance, Problem
+from blindlens.testing.gold_problem import LowRankExactGuidance, Problem
 
 from blindlens.gibbs_core import GibbsCore
 from blindlens.gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig

@@ -1,6 +1,6 @@
 """Which source step makes the joint lens posterior too narrow? The gold-standard problem with each guidance.
 
-The 16x16 Gaussian-process source problem of the gold-standard test (tests/_joint_problem.py,
+The 16x16 Gaussian-process source problem of the gold-standard test (blindlens.testing.gold_problem,
 ``theta_E`` free) has an exact lens marginal (the source integrates out in closed form). Its
 prior score is exact, so running ``BlindLensGibbs`` with different likelihood guidances (the exact
 Gaussian posterior score, PiGDM, CLA) isolates the error of the approximate source step: the
@@ -11,18 +11,15 @@ exact sd, with Monte Carlo errors from the bulk ESS.
 """
 
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import arviz as az  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
-from _joint_problem import LowRankExactGuidance, Problem  # noqa: E402
+from blindlens.testing.gold_problem import LowRankExactGuidance, Problem  # noqa: E402
 from numpyro.infer import MCMC  # noqa: E402
 from numpyro.infer.util import log_density  # noqa: E402
 

@@ -21,13 +21,12 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
-from _lensed_gaussian import gaussian_problem, posterior_metrics  # noqa: E402
+from blindlens.testing.lensed_gaussian import gaussian_problem, posterior_metrics  # noqa: E402
 
 from blindlens.diffusion_sde import LinearlyImplicitEulerMaruyama  # noqa: E402
 from blindlens.likelihood_score import CLA, ExactGaussianLikelihoodScore  # noqa: E402

@@ -34,7 +34,7 @@ import jax.random as jr
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _lensed_gaussian import gaussian_problem, posterior_metrics
+from blindlens.testing.lensed_gaussian import gaussian_problem, posterior_metrics
 
 import blindlens.split_gibbs as sg
 from blindlens.gaussian_prior import GaussianSourcePrior, operator_matrix

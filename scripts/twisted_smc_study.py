@@ -11,18 +11,16 @@ particles without weights, i.e. plain PiGDM.
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
-from _lensed_gaussian import gaussian_problem, mixture_problem, posterior_metrics  # noqa: E402
+from blindlens.testing.lensed_gaussian import gaussian_problem, mixture_problem, posterior_metrics  # noqa: E402
 
 from blindlens.likelihood_score import PiGDM  # noqa: E402
 from blindlens.twisted_smc import TwistedSMCConfig, sample_source_posterior_smc  # noqa: E402

@@ -8,7 +8,7 @@ import jax.random as jr
 import matplotlib
 import numpy as np
 import pytest
-from _joint_problem import LowRankExactGuidance, Problem
+from blindlens.testing.gold_problem import LowRankExactGuidance, Problem
 from numpyro.infer import MCMC
 
 from blindlens import cli

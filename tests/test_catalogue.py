@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from _joint_problem import Problem
+from blindlens.testing.gold_problem import Problem
 
 from blindlens import catalogue, cli
 from blindlens.observation import save_observation

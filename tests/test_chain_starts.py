@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from _joint_problem import LowRankExactGuidance, Problem
+from blindlens.testing.gold_problem import LowRankExactGuidance, Problem
 
 from blindlens.chain_starts import (
     chain_chi2,

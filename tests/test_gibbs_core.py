@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from _joint_problem import LowRankExactGuidance, Problem
+from blindlens.testing.gold_problem import LowRankExactGuidance, Problem
 from blindlens.results.batch_results import batch_inference_data
 from blindlens.gibbs_core import GibbsCore, GibbsCoreState
 from blindlens.gibbsddrm import GibbsDDRMConfig

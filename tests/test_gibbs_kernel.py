@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from _joint_problem import LowRankExactGuidance, Problem
+from blindlens.testing.gold_problem import LowRankExactGuidance, Problem
 from numpyro.infer import MCMC
 from numpyro.infer.gibbs import conditioned, with_conditioning
 from numpyro.infer.util import log_density, potential_energy

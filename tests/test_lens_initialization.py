@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from _joint_problem import Problem
+from blindlens.testing.gold_problem import Problem
 
 from blindlens.gibbs_kernel import BlindLensGibbs
 from blindlens.lens_initialization import (
@@ -101,7 +101,7 @@ def test_non_gaussian_prior_ranks_runs_by_source_draw_chi2(problem, mode):
     # squared-exponential stand-in and ranks the runs by the chi^2 of a source-step draw. With the
     # exact source step the best-ranked run must be at the marginal mode (runs there differ by
     # less than the posterior sd, so which of them wins is chi^2 noise).
-    from _joint_problem import LowRankExactGuidance
+    from blindlens.testing.gold_problem import LowRankExactGuidance
 
     from blindlens.source_posterior import SourceSamplerConfig
     from blindlens.source_prior import AbstractSourcePrior

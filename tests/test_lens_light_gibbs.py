@@ -16,7 +16,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from _joint_problem import LowRankExactGuidance, Problem
+from blindlens.testing.gold_problem import LowRankExactGuidance, Problem
 from numpyro.infer import MCMC, NUTS
 
 from blindlens.gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig

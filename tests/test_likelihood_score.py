@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from _lensed_gaussian import gaussian_problem, lensing_operator
+from blindlens.testing.lensed_gaussian import gaussian_problem, lensing_operator
 
 from blindlens.diffusion_sde import VESDE
 from blindlens.gaussian_prior import (

@@ -17,7 +17,7 @@ CONFINED = {
     "optax": {"training"},
     "galsim": {"galaxies"},
     "numpyro": {"numpyro_model", "lens_light_model", "lens_space", "gibbs_kernel", "lens_block", "source_moves",
-                "chain_runner"},  # models, kernel and its blocks, MCMC driver
+                "chain_runner", "testing"},  # models, kernel and its blocks, MCMC driver; the test oracles' lens model
     "arviz": {"arviz_conversion"},
     "xarray": {"arviz_conversion"},
     "astropy": {"observation", "survey_fits"},

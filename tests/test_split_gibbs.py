@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from _lensed_gaussian import (
+from blindlens.testing.lensed_gaussian import (
     band_failures,
     gaussian_problem,
     mixture_problem,

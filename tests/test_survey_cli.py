@@ -4,7 +4,7 @@ samples lens + light + source and writes the FITS products with world coordinate
 
 import numpy as np
 import pytest
-from _joint_problem import Problem
+from blindlens.testing.gold_problem import Problem
 from astropy.io import fits
 from astropy.wcs import WCS
 

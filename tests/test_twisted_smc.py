@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from _lensed_gaussian import gaussian_problem, mixture_problem, posterior_metrics
+from blindlens.testing.lensed_gaussian import gaussian_problem, mixture_problem, posterior_metrics
 
 from blindlens.likelihood_score import (
     CLA,

@@ -14,15 +14,15 @@ import jax.random as jr
 import numpyro
 import numpyro.distributions as dist
 
-from blindlens.diffusion_sde import VESDE
-from blindlens.gaussian_prior import GaussianSourcePrior, squared_exponential_covariance
-from blindlens.grid import PixelGrid
-from blindlens.lens_models import SIS
-from blindlens.lens_initialization import gaussian_log_evidence
-from blindlens.lensing_operator import LensingOperator
-from blindlens.likelihood_score import ExactGaussianLikelihoodScore, _base_problem
-from blindlens.observation import Observation
-from blindlens.psf import gaussian_psf
+from ..inference.lens_initialization import gaussian_log_evidence
+from ..io.observation import Observation
+from ..physics.grid import PixelGrid
+from ..physics.lens_models import SIS
+from ..physics.lensing_operator import LensingOperator
+from ..physics.psf import gaussian_psf
+from ..prior.diffusion_sde import VESDE
+from ..prior.gaussian_prior import GaussianSourcePrior, squared_exponential_covariance
+from ..source.likelihood_score import ExactGaussianLikelihoodScore, _base_problem
 
 
 class Problem:

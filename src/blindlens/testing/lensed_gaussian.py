@@ -12,17 +12,17 @@ from __future__ import annotations
 import jax.numpy as jnp
 import jax.random as jr
 
-from blindlens.diffusion_sde import VESDE
-from blindlens.gaussian_prior import (
+from ..physics.grid import PixelGrid
+from ..physics.lens_models import SIS
+from ..physics.lensing_operator import LensingOperator
+from ..physics.linear_operator import DenseOperator
+from ..physics.psf import gaussian_psf
+from ..prior.diffusion_sde import VESDE
+from ..prior.gaussian_prior import (
     GaussianMixtureSourcePrior,
     GaussianSourcePrior,
     squared_exponential_covariance,
 )
-from blindlens.grid import PixelGrid
-from blindlens.lens_models import SIS
-from blindlens.lensing_operator import LensingOperator
-from blindlens.linear_operator import DenseOperator
-from blindlens.psf import gaussian_psf
 
 SOURCE_FIELD = 0.8  # arcsec
 IMAGE_FIELD = 1.92  # arcsec
