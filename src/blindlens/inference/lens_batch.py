@@ -46,10 +46,11 @@ class BatchDraws(NamedTuple):
     source
         ``(lens, chain, draw, sy, sx)`` source draws, or ``None`` when not kept.
     info
-        :class:`~blindlens.gibbs_core.SweepInfo` of every sampling sweep, leaves ``(lens, chain, draw)``.
+        :class:`~blindlens.inference.gibbs_core.SweepInfo` of every sampling sweep, leaves ``(lens, chain, draw)``.
     final
-        :class:`~blindlens.gibbs_core.GibbsCoreState` after the last sweep, leaves ``(lens, chain, ...)``
-        (resume from it with ``starts=``-free :func:`run_chains`).
+        :class:`~blindlens.inference.gibbs_core.GibbsCoreState` after the last sweep, leaves
+        ``(lens, chain, ...)``; one chain continues with :func:`run_chain` (or ``core.sweep``) from
+        its slice, metric and step size as adapted.
     """
 
     lens: dict[str, Float[Array, "lens chain draw"]]
