@@ -59,6 +59,7 @@ from ..prior.source_prior import AbstractSourcePrior
 from .gibbsddrm import GibbsDDRMConfig, _metric, sample_gibbsddrm
 from .lens_space import LensSpace
 from .numpyro_model import JointModel, lens_site_names
+from .source_moves import _staged  # the noise map as a traced value (skips concrete-noise checks)
 
 __all__ = ["GibbsCore", "GibbsCoreState", "SweepInfo"]
 
@@ -107,10 +108,6 @@ class SweepInfo(NamedTuple):
     num_steps: Int[Array, ""]
     chi2: Float[Array, ""]
     num_score_evals: Int[Array, ""]
-
-
-def _staged(noise):
-    return noise + jnp.zeros((), noise.dtype)  # a traced copy: skips the concrete-noise checks
 
 
 class GibbsCore(eqx.Module):
