@@ -22,6 +22,7 @@ from blindlens.likelihood_score import (
     PiGDM,
     TemperedLikelihoodScore,
     conjugate_gradient,
+    data_pixel_variance,
 )
 from blindlens.linear_operator import DenseOperator
 
@@ -221,6 +222,30 @@ def test_pigdm_default_data_variance(getkey):
     v = float(PiGDM().prepare(opaque, op, y, sigma).data_variance)
     expected = float(jnp.sum(y**2 - sigma**2) / jnp.sum(op.diag_aat()))
     assert v == pytest.approx(expected, rel=0.15)  # trace from 32 Hutchinson probes
+
+
+def test_the_operator_free_data_variance_is_the_trace_estimate_for_a_unit_diagonal(getkey, x64):
+    """``data_pixel_variance`` is PiGDM's moment estimate with diag(A A^T) = 1: equal for a
+    permutation-like operator (exactly unit diagonal), within the probe error, and read over unmasked
+    pixels only."""
+    prior, _, _, _ = _small_problem(getkey(), ns=6, ni=6)
+    perm = jnp.eye(36)[jr.permutation(getkey(), 36)]
+    op = DenseOperator(perm, (6, 6), (6, 6))
+    y = 2.0 + jr.normal(getkey(), (6, 6))
+    sigma = 0.3 * jnp.ones((6, 6))
+
+    class _Opaque(GaussianSourcePrior):
+        pixel_variance = None
+
+    opaque = _Opaque(prior.mean, prior.cov, prior.sde, prior.pixel_scale)
+    v_trace = float(PiGDM().prepare(opaque, op, y, sigma).data_variance)
+    v_free = float(data_pixel_variance(y, sigma, jnp.ones((6, 6), bool)))
+    assert v_free == pytest.approx(float(jnp.mean(y**2 - sigma**2)), rel=1e-12)
+    assert v_trace == pytest.approx(v_free, rel=1e-12)  # Rademacher probes of a unit diagonal are exact
+    mask = jnp.arange(36).reshape(6, 6) < 20
+    assert float(data_pixel_variance(y.at[~mask].set(1e3), sigma, mask)) == pytest.approx(
+        float(jnp.mean((y**2 - sigma**2)[mask])), rel=1e-12)
+    assert 0 < float(data_pixel_variance(jnp.zeros((6, 6)), sigma, mask)) < 1e-20  # floored, positive
 
 
 def test_conjugate_gradient_solves_spd_system(getkey, x64):

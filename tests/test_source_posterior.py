@@ -284,7 +284,8 @@ def test_cli_sample_fixed_lens(tmp_path, monkeypatch):
     lens_path = save_lens_config(lens, tmp_path / "lens.toml")
     out = tmp_path / "posterior.nc"
     argv = ["sample", str(obs_path), "--fixed-lens", str(lens_path), "--num-samples", "4", "--out", str(out),
-            "--prior", str(tmp_path / "prior.eqx"), "--steps", "30", "--seed", "3", "--guidance", "calibrated"]
+            "--prior", str(tmp_path / "prior.eqx"), "--steps", "30", "--seed", "3", "--guidance", "calibrated",
+            "--source-center", "0", "0"]
     assert cli.main(argv) == 0
     idata = az.from_netcdf(out)
     src = idata.posterior["source"]
@@ -309,6 +310,15 @@ def test_cli_sample_fixed_lens(tmp_path, monkeypatch):
     moved = idata_d.posterior["source"].values
     assert moved.shape == src.shape and np.all(np.isfinite(moved)) and not np.allclose(moved, src.values)
     assert cli.main(["sample", str(obs_path), "--out", str(tmp_path / "e.nc"), "--polish-moves", "2"]) == 2
+    # --source-center auto (the default): the grid sits on the data's light traced back through the lens
+    from blindlens.lensing_operator import source_centroid
+
+    auto = [a if a != str(out) else str(tmp_path / "f.nc") for a in argv[:-3]]  # without --source-center 0 0
+    assert cli.main(auto) == 0
+    cx, _ = source_centroid(lens, image, 0.05, blank.image_grid, mask=mask)
+    assert abs(cx) > 0.01  # off the origin, so the check below could fail
+    np.testing.assert_allclose(az.from_netcdf(tmp_path / "f.nc").posterior["source_x"].values,
+                               cx + (np.arange(8) - 3.5) * 0.1, atol=1e-6)
 
 
 # ---- partial refresh (the Gibbs kernel's cheap source move) -------------------------------------

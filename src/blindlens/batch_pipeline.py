@@ -48,7 +48,9 @@ def sample_observations_batch(
     options
         :class:`~blindlens.pipeline.SampleOptions` (prior, guidance, steps, supersampling, lens
         model and light, chains, warmup, draws, warm-start steps and tries, seed, source
-        centre); ``draws`` ``None`` means 300.
+        centre); ``draws`` ``None`` means 300. ``prior="auto"`` is resolved by the observations'
+        pixel scale (one prior for the batch); ``source_center="auto"`` is the origin here (there
+        is no pre-fit to place the grid).
     batch_size
         Lenses vectorised together (:func:`~blindlens.lens_batch.sample_batch`); default: all.
     prior
@@ -73,6 +75,7 @@ def sample_observations_batch(
         load_lens_model,
         load_source_prior,
         observation_options,
+        resolve_prior_spec,
     )
     from .results.batch_results import batch_inference_data
     from .source.likelihood_score import guidance_by_name
@@ -102,11 +105,19 @@ def sample_observations_batch(
                                      num_components=options.lens_light_components,
                                      tie_center=options.tie_light_center)
     if prior is None:
-        prior = load_source_prior(options.prior)
+        spec = options.prior
+        if isinstance(spec, str):  # "auto": one shipped prior for the whole batch
+            specs = {resolve_prior_spec(spec, obs) for obs in observations}
+            if len(specs) > 1:
+                raise ValueError(f"--prior {spec} picks different priors ({', '.join(sorted(specs))}) for these "
+                                 "observations' pixel scales; batch lenses of one pixel scale or name the prior.")
+            spec = specs.pop()
+        prior = load_source_prior(spec)
     if options.flux_scale is not None:
         prior = prior.with_flux_scale(options.flux_scale)
     guidance = guidance_by_name(options.guidance)
-    grid = PixelGrid(tuple(prior.shape), float(prior.pixel_scale), tuple(options.source_center))
+    center = (0.0, 0.0) if isinstance(options.source_center, str) else tuple(options.source_center)
+    grid = PixelGrid(tuple(prior.shape), float(prior.pixel_scale), center)
     models = [joint_model(lens_model, obs, grid, supersampling=options.supersampling) for obs in observations]
     core = GibbsCore.default(
         lens_model, prior, models[0],

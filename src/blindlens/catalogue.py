@@ -43,7 +43,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .pipeline import DEFAULTS, SampleOptions, load_source_prior, result_fingerprint
+from .pipeline import DEFAULTS, SampleOptions, is_prior_file, load_source_prior, result_fingerprint
 
 __all__ = ["run_catalogue", "read_catalogue", "LensEntry", "LEADING_COLUMNS", "worker_environment"]
 
@@ -103,8 +103,13 @@ def _cell(name: str, text: str):
         if text.strip().lower() in ("0", "false", "no", "n"):
             return False
         raise ValueError(f"column {name}: expected true/false, got {text!r}.")
-    if kind is tuple:
-        return tuple(float(v) for v in text.replace(",", " ").split())
+    if kind is tuple or name == "source_center":
+        if name == "source_center" and text.strip().lower() == "auto":
+            return "auto"
+        try:
+            return tuple(float(v) for v in text.replace(",", " ").split())
+        except ValueError:
+            raise ValueError(f"column {name}: expected numbers, got {text!r}.") from None
     if name == "refresh_sigma":
         return None if text.lower() == "none" else text if text.lower() == "auto" else float(text)
     try:
@@ -115,8 +120,6 @@ def _cell(name: str, text: str):
 
 def _absolute(options: SampleOptions, base: Path) -> SampleOptions:
     """Input-file options resolved against ``base`` (workers may run elsewhere)."""
-    from .prior.score_prior import SHIPPED_PRIORS
-
     changes = {}
     for fld in dataclasses.fields(SampleOptions):
         value = getattr(options, fld.name)
@@ -126,7 +129,7 @@ def _absolute(options: SampleOptions, base: Path) -> SampleOptions:
     if ":" in spec:
         file, func = spec.rsplit(":", 1)
         changes["lens_model"] = f"{(base / file).resolve()}:{func}"
-    if isinstance(options.prior, (str, Path)) and str(options.prior) not in SHIPPED_PRIORS:
+    if is_prior_file(options.prior):
         changes["prior"] = str((base / options.prior).resolve())
     if options.figures is not None:
         changes["figures"] = str((base / options.figures).resolve())
@@ -212,6 +215,22 @@ def read_catalogue(inputs, options: SampleOptions | None = None) -> list[LensEnt
 
 
 _PRIORS: dict = {}
+
+
+def _with_resolved_prior(entry: LensEntry) -> LensEntry:
+    """``entry`` with ``--prior auto`` replaced by the shipped prior its observation's pixel scale picks
+    (the observation is read here; the finished-lens check and the workers then see a fixed prior)."""
+    from .prior.score_prior import AUTO_PRIOR
+
+    if not (isinstance(entry.options.prior, str) and entry.options.prior == AUTO_PRIOR):
+        return entry
+    from .io.observation import load_observation
+    from .pipeline import observation_options, read_input, resolve_prior_spec
+
+    options = entry.options
+    obs = read_input("observation", entry.observation, load_observation, psf=options.psf, mask=options.mask,
+                     **observation_options(options))
+    return dataclasses.replace(entry, options=options.replace(prior=resolve_prior_spec(options.prior, obs)))
 
 
 def _prior(spec):
@@ -437,6 +456,7 @@ def run_catalogue(inputs, out_dir, options: SampleOptions | None = None, *, work
     for entry in entries:
         try:
             entry.options.validate()
+            entry = _with_resolved_prior(entry)
             fingerprint = result_fingerprint(entry.observation, entry.options, _prior(entry.options.prior))
         except Exception as err:  # a missing observation or lens-model file, a bad per-lens option
             rows[entry.name] = _error_row(entry, err)

@@ -317,20 +317,38 @@ def _add_sample(sub):
     p.set_defaults(run=_run_sample)
 
 
+class _SourceCenter(argparse.Action):
+    """``--source-center auto`` or ``--source-center X Y`` (two numbers, arcsec)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values == ["auto"]:
+            setattr(namespace, self.dest, "auto")
+            return
+        try:
+            if len(values) != 2:
+                raise ValueError
+            setattr(namespace, self.dest, (float(values[0]), float(values[1])))
+        except ValueError:
+            parser.error(f"{option_string} takes 'auto' or two numbers X Y [arcsec], got {' '.join(values)!r}")
+
+
 def _add_sampling_arguments(p) -> None:
     """The sampling options of ``blindlens sample`` (and ``blindlens catalogue``): one per
     :class:`~blindlens.pipeline.SampleOptions` field, ``dest`` = the field, default from ``DEFAULTS``."""
     p.add_argument("--prior", default=DEFAULTS.prior,
-                   help="'default' (shipped 32x32 prior at 0.1\"/pixel), 'highres' (shipped 64x64 prior at 0.05\"/pixel, "
-                        "for data at HST-like resolution) or a prior file from train-prior")
+                   help="'auto' (default: the shipped prior nearest the data's pixel scale), 'default' (shipped "
+                        "32x32 prior at 0.1\"/pixel), 'highres' (shipped 64x64 prior at 0.05\"/pixel, for data at "
+                        "HST-like resolution) or a prior file from train-prior")
     p.add_argument("--guidance", choices=GUIDANCE_NAMES, default=DEFAULTS.guidance,
                    help="likelihood score: pigdm (default), calibrated (exact for Gaussian priors, costlier), cla")
     p.add_argument("--steps", type=int, default=DEFAULTS.steps,
                    help=f"reverse-diffusion steps (default {DEFAULTS.steps}: docs/source_posterior.md)")
     p.add_argument("--solver", choices=("auto", "euler", "heun", "imex"), default=DEFAULTS.solver,
                    help="reverse-SDE solver; auto: imex for CLA (stiff), euler otherwise")
-    p.add_argument("--source-center", type=float, nargs=2, default=DEFAULTS.source_center, metavar=("X", "Y"),
-                   help="source-grid centre [arcsec]")
+    p.add_argument("--source-center", nargs="+", action=_SourceCenter, default=DEFAULTS.source_center,
+                   metavar="auto|X Y",
+                   help="source-grid centre: 'auto' (default: the lens pre-fit's source, or with --fixed-lens the "
+                        "lensed light traced back through the lens) or X Y [arcsec]")
     p.add_argument("--flux-scale", type=float, default=DEFAULTS.flux_scale,
                    help="image units per prior (network) unit; default: the prior's own")
     p.add_argument("--supersampling", type=int, default=DEFAULTS.supersampling, help="rays per image pixel per axis")
@@ -366,7 +384,7 @@ def _run_sample(args):
 
     check_output_paths({"--out": args.out, "--plot": args.plot or Path(args.out).with_suffix(".png")},
                        suffixes={"--out": (".nc",), "--plot": FIGURE_SUFFIXES}, inputs=_sample_inputs(args))
-    idata = run_fixed_lens(args, _load_source_prior(args.prior), SampleOptions.from_namespace(args))
+    idata = run_fixed_lens(args, None, SampleOptions.from_namespace(args), load_prior=_load_source_prior)
     return _report_run(idata, strict=args.strict)
 
 

@@ -10,10 +10,15 @@ from __future__ import annotations
 __all__ = ["run_fixed_lens"]
 
 
-def run_fixed_lens(args, prior, options):
+def run_fixed_lens(args, prior, options, *, load_prior=None):
     """The fixed-lens run of parsed ``blindlens sample`` options ``args`` with the loaded source ``prior``
     (``options``: the same as a :class:`~blindlens.pipeline.SampleOptions`, for the observation's
-    companions). Writes ``args.out`` and the figure; returns the InferenceData."""
+    companions). Writes ``args.out`` and the figure; returns the InferenceData.
+
+    ``prior=None`` loads ``args.prior`` with ``load_prior`` (default
+    :func:`~blindlens.pipeline.load_source_prior`), ``"auto"`` resolved by the observation's pixel
+    scale. ``--source-center auto`` centres the source grid on the data's light traced back
+    through the lens (:func:`~blindlens.lensing_operator.source_centroid`)."""
     from pathlib import Path
 
     import jax
@@ -21,7 +26,9 @@ def run_fixed_lens(args, prior, options):
     from .inference.chain_runner import RunClock
     from .io.lens_config import load_lens_config
     from .io.observation import load_observation
-    from .pipeline import observation_options
+    from .physics.lensing_operator import source_centroid
+    from .physics.light_profiles import LensLightImager, light_of, mass_of
+    from .pipeline import load_source_prior, observation_options, resolve_prior_spec
     from .results.arviz_conversion import fixed_lens_inference_data
     from .source.likelihood_score import guidance_by_name
     from .source.source_posterior import (
@@ -33,9 +40,24 @@ def run_fixed_lens(args, prior, options):
 
     obs = load_observation(args.observation, psf=args.psf, mask=args.mask, **observation_options(options))
     lens = load_lens_config(args.fixed_lens)
+    if prior is None:
+        spec = resolve_prior_spec(args.prior, obs)
+        if spec != args.prior:
+            print(f"source prior: {spec} (--prior auto: the shipped prior nearest the data's "
+                  f"{obs.pixel_scale:.3g}\"/pixel)", flush=True)
+        prior = (load_prior or load_source_prior)(spec)
     if args.flux_scale is not None:
         prior = prior.with_flux_scale(args.flux_scale)
-    op = fixed_lens_operator(obs, lens, prior, source_center=tuple(args.source_center), supersampling=args.supersampling)
+    center = args.source_center
+    if isinstance(center, str):  # "auto": the data's light traced back through the lens
+        data = obs.image
+        if light_of(lens) is not None:
+            psf = None if obs.psf is None else obs.psf_operator()
+            data = data - LensLightImager(obs.image_grid, psf, args.supersampling)(light_of(lens))
+        center = source_centroid(mass_of(lens), data, obs.noise, obs.image_grid, mask=obs.mask)
+        print(f"source grid centred on the lensed light traced back through the lens at ({center[0]:+.3f}, "
+              f"{center[1]:+.3f})\" (--source-center auto)", flush=True)
+    op = fixed_lens_operator(obs, lens, prior, source_center=tuple(center), supersampling=args.supersampling)
     guidance = guidance_by_name(args.guidance)
     config = SourceSamplerConfig(guidance=guidance, num_steps=args.steps, solver=args.solver)
     clock = RunClock()
@@ -49,7 +71,7 @@ def run_fixed_lens(args, prior, options):
     )
     clock.say(f"{args.num_samples} source samples drawn")
     settings = {"guidance": args.guidance, "steps": args.steps, "solver": args.solver, "seed": args.seed,
-                "prior": args.prior, "lens_file": str(args.fixed_lens), "polish_moves": args.polish_moves}
+                "prior": args.prior if isinstance(args.prior, str) else "object", "lens_file": str(args.fixed_lens), "polish_moves": args.polish_moves}
     idata = fixed_lens_inference_data(result.samples, result.model_images, obs, op.source_grid, attrs=settings)
     out = Path(args.out)
     idata.to_netcdf(str(out))

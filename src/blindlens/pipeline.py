@@ -24,8 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .source_setup import (  # re-exported: the CLI, catalogue and batch pipeline import them from here
+    GRID_CENTER,
+    checkpointed_center,
+    is_prior_file,
+    load_source_prior,
+    resolve_prior_spec,
+    source_grid_center,
+)
+
 __all__ = ["SampleOptions", "DEFAULTS", "sample_observation", "diagnose", "load_lens_model", "load_source_prior",
-           "sample_fingerprint", "result_fingerprint"]
+           "resolve_prior_spec", "is_prior_file", "source_grid_center", "sample_fingerprint", "result_fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -34,16 +43,18 @@ class SampleOptions:
 
     Field names are the ``blindlens sample`` options without the leading ``--`` and with ``_`` for
     ``-`` (``warm_start_steps`` is ``--warm-start-steps``); see ``blindlens sample --help`` for
-    their meaning. ``prior`` is a spec (``"default"``, ``"highres"``, a prior file) or, from
-    Python, a source prior object. ``--strict`` (an exit status) is the command line's own.
+    their meaning. ``prior`` is a spec (``"auto"``: the shipped prior nearest the data's pixel
+    scale, ``"default"``, ``"highres"``, a prior file) or, from Python, a source prior object.
+    ``source_center`` is ``"auto"`` (the lens pre-fit's source centre; the origin without a
+    pre-fit) or ``(x, y)`` in arcsec. ``--strict`` (an exit status) is the command line's own.
     """
 
     # source prior and source step (shared with --fixed-lens runs)
-    prior: Any = "default"
+    prior: Any = "auto"
     guidance: str = "pigdm"
     steps: int = 50
     solver: str = "auto"
-    source_center: tuple = (0.0, 0.0)
+    source_center: Any = "auto"
     flux_scale: float | None = None
     supersampling: int = 2
     seed: int = 0
@@ -77,7 +88,8 @@ class SampleOptions:
     fits_products: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "source_center", tuple(float(v) for v in self.source_center))
+        if not isinstance(self.source_center, str):
+            object.__setattr__(self, "source_center", tuple(float(v) for v in self.source_center))
         for name in ("cutout_pixel", "cutout_sky"):  # (lists from a CSV or argparse: hashable tuples)
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
@@ -106,6 +118,10 @@ class SampleOptions:
             raise ValueError("give one cut-out centre: --cutout-pixel X Y or --cutout-sky RA DEC, not both.")
         if self.cutout_size is not None and self.cutout_size < 2:
             raise ValueError(f"--cutout-size must be >= 2 pixels, got {self.cutout_size}.")
+        if isinstance(self.source_center, str) and self.source_center != "auto":
+            raise ValueError(f"--source-center must be 'auto' or two numbers X Y [arcsec], got {self.source_center!r}.")
+        if not isinstance(self.source_center, str) and len(self.source_center) != 2:
+            raise ValueError(f"--source-center needs two numbers X Y [arcsec], got {len(self.source_center)}.")
         if self.lens_light not in ("none", "sersic"):
             raise ValueError(f"--lens-light must be 'none' or 'sersic', got {self.lens_light!r}.")
         convergence_target(self)
@@ -126,15 +142,6 @@ _NOT_FINGERPRINTED = ("prior", "lens_model", "no_resume", "figures", "truth", "f
 
 def _is_file_option(name: str) -> bool:
     return bool(SampleOptions.__dataclass_fields__[name].metadata.get("file"))
-
-
-def load_source_prior(spec):
-    """A source prior from a spec: ``"default"``, ``"highres"``, a prior file, or a prior object (returned)."""
-    if not isinstance(spec, (str, Path)):
-        return spec
-    from .prior.score_prior import SHIPPED_PRIORS, ScorePrior
-
-    return ScorePrior.shipped(spec) if spec in SHIPPED_PRIORS else ScorePrior.load(spec)
 
 
 def load_lens_model(spec: str):
@@ -237,9 +244,7 @@ def convergence_target(options):
 def sample_inputs(observation, options, *, fixed_lens=None) -> dict:
     """The input files of a ``blindlens sample`` run (for the output-path checks)."""
     inputs = {"the observation": observation, "--truth": options.truth, "--fixed-lens": fixed_lens}
-    from .prior.score_prior import SHIPPED_PRIORS
-
-    if isinstance(options.prior, (str, Path)) and options.prior not in SHIPPED_PRIORS:
+    if is_prior_file(options.prior):
         inputs["--prior"] = options.prior
     spec = options.lens_model
     if fixed_lens is None and ":" in spec:
@@ -369,7 +374,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
     from .inference.gibbs_kernel import BlindLensGibbs
     from .inference.gibbsddrm import GibbsDDRMConfig
     from .inference.numpyro_model import lens_site_names
-    from .inference.parametric_prefit import SersicPrefitConfig
+    from .inference.parametric_prefit import SersicPrefitConfig, SersicPrefitResult
     from .io.observation import load_observation
     from .io.run_checkpoint import checkpoint_path
     from .physics.grid import PixelGrid
@@ -393,18 +398,34 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
     if verbose and getattr(obs, "noise_source", None):
         print(f"noise: {obs.noise_source}", flush=True)
     if prior is None:
-        prior = (load_prior or load_source_prior)(options.prior)
+        spec = resolve_prior_spec(options.prior, obs)
+        if verbose and spec != options.prior:
+            print(f"source prior: {spec} (--prior auto: the shipped prior nearest the data's "
+                  f"{obs.pixel_scale:.3g}\"/pixel)", flush=True)
+        prior = (load_prior or load_source_prior)(spec)
     if options.flux_scale is not None:
         prior = prior.with_flux_scale(options.flux_scale)
     guidance = guidance_by_name(options.guidance)
-    grid = PixelGrid(tuple(prior.shape), float(prior.pixel_scale), tuple(options.source_center))
+    fingerprint = sample_fingerprint(observation, options, prior)
+    placed = checkpointed_center(checkpoint_path(out), fingerprint, options) if not options.no_resume else None
+    if placed is not None:  # resuming: the grid stays where the checkpoint's draws live, no second pre-fit
+        (center, recorded), prefit = placed, SersicPrefitConfig()
+        if recorded:
+            fingerprint[GRID_CENTER] = list(center)
+        if verbose and recorded:
+            print(f"source grid centred at ({center[0]:+.4f}, {center[1]:+.4f})\" as in the checkpoint", flush=True)
+    else:
+        center, prefit = source_grid_center(options, lens_model, obs, verbose=verbose)
+        if isinstance(prefit, SersicPrefitResult):  # placed by the pre-fit: the checkpoint records where
+            fingerprint[GRID_CENTER] = list(center)
+    grid = PixelGrid(tuple(prior.shape), float(prior.pixel_scale), center)
     kernel = BlindLensGibbs(
         lens_model, obs, prior,
         source_config=SourceSamplerConfig(guidance=guidance, num_steps=options.steps, solver=options.solver),
         warm_start=GibbsDDRMConfig(guidance=guidance, num_steps=options.warm_start_steps),
         warm_start_tries=options.warm_start_tries,
         source_grid=grid, supersampling=options.supersampling, source_refresh_sigma=options.refresh_sigma,
-        lens_prefit=SersicPrefitConfig() if options.lens_prefit == "sersic" else None,
+        lens_prefit=prefit,
     )
     truth = truth_file = None
     if options.truth:
@@ -419,7 +440,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
         num_draws=None if target is not None else (300 if options.draws is None else options.draws), target=target,
         sites=sites, chunk=options.checkpoint_every, thinning=options.thinning, chain_method=options.chain_method,
         checkpoint=checkpoint_path(out), resume=not options.no_resume, clock=clock, progress=progress,
-        fingerprint=sample_fingerprint(observation, options, prior),
+        fingerprint=fingerprint,
     )
     clock.say("sampling done; computing model images and writing outputs ...")
     idata = to_inference_data(run.samples, obs, kernel=kernel, sample_stats=run.stats, truth=truth)

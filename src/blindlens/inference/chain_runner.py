@@ -226,9 +226,11 @@ def start_message(kernel, chains: int) -> str:
         start = (f"warm start: {kernel.warm_start_tries * chains} continuous-time trajectories of {ws.num_steps} "
                  "steps, ranked together by residual chi^2")
         prefit = getattr(kernel, "lens_prefit", None)
-        if prefit is not None:
+        if prefit is not None and hasattr(prefit, "num_starts"):  # a config: the pre-fit runs now
             start = (f"lens pre-fit: {prefit.num_starts} Sérsic + shapelet fits from prior draws; "
                      + start + ", started from its best lenses")
+        elif prefit is not None:  # already run (it placed the source grid)
+            start += ", started from the lens pre-fit's best lenses"
     else:
         start = (f"warm start: {kernel.warm_start_tries} continuous-time trajectories of {ws.num_steps} steps per "
                  "chain")

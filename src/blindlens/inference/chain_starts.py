@@ -190,12 +190,17 @@ def prefit_starts(kernel: BlindLensGibbs, key: PRNGKeyArray, num_tries: int, con
 
     Runs :func:`~blindlens.parametric_prefit.prefit_lens_with_sersic` and hands out its runs in
     the best basin (chi^2 within :func:`default_mode_tolerance` of the best, at least one) in
-    order of fit, cycling when there are fewer than ``num_tries``. Returns ``(lens values with a
-    leading tries axis, a report line)``.
+    order of fit, cycling when there are fewer than ``num_tries``. ``config`` is a
+    :class:`~blindlens.parametric_prefit.SersicPrefitConfig` or a finished
+    :class:`~blindlens.parametric_prefit.SersicPrefitResult` (used as it is). Returns ``(lens
+    values with a leading tries axis, a report line)``.
     """
-    from .parametric_prefit import prefit_lens_with_sersic
+    from .parametric_prefit import SersicPrefitResult, prefit_lens_with_sersic
 
-    found = prefit_lens_with_sersic(key, kernel.joint_model.lens_model, kernel.observation, config)
+    if isinstance(config, SersicPrefitResult):  # already run (it placed the source grid)
+        found = config
+    else:
+        found = prefit_lens_with_sersic(key, kernel.joint_model.lens_model, kernel.observation, config)
     chi2 = np.asarray(found.chi2)
     n = found.num_pixels
     best = float(chi2[0])

@@ -233,7 +233,9 @@ class BlindLensGibbs(Gibbs):
         Optional :class:`~blindlens.parametric_prefit.SersicPrefitConfig`: chains started from a
         ranked pool (:func:`blindlens.chain_starts.pooled_chain_starts`, what ``blindlens sample``
         does) start their warm-start trajectories from the best lenses of a multi-start Sérsic +
-        shapelet pre-fit instead of prior draws (:mod:`blindlens.parametric_prefit`).
+        shapelet pre-fit instead of prior draws (:mod:`blindlens.parametric_prefit`). A finished
+        :class:`~blindlens.parametric_prefit.SersicPrefitResult` is used as it is (the pipeline
+        runs the pre-fit first to centre the source grid on it).
     lens_kernel
         ``lens_kernel(joint_model) -> HMC/NUTS kernel`` for the lens block (default
         ``LensNUTS(model, target_accept_prob=0.8, max_tree_depth=8)``, NUTS with the curvature

@@ -37,6 +37,7 @@ from .._types import Array, Float, PRNGKeyArray, SourceImage
 from ..physics.linear_operator import AbstractLinearOperator
 from ..prior.diffusion_sde import ReverseDiffusion, reverse_time_grid
 from ..prior.source_prior import AbstractSourcePrior
+from ..source.likelihood_score import data_pixel_variance
 from .lens_space import LensSpace as _LensSpace
 from .source_moves import _staged
 
@@ -300,13 +301,11 @@ def sample_gibbsddrm(
     # the data the source explains (the image less any deflector light, which moves with the lens)
     data = model.source_data(space.log_prior_and_lens(u)[0])
     dtype = data.dtype
-    n_obs = jnp.maximum(jnp.sum(mask), 1)
     pixel_variance = getattr(prior, "pixel_variance", None)
     if callable(pixel_variance):
         v = jnp.asarray(pixel_variance(), dtype)
     else:
-        v = jnp.sum(jnp.where(mask, data**2 - noise**2, 0.0)) / n_obs
-        v = jnp.maximum(v, 1e-6 * jnp.max(jnp.where(mask, data**2, 0.0)) + 1e-30)
+        v = data_pixel_variance(data, noise, mask).astype(dtype)
     ts = reverse_time_grid(config.num_steps, config.t_final)
     solver = guidance.default_solver if guidance.affine_in_x(prior) else "euler"
     if solver == "imex":  # the prior score is explicit (reused from the Tweedie estimate)

@@ -29,9 +29,11 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
+from .._optimisers import adam_maximise
 from .._types import Array, Float, PRNGKeyArray
 from ..physics.linear_operator import AbstractLinearOperator
 from ..prior.gaussian_prior import GaussianSourcePrior, squared_exponential_covariance
+from ..source.likelihood_score import data_pixel_variance
 
 __all__ = [
     "EvidenceSearchConfig",
@@ -134,29 +136,6 @@ def gaussian_log_evidence(
     return -0.5 * (jnp.sum(w * y**2) - z @ z) - jnp.sum(jnp.log(jnp.diag(chol)))
 
 
-def _adam(objective, u0, num_steps, learning_rate):
-    """Maximise ``objective`` from ``u0`` with Adam (Kingma & Ba 2015) and a cosine-decayed step
-    (Loshchilov & Hutter 2017), so the last iterates settle on the mode; non-finite gradients are
-    skipped."""
-    value_and_grad = jax.value_and_grad(objective)
-
-    def step(carry, i):
-        u, m, v = carry
-        _, g = value_and_grad(u)
-        g = jnp.where(jnp.isfinite(g), -g, 0.0)
-        m = 0.9 * m + 0.1 * g
-        v = 0.999 * v + 0.001 * g**2
-        t = i + 1.0
-        rate = learning_rate * 0.5 * (1 + jnp.cos(jnp.pi * i / num_steps))
-        u = u - rate * (m / (1 - 0.9**t)) / (jnp.sqrt(v / (1 - 0.999**t)) + 1e-8)
-        return (u, m, v), None
-
-    zeros = jnp.zeros_like(u0)
-    (u, _, _), _ = jax.lax.scan(step, (u0, zeros, zeros), jnp.arange(num_steps, dtype=u0.dtype))
-    value = objective(u)
-    return u, jnp.where(jnp.isfinite(value), value, -jnp.inf)
-
-
 def search_lens_by_evidence(
     key: PRNGKeyArray,
     model,
@@ -203,7 +182,7 @@ def search_lens_by_evidence(
     @jax.jit
     def run(keys):
         starts = jax.vmap(lambda k: space.unconstrain(space.prior_draw(k)))(keys)
-        return jax.vmap(lambda u0: _adam(objective, u0, config.num_steps, config.learning_rate))(starts)
+        return jax.vmap(lambda u0: adam_maximise(objective, u0, config.num_steps, config.learning_rate))(starts)
 
     u, values = run(jr.split(key, config.num_starts))
     best = jnp.argmax(values)
@@ -215,9 +194,7 @@ def default_search_basis(prior, model, config: EvidenceSearchConfig) -> Float[Ar
     """The basis for ``prior``: its own eigenmodes if it is Gaussian, else a data-scaled SE process."""
     if isinstance(prior, GaussianSourcePrior):  # reuse the prior's eigendecomposition
         return _eigenmode_basis(prior.eigvals, prior.eigvecs, config.variance_fraction)
-    n = jnp.maximum(jnp.sum(model.mask), 1)
-    second_moment = jnp.sum(jnp.where(model.mask, model.image**2 - model.noise**2, 0.0)) / n
-    amplitude = jnp.sqrt(jnp.maximum(second_moment, 1e-12))
+    amplitude = jnp.sqrt(data_pixel_variance(model.image, model.noise, model.mask))
     shape = (config.source_pixels, config.source_pixels)
     cov = squared_exponential_covariance(shape, config.correlation_pixels, 1.0)
     return covariance_basis(cov, config.variance_fraction) * amplitude

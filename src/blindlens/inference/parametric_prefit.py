@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
+from .._optimisers import adam_maximise
 from .._types import Array, Float, PRNGKeyArray
 from ..physics.light_profiles import sersic_ellipse
 
@@ -223,7 +224,6 @@ def prefit_lens_with_sersic(
     SersicPrefitResult
         Runs sorted by residual chi^2, best first.
     """
-    from .lens_initialization import _adam
     from .lens_space import LensSpace as _LensSpace
 
     space = _LensSpace(lens_model)
@@ -250,7 +250,7 @@ def prefit_lens_with_sersic(
             lens, log_prior = space.log_prior_and_lens(a[:num_lens].at[light_index].set(c))
             return log_prior - 0.5 * jnp.sum(weight * light_data(lens) ** 2)
 
-        c, _ = _adam(objective_light, a[light_index], config.num_steps, config.learning_rate)
+        c, _ = adam_maximise(objective_light, a[light_index], config.num_steps, config.learning_rate)
         return a.at[light_index].set(c)
 
     def objective(u):
@@ -271,14 +271,14 @@ def prefit_lens_with_sersic(
         # the source first, at each run's starting lens (a lens chasing a misplaced source drifts away),
         # then lens and source together
         def source_only(a):
-            v, _ = _adam(lambda b: objective(jnp.concatenate([a[:num_lens], b])), a[num_lens:],
+            v, _ = adam_maximise(lambda b: objective(jnp.concatenate([a[:num_lens], b])), a[num_lens:],
                          config.num_steps, config.learning_rate)
             return jnp.concatenate([a[:num_lens], v])
 
         if light_index.size:  # the deflector light first: it dominates the centre of the image
             u0 = jax.vmap(light_only)(u0)
         u0 = jax.vmap(source_only)(u0)
-        u, _ = jax.vmap(lambda a: _adam(objective, a, config.num_steps, config.learning_rate))(u0)
+        u, _ = jax.vmap(lambda a: adam_maximise(objective, a, config.num_steps, config.learning_rate))(u0)
         return u, jax.vmap(lambda a: fit(a)[1])(u)
 
     n_max = config.shapelet_order
@@ -305,7 +305,7 @@ def prefit_lens_with_sersic(
     def refine(u):
         w0 = jnp.concatenate([u, jnp.log(jnp.clip(jax.vmap(
             lambda a: _source_params(a[num_lens:], config.source_offset)[0]["R_sersic"])(u), 0.03, 1.0))[:, None]], axis=1)
-        w, _ = jax.vmap(lambda a: _adam(lambda b: fit_refined(b)[0], a, config.refine_steps,
+        w, _ = jax.vmap(lambda a: adam_maximise(lambda b: fit_refined(b)[0], a, config.refine_steps,
                                         0.5 * config.learning_rate))(w0)
         return w[:, :num_lens + 6], jax.vmap(lambda a: fit_refined(a)[1])(w)
 

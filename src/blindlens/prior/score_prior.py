@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -30,7 +31,8 @@ from .diffusion_sde import VESDE
 from .score_network import ScoreNetworkConfig, ScoreUNet
 from .source_prior import AbstractSourcePrior
 
-__all__ = ["ScorePrior", "DEFAULT_PRIOR_RESOURCE", "SHIPPED_PRIORS"]
+__all__ = ["ScorePrior", "DEFAULT_PRIOR_RESOURCE", "SHIPPED_PRIORS", "SHIPPED_PIXEL_SCALES", "AUTO_PRIOR",
+           "choose_shipped_prior"]
 
 DEFAULT_PRIOR_RESOURCE = "default_prior.eqx"
 SHIPPED_PRIORS = {
@@ -38,6 +40,34 @@ SHIPPED_PRIORS = {
     "highres": "prior_64.eqx",  # 64 x 64 at 0.05"/pixel, broad population (sub-pixel stem)
 }
 """Priors shipped inside the package, by name (``ScorePrior.shipped(name)``, ``--prior NAME``)."""
+SHIPPED_PIXEL_SCALES = {"default": 0.1, "highres": 0.05}
+"""Source pixel scale [arcsec] of each shipped prior (checked against the files by the tests)."""
+AUTO_PRIOR = "auto"
+"""The prior spec that picks a shipped prior by the data's pixel scale (:func:`choose_shipped_prior`)."""
+
+
+def choose_shipped_prior(pixel_scale: float) -> str:
+    """The shipped prior whose source pixels are nearest the data's pixels (in log scale).
+
+    A source prior coarser than the data biases the lens by many posterior widths (issue 14:
+    the 0.1"/pixel prior on 0.05"/pixel data), and one much finer than the data spends network
+    passes on detail the data cannot see. Nearest in ``log(pixel scale)`` sends data finer than
+    0.0707"/pixel to ``"highres"`` (0.05") and coarser data to ``"default"`` (0.1").
+
+    Parameters
+    ----------
+    pixel_scale
+        The observation's pixel scale [arcsec/pixel].
+
+    Returns
+    -------
+    str
+        A key of :data:`SHIPPED_PRIORS`.
+    """
+    if not (math.isfinite(pixel_scale) and pixel_scale > 0):
+        raise ValueError(f"pixel_scale must be positive and finite (arcsec/pixel), got {pixel_scale}.")
+    return min(SHIPPED_PIXEL_SCALES, key=lambda name: (abs(math.log(SHIPPED_PIXEL_SCALES[name] / pixel_scale)),
+                                                       name != "default"))
 _FORMAT = "blindlens-score-prior"
 
 

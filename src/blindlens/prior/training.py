@@ -11,7 +11,7 @@ warm-up and gradient clipping (optax), an exponential moving average (EMA) of th
 random dihedral augmentation (galaxy images have no preferred orientation), periodic
 checkpoints and exact resume: the batch at step ``k`` depends only on ``(seed, k)``.
 
-This is the only module that imports optax.
+The optimiser itself is :func:`blindlens._optimisers.training_optimizer` (optax).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-import optax
 
+from .._optimisers import OptState, training_optimizer
 from .._types import Array, Float, PRNGKeyArray
 from .diffusion_sde import VESDE
 from .score_network import ScoreNetworkConfig, ScoreUNet, native_convolutions
@@ -59,7 +59,7 @@ class TrainingConfig(eqx.Module):
 class TrainState(eqx.Module):
     model: ScoreUNet
     ema_model: ScoreUNet
-    opt_state: optax.OptState
+    opt_state: OptState
     step: Array
 
 
@@ -91,8 +91,7 @@ def _augment(key, batch):
 
 
 def _optimizer(config: TrainingConfig):
-    schedule = optax.linear_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1))
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(schedule))
+    return training_optimizer(config.learning_rate, config.warmup_steps, config.grad_clip)
 
 
 @functools.lru_cache(maxsize=8)  # one compiled step per (config, sde): resumes in-process reuse it

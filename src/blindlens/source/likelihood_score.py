@@ -65,6 +65,7 @@ __all__ = [
     "conjugate_gradient",
     "GUIDANCE_NAMES",
     "guidance_by_name",
+    "data_pixel_variance",
 ]
 
 
@@ -108,6 +109,39 @@ def _base_problem(prior, operator, data, noise_sigma) -> LikelihoodProblem:
     return LikelihoodProblem(prior, operator, data, w)
 
 
+def _excess_second_moment(data, noise_var, observed) -> Float[Array, ""]:
+    """``sum over observed pixels of (y_i^2 - sigma_i^2)``: the data's second moment beyond the noise."""
+    return jnp.sum(jnp.where(observed, data**2 - noise_var, 0.0))
+
+
+def data_pixel_variance(data: Float[Array, "ny nx"], noise: Float[Array, "ny nx"] | float,
+                        mask: Float[Array, "ny nx"]) -> Float[Array, ""]:
+    """A source pixel variance read off the data: the mean excess second moment per observed pixel.
+
+    ``v = mean_i (y_i^2 - sigma_i^2)`` over unmasked pixels, floored at ``1e-6 max y_i^2``. It is
+    the estimate of :func:`_estimate_data_variance` with ``diag(A A^T) = 1`` per pixel (lensing
+    conserves surface brightness), so it needs no operator: what GibbsDDRM's lens moves and the
+    evidence search's source scale use, where the lens (hence ``A``) is still unknown.
+
+    Parameters
+    ----------
+    data
+        Image (the deflector light removed, if any) [image units].
+    noise
+        Noise sigma per pixel, map or scalar [image units].
+    mask
+        ``True`` (or 1) where a pixel is observed.
+
+    Returns
+    -------
+    Scalar variance [image units^2], > 0.
+    """
+    observed = jnp.asarray(mask).astype(bool)
+    n = jnp.maximum(jnp.sum(observed), 1)
+    v = _excess_second_moment(data, jnp.asarray(noise) ** 2, observed) / n
+    return jnp.maximum(v, 1e-6 * jnp.max(jnp.where(observed, data**2, 0.0)) + 1e-30)
+
+
 def _estimate_data_variance(problem: LikelihoodProblem, num_probes: int = 32) -> Float[Array, ""]:
     """PiGDM's ``v``: the prior's per-pixel variance if it exposes one, else a moment estimate.
 
@@ -124,7 +158,7 @@ def _estimate_data_variance(problem: LikelihoodProblem, num_probes: int = 32) ->
         return jnp.asarray(pixel_variance())
     observed = problem.inv_var > 0
     noise_var = jnp.where(observed, 1.0 / jnp.where(observed, problem.inv_var, 1.0), 0.0)
-    excess = jnp.sum(jnp.where(observed, problem.data**2 - noise_var, 0.0))
+    excess = _excess_second_moment(problem.data, noise_var, observed)
     probes = jax.random.rademacher(jax.random.key(0), (num_probes, *problem.data.shape), problem.data.dtype)
     probes = probes * observed.astype(problem.data.dtype)
     seen = jnp.mean(jax.vmap(lambda z: jnp.sum(problem.operator.adjoint(z) ** 2))(probes))
