@@ -610,8 +610,32 @@ def _run_catalogue(args):
     return 0
 
 
+def _add_example(sub):
+    p = sub.add_parser("example", help="write the bundled HST-like example (survey FITS, PSF file, truth, lens)",
+                       description="Copy the bundled HST-like exposure (SCI/ERR/DQ, rotated east-left WCS, a "
+                                   "deflector brighter than the arcs), its PSF file, truth file and lens TOML into a "
+                                   "folder, and print the command that models it (docs/real_data.md).")
+    p.add_argument("--out", required=True, help="folder to write hst.fits, psf.fits, hst_truth.npz and lens.toml")
+    p.set_defaults(run=_run_example)
+
+
+def _run_example(args):
+    from pathlib import Path
+
+    from .io.simulation import write_example_survey
+
+    try:
+        paths = write_example_survey(args.out)
+    except FileExistsError as err:
+        raise ValueError(str(err)) from None
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    print(f"model it with:\n  blindlens sample {paths['observation']} --psf {paths['psf']} --lens-light sersic "
+          f"--out {Path(args.out) / 'post.nc'} --truth {paths['truth']}")
+    return 0
+
+
 _REGISTRY: list = [_add_make_galaxies, _add_train_prior, _add_simulate, _add_plot_observation, _add_sample, _add_demo,
-                   _add_catalogue]
+                   _add_catalogue, _add_example]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,6 +36,8 @@ __all__ = [
     "truth_path_for",
     "example_lens_path",
     "example_source_path",
+    "example_survey_paths",
+    "write_example_survey",
     "plot_observation",
 ]
 
@@ -48,6 +50,52 @@ def example_lens_path() -> Path:
 def example_source_path() -> Path:
     """Path of the bundled example source (64 x 64 at 0.05"/pixel), if the package ships it."""
     return Path(str(resources.files("blindlens") / "data" / "example_source.npy"))
+
+
+EXAMPLE_SURVEY_FILES = {
+    "observation": ("example_hst.fits", "hst.fits"),
+    "psf": ("example_hst_psf.fits", "psf.fits"),
+    "truth": ("example_hst_truth.npz", "hst_truth.npz"),
+    "lens": ("example_hst_lens.toml", "lens.toml"),
+}
+"""The bundled HST-like example: role -> (file in ``blindlens/data``, name :func:`write_example_survey` gives it)."""
+
+EXAMPLE_SURVEY_COMMAND = ("blindlens simulate --lens lens.toml --out hst.fits --layout survey --rotation 25 "
+                          "--psf-out psf.fits --cosmic-rays 5 --image-shape 64 64")
+"""The command that made the bundled example (the tests re-run it and compare)."""
+
+
+def example_survey_paths() -> dict[str, Path]:
+    """Paths of the bundled HST-like example: ``observation`` (SCI/ERR/DQ with a rotated east-left
+    TAN WCS, 64 x 64 at 0.05"/pixel, 5 cosmic rays flagged in DQ), ``psf`` (its PSF file),
+    ``truth`` (the truth file ``--truth`` reads) and ``lens`` (the lens TOML with the deflector
+    light). Made by :data:`EXAMPLE_SURVEY_COMMAND`; docs/real_data.md."""
+    data = resources.files("blindlens") / "data"
+    return {role: Path(str(data / name)) for role, (name, _) in EXAMPLE_SURVEY_FILES.items()}
+
+
+def write_example_survey(out_dir) -> dict[str, Path]:
+    """Copy the bundled HST-like example into ``out_dir`` (created if needed) as ``hst.fits``,
+    ``psf.fits``, ``hst_truth.npz`` and ``lens.toml``; returns the written paths by role.
+
+    Existing files are never replaced: a ``FileExistsError`` names the first one.
+    """
+    import shutil
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"--out {out_dir} is a file; give a folder for the example.")
+    sources = example_survey_paths()
+    targets = {role: out_dir / name for role, (_, name) in EXAMPLE_SURVEY_FILES.items()}
+    for role, path in targets.items():
+        if not sources[role].is_file():
+            raise FileNotFoundError(f"the bundled example file {sources[role]} is missing; reinstall blindlens.")
+        if path.exists():
+            raise FileExistsError(f"{path} exists; give another --out folder or remove it.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for role, path in targets.items():
+        shutil.copyfile(sources[role], path)
+    return targets
 
 
 def simulate_observation(
