@@ -150,6 +150,41 @@ def test_the_task_turns_any_failure_into_a_row(problem, inputs, tmp_path):
     assert catalogue.process_lens(missing, tmp_path, {}, problem.prior)["status"] == "error"
 
 
+def test_batched_lenses_share_one_program_and_a_bad_file_is_still_one_error_row(problem, inputs, tmp_path):
+    """--batch-size 2 on lens_a, lens_c and the corrupt file: one batch of the two good lenses (records
+    marked with the batch engine), the corrupt one falls back to a lens of its own and is an error row;
+    a rerun skips the finished lenses."""
+    csv = tmp_path / "lenses.csv"
+    csv.write_text("observation,lens_model\n"
+                   + "".join(f"{inputs / f},{inputs / 'sis.py'}:lens\n" for f in ("lens_a.npz", "lens_c.npz", "bad.fits")))
+    out = tmp_path / "out"
+    table = catalogue.run_catalogue(csv, out, _tiny_options(problem.prior), workers=0, progress=False, batch_size=2)
+    status = dict(zip(table["name"], table["status"]))
+    assert status["bad"] == "error" and {status["lens_a"], status["lens_c"]} <= {"ok", "flagged"}, status
+    for name in ("lens_a", "lens_c"):
+        record = json.loads((out / f"{name}.json").read_text())
+        assert record["fingerprint"]["engine"] == catalogue.BATCH_ENGINE
+        assert "batch" in (out / "logs" / f"{name}.log").read_text()
+    assert "fixed-length HMC" in az_attrs(out / "lens_c.nc")["lens_move"]
+    assert (out / "logs" / "batch_lens_a.log").exists() and (out / "logs" / "batch_bad.log").exists()
+    again = catalogue.run_catalogue(csv, out, _tiny_options(problem.prior), workers=0, progress=False, batch_size=2)
+    cached = dict(zip(again["name"], again["cached"]))
+    assert cached["lens_a"] and cached["lens_c"] and not cached["bad"]
+    # the single-lens pipeline does not take the batch's records as its own
+    entry = catalogue.read_catalogue(csv, _tiny_options(problem.prior))[0]
+    plain = result_fingerprint(entry.observation, entry.options, problem.prior)
+    assert catalogue._finished_row(out, "lens_a", plain) is None
+    with pytest.raises(ValueError, match="--batch-size"):
+        catalogue.run_catalogue(csv, out, _tiny_options(problem.prior), workers=0, progress=False, batch_size=0)
+
+
+def az_attrs(path):
+    import xarray as xr
+
+    with xr.open_dataset(path, group="posterior") as ds:
+        return dict(ds.attrs)
+
+
 def test_catalogue_inputs(inputs, tmp_path):
     # a directory: observation files only (not truth files, CSVs or lens-model files), sorted
     (tmp_path / "x_truth.npz").write_bytes(b"")

@@ -36,6 +36,7 @@ def sample_observations_batch(
     batch_size: int | None = None,
     prior=None,
     first_index: int = 0,
+    names: Sequence[str] | None = None,
 ) -> list:
     """Sample several observation files of one shape in one compiled program; one netCDF each.
 
@@ -57,6 +58,8 @@ def sample_observations_batch(
         An already loaded source prior (else ``options.prior`` is loaded).
     first_index
         Index of ``paths[0]`` in a larger catalogue (keys: ``fold_in(seed key, index)``).
+    names
+        Output stems, one per path (default: the files' stems): ``<name>.nc``.
 
     Returns
     -------
@@ -88,7 +91,9 @@ def sample_observations_batch(
         raise ValueError("sample_observations_batch needs at least one observation file.")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    outs = [out_dir / f"{p.stem}.nc" for p in paths]
+    if names is not None and len(names) != len(paths):
+        raise ValueError(f"names gives {len(names)} output names for {len(paths)} observation files.")
+    outs = [out_dir / f"{name}.nc" for name in (names if names is not None else [p.stem for p in paths])]
     if len(set(outs)) != len(outs):
         raise ValueError("two observation files share a file stem; their outputs would overwrite each other: rename one.")
     existing = [str(o) for o in outs if o.exists()]

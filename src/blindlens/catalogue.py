@@ -323,6 +323,86 @@ def process_lens(entry: LensEntry, out_dir, fingerprint: dict, prior=None) -> di
     return row
 
 
+BATCH_ENGINE = "pure Gibbs core, vectorised batch"
+"""The ``engine`` entry of a batched lens's fingerprint (its draws are not the single-lens pipeline's)."""
+
+
+def _options_key(options: SampleOptions) -> tuple:
+    """Lenses with equal keys share every option, so they can run in one batch."""
+    def part(value):
+        return value if isinstance(value, (str, int, float, bool, tuple, type(None))) else ("object", id(value))
+
+    return tuple((f.name, part(getattr(options, f.name))) for f in dataclasses.fields(options))
+
+
+def _batches(todo, entries, batch_size: int) -> list:
+    """``todo`` cut into batches of at most ``batch_size`` lenses with the same options, in catalogue
+    order: ``[(items, first_index), ...]``, ``first_index`` the catalogue index of the batch's first lens."""
+    index = {entry.name: i for i, entry in enumerate(entries)}
+    groups: dict = {}
+    for item in todo:
+        groups.setdefault(_options_key(item[0].options), []).append(item)
+    return [(items[k:k + batch_size], index[items[k][0].name])
+            for items in groups.values() for k in range(0, len(items), batch_size)]
+
+
+def process_batch(items, out_dir, prior=None, first_index: int = 0) -> dict:
+    """Run lenses that share their options as one vectorised batch; their summary rows by name.
+
+    :func:`~blindlens.batch_pipeline.sample_observations_batch` (the pure Gibbs core, lens ``i``
+    keyed by ``first_index + i``) writes ``<name>.nc`` for each; each lens then gets its
+    diagnostics, ``logs/<name>.log`` and its record (fingerprint with ``engine`` =
+    :data:`BATCH_ENGINE`), exactly as :func:`process_lens` writes them. When the batch cannot run at
+    all (an unreadable file, mixed image shapes, a sampler error) every lens of it is run on its own
+    with :func:`process_lens`, so a bad observation is one error row and the others still finish.
+    Never raises for a failure of the lenses themselves.
+    """
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from .batch_pipeline import sample_observations_batch
+    from .results.run_diagnostics import check_run
+
+    out_dir = Path(out_dir)
+    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+    entries = [entry for entry, _ in items]
+    options = entries[0].options
+    for entry in entries:  # unfinished lenses: a stale record or posterior must not outlive this run
+        _record_path(out_dir, entry.name).unlink(missing_ok=True)
+        (out_dir / f"{entry.name}.nc").unlink(missing_ok=True)
+    log = out_dir / "logs" / f"batch_{entries[0].name}.log"
+    t0 = time.time()
+    try:
+        with open(log, "a") as stream, redirect_stdout(stream), redirect_stderr(stream):
+            print(f"=== batch of {len(entries)} from {entries[0].name} (index {first_index}), started "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}, host {os.uname().nodename}, pid {os.getpid()}", flush=True)
+            idatas = sample_observations_batch(
+                [entry.observation for entry in entries], out_dir, options, batch_size=len(entries),
+                prior=_prior(options.prior if prior is None else prior), first_index=first_index,
+                names=[entry.name for entry in entries])
+    except Exception:
+        with open(log, "a") as stream:
+            traceback.print_exc(file=stream)
+            print("the batch could not run: each lens runs on its own (with the single-lens pipeline)", file=stream)
+        return {entry.name: process_lens(entry, out_dir, {k: v for k, v in fp.items() if k != "engine"}, prior)
+                for entry, fp in items}
+    wall = (time.time() - t0) / len(entries)
+    rows = {}
+    for (entry, fingerprint), idata in zip(items, idatas):
+        report = check_run(idata, warn=False)
+        with open(out_dir / "logs" / f"{entry.name}.log", "a") as stream:
+            print(f"=== {entry.name}: {entry.observation}, run in the batch logged in {log.name}\n{report}",
+                  file=stream, flush=True)
+        nc = out_dir / f"{entry.name}.nc"
+        row = {"name": entry.name, "status": "ok" if report.ok else "flagged", "error": None,
+               "observation": entry.observation, "netcdf": str(nc), **_posterior_row(idata, report),
+               "wall_seconds": float(wall), "cached": False}
+        _write_atomic(_record_path(out_dir, entry.name),
+                      json.dumps({"version": _RECORD_VERSION, "fingerprint": _json_safe(fingerprint),
+                                  "netcdf_size": nc.stat().st_size, "row": row}, indent=1))
+        rows[entry.name] = row
+    return rows
+
+
 def _finished_row(out_dir: Path, name: str, fingerprint: dict) -> dict | None:
     """The recorded row of a lens finished by a run with this fingerprint, else ``None``."""
     try:
@@ -417,7 +497,7 @@ def _write_summary(table, out_dir: Path) -> None:
 
 
 def run_catalogue(inputs, out_dir, options: SampleOptions | None = None, *, workers: int = 2, scheduler=None,
-                  progress: bool = True):
+                  progress: bool = True, batch_size: int | None = None):
     """Model every lens of a catalogue; returns the summary table (a ``pandas.DataFrame``).
 
     Parameters
@@ -438,6 +518,10 @@ def run_catalogue(inputs, out_dir, options: SampleOptions | None = None, *, work
         workers must have blindlens installed and see the input and output paths.
     progress
         A progress bar over lenses with an ETA (stderr).
+    batch_size
+        Run the lenses ``batch_size`` at a time (those with the same options) in one compiled,
+        vectorised program (:func:`process_batch`; the pure Gibbs core) instead of one single-lens
+        pipeline each. ``None`` (default): one lens per task.
 
     Finished lenses (a matching record, see the module docstring) are skipped, so rerunning the
     same call after an interruption only runs what is left; a rerun also retries failed lenses.
@@ -446,6 +530,8 @@ def run_catalogue(inputs, out_dir, options: SampleOptions | None = None, *, work
     options.validate()
     if workers < 0:
         raise ValueError(f"--workers must be >= 0, got {workers}.")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}.")
     from .io.run_checkpoint import check_output_dir
 
     out_dir = check_output_dir("--out", out_dir).resolve()
@@ -458,6 +544,8 @@ def run_catalogue(inputs, out_dir, options: SampleOptions | None = None, *, work
             entry.options.validate()
             entry = _with_resolved_prior(entry)
             fingerprint = result_fingerprint(entry.observation, entry.options, _prior(entry.options.prior))
+            if batch_size is not None:  # another sampler: its records are not the single-lens pipeline's
+                fingerprint["engine"] = BATCH_ENGINE
         except Exception as err:  # a missing observation or lens-model file, a bad per-lens option
             rows[entry.name] = _error_row(entry, err)
             continue
@@ -467,13 +555,20 @@ def run_catalogue(inputs, out_dir, options: SampleOptions | None = None, *, work
         else:
             todo.append((entry, fingerprint))
     bar = _progress(len(entries), len(entries) - len(todo), progress)
+    tasks = _batches(todo, entries, batch_size) if batch_size is not None else todo
     try:
-        if todo and workers == 0 and scheduler is None:
-            for entry, fingerprint in todo:
-                rows[entry.name] = process_lens(entry, out_dir, fingerprint, _prior(entry.options.prior))
-                bar.update()
-        elif todo:
-            rows.update(_run_on_dask(todo, out_dir, workers, scheduler, bar))
+        if tasks and workers == 0 and scheduler is None:
+            for task in tasks:
+                if batch_size is None:
+                    entry, fingerprint = task
+                    rows[entry.name] = process_lens(entry, out_dir, fingerprint, _prior(entry.options.prior))
+                    bar.update()
+                else:
+                    items, first = task
+                    rows.update(process_batch(items, out_dir, _prior(items[0][0].options.prior), first))
+                    bar.update(len(items))
+        elif tasks:
+            rows.update(_run_on_dask(tasks, out_dir, workers, scheduler, bar, batched=batch_size is not None))
     finally:
         bar.close()
     table = _summary_table([rows[e.name] for e in entries])
@@ -481,31 +576,42 @@ def run_catalogue(inputs, out_dir, options: SampleOptions | None = None, *, work
     return table
 
 
-def _run_on_dask(todo, out_dir: Path, workers: int, scheduler, bar) -> dict:
+def _run_on_dask(tasks, out_dir: Path, workers: int, scheduler, bar, *, batched: bool = False) -> dict:
+    """Submit one task per lens (``(entry, fingerprint)``) or, ``batched``, per batch
+    (``(items, first_index)``, :func:`process_batch`); the rows by lens name."""
     from dask.base import tokenize
     from distributed import as_completed
 
     rows = {}
     with _client(workers, scheduler) as client:
         priors = {}  # prior objects (not specs) are sent once, not with every lens
+
+        def sent(prior):
+            if isinstance(prior, (str, Path)):
+                return None  # each worker loads (and keeps) the prior it names
+            if id(prior) not in priors:
+                priors[id(prior)] = client.scatter(prior, broadcast=True, hash=False)
+            return priors[id(prior)]
+
         futures = {}
-        for entry, fingerprint in todo:
-            prior = entry.options.prior
-            if not isinstance(prior, (str, Path)):
-                key = id(prior)
-                if key not in priors:
-                    priors[key] = client.scatter(prior, broadcast=True, hash=False)
-                prior = priors[key]
+        for task in tasks:
+            if batched:
+                items, first = task
+                entries = [entry for entry, _ in items]
+                future = client.submit(process_batch, items, str(out_dir), sent(entries[0].options.prior), first,
+                                       pure=False, key=f"blindlens-batch-{entries[0].name}-{tokenize(items)}")
             else:
-                prior = None  # each worker loads (and keeps) the prior it names
-            future = client.submit(process_lens, entry, str(out_dir), fingerprint, prior, pure=False,
-                                   key=f"blindlens-lens-{entry.name}-{tokenize(fingerprint)}")
-            futures[future] = entry
+                entry, fingerprint = task
+                entries = [entry]
+                future = client.submit(process_lens, entry, str(out_dir), fingerprint, sent(entry.options.prior),
+                                       pure=False, key=f"blindlens-lens-{entry.name}-{tokenize(fingerprint)}")
+            futures[future] = entries
         for future in as_completed(futures):
-            entry = futures[future]
+            entries = futures[future]
             try:
-                rows[entry.name] = future.result()
-            except Exception as err:  # e.g. KilledWorker: the lens killed its worker every time
-                rows[entry.name] = _error_row(entry, err)
-            bar.update()
+                result = future.result()
+                rows.update(result if batched else {entries[0].name: result})
+            except Exception as err:  # e.g. KilledWorker: the task killed its worker every time
+                rows.update({entry.name: _error_row(entry, err) for entry in entries})
+            bar.update(len(entries))
     return rows

@@ -592,6 +592,10 @@ def _add_catalogue(sub):
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="join a running Dask scheduler (tcp://host:8786, or a scheduler file .json) instead of "
                         "starting a LocalCluster")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="run lenses N at a time in one compiled, vectorised program (the pure Gibbs core: "
+                        "fixed-length HMC lens move, no pre-fit; docs/catalogue.md) instead of one 'blindlens "
+                        "sample' per lens")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_catalogue)
 
@@ -600,7 +604,7 @@ def _run_catalogue(args):
     from .catalogue import run_catalogue
 
     table = run_catalogue(args.input, args.out, SampleOptions.from_namespace(args), workers=args.workers,
-                          scheduler=args.scheduler, progress=not args.no_progress)
+                          scheduler=args.scheduler, progress=not args.no_progress, batch_size=args.batch_size)
     counts = table["status"].value_counts()
     print(f"{len(table)} lenses: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "flagged", "incomplete",
                                                                                "error"))
