@@ -40,8 +40,9 @@ def run_fixed_lens(args, prior, options, *, load_prior=None):
 
     obs = load_observation(args.observation, psf=args.psf, mask=args.mask, **observation_options(options))
     lens = load_lens_config(args.fixed_lens)
+    prior_name = args.prior if isinstance(args.prior, str) else "object"
     if prior is None:
-        spec = resolve_prior_spec(args.prior, obs)
+        spec = prior_name = resolve_prior_spec(args.prior, obs)
         if spec != args.prior:
             print(f"source prior: {spec} (--prior auto: the shipped prior nearest the data's "
                   f"{obs.pixel_scale:.3g}\"/pixel)", flush=True)
@@ -71,7 +72,7 @@ def run_fixed_lens(args, prior, options, *, load_prior=None):
     )
     clock.say(f"{args.num_samples} source samples drawn")
     settings = {"guidance": args.guidance, "steps": args.steps, "solver": args.solver, "seed": args.seed,
-                "prior": args.prior if isinstance(args.prior, str) else "object", "lens_file": str(args.fixed_lens), "polish_moves": args.polish_moves}
+                "prior": str(prior_name), "lens_file": str(args.fixed_lens), "polish_moves": args.polish_moves}
     idata = fixed_lens_inference_data(result.samples, result.model_images, obs, op.source_grid, attrs=settings)
     out = Path(args.out)
     idata.to_netcdf(str(out))
