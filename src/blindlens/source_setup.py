@@ -108,7 +108,7 @@ def source_grid_center(options, lens_model, observation, *, prefit_config=None, 
     t0 = time.time()
     key = jax.random.fold_in(jax.random.key(options.seed), _PREFIT_STREAM)
     found = prefit_lens_with_sersic(key, lens_model, observation, prefit)
-    # rounded to 0.1 mas: a resumed run's pre-fit must reproduce the checkpointed centre exactly
+    # rounded to 0.1 mas: the value the checkpoint records and a resumed run reads back
     center = (round(float(found.source["center_x"][0]), 4), round(float(found.source["center_y"][0]), 4))
     if not all(math.isfinite(c) for c in center):
         center = (0.0, 0.0)
