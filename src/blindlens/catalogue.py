@@ -294,8 +294,7 @@ def process_lens(entry: LensEntry, out_dir, fingerprint: dict, prior=None) -> di
 
     out_dir = Path(out_dir)
     t0 = time.time()
-    record = _record_path(out_dir, entry.name)
-    record.unlink(missing_ok=True)  # a stale record must never outlive the run that replaces it
+    _record_path(out_dir, entry.name).unlink(missing_ok=True)  # a stale record must never outlive this run
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
     log = out_dir / "logs" / f"{entry.name}.log"
     with open(log, "a") as stream:
@@ -314,12 +313,17 @@ def process_lens(entry: LensEntry, out_dir, fingerprint: dict, prior=None) -> di
             traceback.print_exc(file=stream)
             return _error_row(entry, err, time.time() - t0)
     status = "incomplete" if run.converged is False else ("ok" if report.ok else "flagged")
+    return _record_lens(out_dir, entry, fingerprint, idata, report, status, time.time() - t0)
+
+
+def _record_lens(out_dir: Path, entry: LensEntry, fingerprint: dict, idata, report, status: str, wall: float) -> dict:
+    """The summary row of a finished lens, written (last, atomically) with its fingerprint as its record."""
     nc = out_dir / f"{entry.name}.nc"
     row = {"name": entry.name, "status": status, "error": None, "observation": entry.observation,
-           "netcdf": str(nc), **_posterior_row(idata, report), "wall_seconds": float(time.time() - t0),
-           "cached": False}
-    _write_atomic(record, json.dumps({"version": _RECORD_VERSION, "fingerprint": _json_safe(fingerprint),
-                                      "netcdf_size": nc.stat().st_size, "row": row}, indent=1))
+           "netcdf": str(nc), **_posterior_row(idata, report), "wall_seconds": float(wall), "cached": False}
+    _write_atomic(_record_path(out_dir, entry.name),
+                  json.dumps({"version": _RECORD_VERSION, "fingerprint": _json_safe(fingerprint),
+                              "netcdf_size": nc.stat().st_size, "row": row}, indent=1))
     return row
 
 
@@ -392,14 +396,8 @@ def process_batch(items, out_dir, prior=None, first_index: int = 0) -> dict:
         with open(out_dir / "logs" / f"{entry.name}.log", "a") as stream:
             print(f"=== {entry.name}: {entry.observation}, run in the batch logged in {log.name}\n{report}",
                   file=stream, flush=True)
-        nc = out_dir / f"{entry.name}.nc"
-        row = {"name": entry.name, "status": "ok" if report.ok else "flagged", "error": None,
-               "observation": entry.observation, "netcdf": str(nc), **_posterior_row(idata, report),
-               "wall_seconds": float(wall), "cached": False}
-        _write_atomic(_record_path(out_dir, entry.name),
-                      json.dumps({"version": _RECORD_VERSION, "fingerprint": _json_safe(fingerprint),
-                                  "netcdf_size": nc.stat().st_size, "row": row}, indent=1))
-        rows[entry.name] = row
+        rows[entry.name] = _record_lens(out_dir, entry, fingerprint, idata, report,
+                                        "ok" if report.ok else "flagged", wall)
     return rows
 
 
