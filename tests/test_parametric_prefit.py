@@ -128,3 +128,49 @@ def test_prefit_config_is_checked():
         SersicPrefitConfig(num_starts=0)
     with pytest.raises(ValueError, match="must be >= 0"):
         SersicPrefitConfig(shapelet_order=-1)
+    with pytest.raises(ValueError, match="mass_light_offset"):
+        SersicPrefitConfig(mass_light_offset=-0.1)
+
+
+def test_linear_amplitudes_are_the_weighted_least_squares_solution(x64):
+    """The amplitudes the pre-fit profiles out (deflector light and source) against numpy's solve."""
+    from blindlens.inference.parametric_prefit import _linear_amplitudes
+
+    rng = np.random.default_rng(0)
+    design = rng.normal(size=(3, 12, 10))
+    weight = rng.uniform(0.5, 2.0, size=(12, 10))
+    image = np.tensordot([2.0, 0.5, 1.5], design, 1) + 0.1 * rng.normal(size=(12, 10))
+    coef, chi2 = _linear_amplitudes(jnp.asarray(design), jnp.asarray(image), jnp.asarray(weight))
+    a = design.reshape(3, -1).T * np.sqrt(weight.reshape(-1, 1))
+    expected = np.linalg.lstsq(a, image.reshape(-1) * np.sqrt(weight.reshape(-1)), rcond=None)[0]
+    np.testing.assert_allclose(np.asarray(coef), expected, rtol=1e-5)  # the 1e-6 ridge
+    resid = image - np.tensordot(expected, design, 1)
+    assert float(chi2) == pytest.approx(np.sum(weight * resid**2), rel=1e-6)
+    # a component the data want negative is clipped at zero (light cannot be negative), or kept if asked
+    flipped = np.tensordot([2.0, -0.5, 1.5], design, 1)
+    clipped = _linear_amplitudes(jnp.asarray(design), jnp.asarray(flipped), jnp.asarray(weight))[0]
+    free = _linear_amplitudes(jnp.asarray(design), jnp.asarray(flipped), jnp.asarray(weight), nonnegative=False)[0]
+    assert float(clipped[1]) == 0.0 and float(free[1]) == pytest.approx(-0.5, rel=1e-5)
+
+
+def test_centre_tie_pulls_the_mass_centre_to_the_light_only_with_light():
+    """The pre-fit's mass-light centre tie: its log density and start, and no tie without free light centres."""
+    from blindlens.inference.lens_light_model import with_lens_light
+    from blindlens.inference.lens_space import LensSpace
+    from blindlens.inference.parametric_prefit import _centre_tie
+
+    space = LensSpace(with_lens_light(sie_shear, amp_scale=100.0))
+    values = space.complete({**TRUE_LENS, "lens_light_amp": 1.0, "lens_light_R_sersic": 0.5,
+                             "lens_light_n_sersic": 3.0, "lens_light_e1": 0.0, "lens_light_e2": 0.0,
+                             "lens_light_center_x": 0.05, "lens_light_center_y": 0.01})
+    u = space.unconstrain(values)
+    tie = _centre_tie(space, 0.05)
+    expected = -0.5 * ((0.02 - 0.05) ** 2 + (-0.03 - 0.01) ** 2) / 0.05**2
+    assert float(tie.log_density(u)) == pytest.approx(expected, rel=1e-4)
+    moved = space.constrain(tie.start(u))
+    assert float(moved["center_x"]) == pytest.approx(0.05, abs=1e-6)
+    assert float(moved["center_y"]) == pytest.approx(0.01, abs=1e-6)
+    assert float(moved["theta_E"]) == pytest.approx(TRUE_LENS["theta_E"], abs=1e-6)
+    for off in (_centre_tie(space, 0.0), _centre_tie(LensSpace(sie_shear), 0.05),
+                _centre_tie(LensSpace(with_lens_light(sie_shear, amp_scale=100.0, tie_center=True)), 0.05)):
+        assert off.sd == 0.0
