@@ -174,3 +174,17 @@ def test_centre_tie_pulls_the_mass_centre_to_the_light_only_with_light():
     for off in (_centre_tie(space, 0.0), _centre_tie(LensSpace(sie_shear), 0.05),
                 _centre_tie(LensSpace(with_lens_light(sie_shear, amp_scale=100.0, tie_center=True)), 0.05)):
         assert off.sd == 0.0
+
+
+def test_light_amplitudes_are_written_back_only_inside_the_prior():
+    """The runs carry the fitted light amplitude, unless it falls outside its prior's support."""
+    from blindlens.inference.lens_light_model import with_lens_light
+    from blindlens.inference.lens_space import LensSpace
+    from blindlens.inference.parametric_prefit import _with_light_amplitudes
+
+    space = LensSpace(with_lens_light(sie_shear, amp_scale=100.0))  # amp ~ LogUniform(1e-3, 1e3)
+    u = space.unconstrain(space.prior_draw(jr.key(1)))
+    own = float(space.constrain(u)["lens_light_amp"])
+    assert float(_with_light_amplitudes(space, u, jnp.array([7.5]))["lens_light_amp"]) == pytest.approx(7.5, rel=1e-5)
+    for outside in (0.0, 5e3):
+        assert float(_with_light_amplitudes(space, u, jnp.array([outside]))["lens_light_amp"]) == pytest.approx(own)

@@ -397,13 +397,14 @@ def _linear_amplitudes(design, image, weight, nonnegative: bool = True):
 
 def _with_light_amplitudes(space, u_lens, coef) -> dict:
     """Constrained lens values of ``u_lens`` with the ``lens_light*_amp`` sites set to ``coef`` (in
-    component order), clipped into the prior's support."""
+    component order) where it lies strictly inside the prior's support (a zero amplitude under a
+    positive prior would start a chain at minus infinity); elsewhere the run's own value stays."""
     values = space.constrain(u_lens)
     amps = [n for n in space.names if n.startswith("lens_light") and n.endswith("_amp")]  # component order
     for n, c in zip(amps, coef, strict=True):
         support = space.transforms[n].codomain
-        low, high = getattr(support, "lower_bound", 0.0), getattr(support, "upper_bound", jnp.inf)
-        values[n] = jnp.clip(c, low * (1 + 1e-6), high * (1 - 1e-6)).astype(values[n].dtype)
+        low, high = getattr(support, "lower_bound", -jnp.inf), getattr(support, "upper_bound", jnp.inf)
+        values[n] = jnp.where((c > low) & (c < high), c, values[n]).astype(values[n].dtype)
     return values
 
 
