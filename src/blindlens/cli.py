@@ -29,7 +29,7 @@ __all__ = ["main", "build_parser"]
 
 
 # --- subcommands ----------------------------------------------------------------------------
-# (each helper adds its own _add_/_run_ pair below and one line in _REGISTRY)
+# (each adds its own _add_/_run_ pair, here or in cli_prepare, and one line in _REGISTRY)
 
 
 def _add_sample(sub):

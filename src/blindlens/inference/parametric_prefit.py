@@ -244,8 +244,8 @@ def prefit_lens_with_sersic(
     weight = mask / jnp.asarray(observation.noise) ** 2
     image = jnp.asarray(observation.image)
     num_lens = space.unconstrain(space.prior_draw(jr.key(0))).shape[0]
-    light_index, light_images = _lens_light_parts(space, observation, config.supersampling)
-    tie = _centre_tie(space, config.mass_light_offset if light_index.size else 0.0)
+    light_index, light_images, num_light = _lens_light_parts(space, observation, config.supersampling)
+    tie = _centre_tie(space, config.mass_light_offset)
 
     def fit(u):
         lens, log_prior = space.log_prior_and_lens(u[:num_lens])
@@ -318,7 +318,6 @@ def prefit_lens_with_sersic(
         _, chi2, coef = jax.vmap(fit_refined)(w)
         return w[:, :num_lens + 6], chi2, coef[:, :num_light]
 
-    num_light = int(light_images(space.log_prior_and_lens(space.unconstrain(space.prior_draw(jr.key(0))))[0]).shape[0])
     u, chi2 = run(jr.split(key, config.num_starts))
     chi2 = jnp.where(jnp.isfinite(chi2), chi2, jnp.inf)
     order = jnp.argsort(chi2)
@@ -409,9 +408,9 @@ def _with_light_amplitudes(space, u_lens, coef) -> dict:
 
 
 def _lens_light_parts(space, observation, supersampling: int):
-    """``(light_index, light_images)``: the unconstrained coordinates of the ``lens_light*`` sites and
-    ``lens -> (k, ny, nx)``, the images of the ``k`` deflector-light components at unit amplitude
-    (``(0, ny, nx)`` for a mass-only lens model)."""
+    """``(light_index, light_images, k)``: the unconstrained coordinates of the ``lens_light*`` sites,
+    ``lens -> (k, ny, nx)``, the images of the ``k`` deflector-light components at unit amplitude,
+    and ``k`` (0 for a mass-only lens model)."""
     import numpy as np
 
     from ..physics.light_profiles import LensLightImager, light_of
@@ -419,7 +418,7 @@ def _lens_light_parts(space, observation, supersampling: int):
     probe = space.log_prior_and_lens(space.unconstrain(space.prior_draw(jr.key(0))))[0]
     ny, nx = observation.shape
     if light_of(probe) is None:
-        return np.zeros(0, int), lambda lens: jnp.zeros((0, ny, nx))
+        return np.zeros(0, int), lambda lens: jnp.zeros((0, ny, nx)), 0
     psf = None if observation.psf is None else observation.psf_operator()
     light_imager = LensLightImager(observation.image_grid, psf, supersampling)
     where = space._unravel(jnp.arange(space.size, dtype=jnp.float32))
@@ -430,4 +429,4 @@ def _lens_light_parts(space, observation, supersampling: int):
         return jnp.stack([light_imager(eqx.tree_at(lambda c: c.amp, comp, jnp.ones_like(comp.amp)))
                           for comp in light_of(lens).components])
 
-    return light_index, light_images
+    return light_index, light_images, len(light_of(probe).components)
