@@ -190,6 +190,8 @@ def sample_command(obs, out, truth, args) -> list[str]:
         value = getattr(args, flag)
         if value is not None:
             cmd += [f"--{flag}", str(value)]
+    if args.lens_light:
+        cmd += ["--lens-light", "sersic"]
     return cmd + shlex.split(args.sample_args or "")
 
 
@@ -209,7 +211,7 @@ def run_system(i: int, args, jsonl: Path) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     obs, truth_path = folder / "obs.fits", folder / "truth.npz"
     with _LOCK:  # simulation is quick; GalSim/lenstronomy need not be thread-safe
-        system = simulate_system(i, args.population, args.seed)
+        system = simulate_system(i, args.population, args.seed, lens_light=args.lens_light)
         if not (obs.exists() and truth_path.exists()):
             write_system(system, folder)
     out = folder / "post.nc"
@@ -449,6 +451,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=None, help="passed to --warmup (default: the CLI's)")
     p.add_argument("--draws", type=int, default=None, help="passed to --draws (default: the CLI's)")
     p.add_argument("--chains", type=int, default=None, help="passed to --chains (default: the CLI's)")
+    p.add_argument("--lens-light", action="store_true",
+                   help="simulate a Sérsic deflector 5-20x brighter than the arcs and pass --lens-light sersic")
     p.add_argument("--sample-args", default="", help="further blindlens sample options, verbatim (quoted string)")
     p.add_argument("--jobs", type=int, default=1, help="systems run at the same time")
     p.add_argument("--mode-tol", type=float, default=0.05,

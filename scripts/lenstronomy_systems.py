@@ -83,6 +83,10 @@ LENS_RANGES = {
 }
 LENS_NAMES = tuple(LENS_RANGES)
 SIE_NAMES = ("theta_E", "e1", "e2", "center_x", "center_y")
+LIGHT_RANGES = {"R_sersic": (0.3, 0.8), "n_sersic": (2.0, 4.0), "e1": (-0.15, 0.15), "e2": (-0.15, 0.15)}
+"""Deflector light (``--lens-light``): lenstronomy ``SERSIC_ELLIPSE`` at the mass centre."""
+LIGHT_TO_ARCS = (5.0, 20.0)
+"""The light's noiseless peak over the arcs' (drawn uniformly): a deflector that outshines its arcs."""
 
 __all__ = [
     "simulate_system",
@@ -193,12 +197,13 @@ def draw_source(i: int, population: str, rng: np.random.Generator) -> tuple[np.n
 # ------------------------------------------------------------------------------- lenstronomy
 
 
-def lenstronomy_image(lens: dict | None, source: np.ndarray, source_center, *, kernel=None,
+def lenstronomy_image(lens: dict | None, source: np.ndarray | None, source_center, *, kernel=None,
                       supersampling: int = SUPERSAMPLING, n_pix: int = IMAGE_N, pixel_scale: float = PIXEL_SCALE,
-                      source_scale: float = SOURCE_SCALE) -> np.ndarray:
+                      source_scale: float = SOURCE_SCALE, lens_light: dict | None = None) -> np.ndarray:
     """Noiseless lenstronomy image in surface brightness (flux per pixel / pixel area), [row=y, col=x].
 
-    ``lens=None`` gives the unlensed source (no deflection); ``kernel=None`` no PSF.
+    ``lens=None`` gives the unlensed source (no deflection); ``kernel=None`` no PSF;
+    ``source=None`` no source; ``lens_light`` (``SERSIC_ELLIPSE`` keywords) adds deflector light.
     """
     from lenstronomy.Data.imaging_data import ImageData
     from lenstronomy.Data.psf import PSF
@@ -216,31 +221,62 @@ def lenstronomy_image(lens: dict | None, source: np.ndarray, source_center, *, k
     source_model = LightModel(["INTERPOL"])
     kw_source = [{"image": np.asarray(source, np.float64), "amp": 1.0, "center_x": float(source_center[0]),
                   "center_y": float(source_center[1]), "phi_G": 0.0, "scale": float(source_scale)}]
+    light = {}
+    if lens_light is not None:
+        light = {"lens_light_model_class": LightModel(["SERSIC_ELLIPSE"])}
+    kw_light = [{k: float(v) for k, v in lens_light.items()}] if lens_light is not None else None
     if lens is None:
         model = ImageModel(data, psf, lens_model_class=LensModel([]), source_model_class=source_model,
-                           kwargs_numerics=numerics)
-        flux = model.image(kwargs_lens=[], kwargs_source=kw_source)
+                           kwargs_numerics=numerics, **light)
+        flux = model.image(kwargs_lens=[], kwargs_source=kw_source, kwargs_lens_light=kw_light,
+                           source_add=source is not None, lens_light_add=lens_light is not None)
     else:
         kw_lens = [{k: float(lens[k]) for k in SIE_NAMES},
                    {"gamma1": float(lens["gamma1"]), "gamma2": float(lens["gamma2"]), "ra_0": 0.0, "dec_0": 0.0}]
         model = ImageModel(data, psf, lens_model_class=LensModel(["SIE", "SHEAR"]), source_model_class=source_model,
-                           kwargs_numerics=numerics)
-        flux = model.image(kwargs_lens=kw_lens, kwargs_source=kw_source)
+                           kwargs_numerics=numerics, **light)
+        flux = model.image(kwargs_lens=kw_lens, kwargs_source=kw_source, kwargs_lens_light=kw_light,
+                           source_add=source is not None, lens_light_add=lens_light is not None)
     return np.asarray(flux, np.float64) / d**2
 
 
-def blindlens_lens(lens: dict):
-    """The same lens as a blindlens Module (``SIE(...) + ExternalShear(...)``)."""
+def blindlens_lens(lens: dict, lens_light: dict | None = None):
+    """The same lens as a blindlens Module (``SIE(...) + ExternalShear(...)``), with its deflector light
+    (lenstronomy ``SERSIC_ELLIPSE`` keywords) if given, in the study's surface-brightness units."""
     from blindlens.lens_models import SIE, ExternalShear
 
-    return SIE(**{k: float(lens[k]) for k in SIE_NAMES}) + ExternalShear(gamma1=float(lens["gamma1"]),
+    mass = SIE(**{k: float(lens[k]) for k in SIE_NAMES}) + ExternalShear(gamma1=float(lens["gamma1"]),
                                                                          gamma2=float(lens["gamma2"]))
+    if lens_light is None:
+        return mass
+    from blindlens.light_profiles import LensLight, LensWithLight, SersicEllipse
+
+    # lenstronomy's image is flux per pixel, the study's is that over the pixel area, and blindlens's
+    # light imager gives flux per pixel of its amp: the same light in study units has amp / d^2
+    values = {k: float(v) for k, v in lens_light.items()}
+    values["amp"] /= PIXEL_SCALE**2
+    return LensWithLight(mass, LensLight([SersicEllipse(**values)]))
 
 
-def simulate_system(i: int, population: str = "broad", seed: int = 0) -> dict:
+def draw_lens_light(i: int, seed: int, lens: dict, arcs_peak: float) -> dict:
+    """Deflector light of system ``i`` (``--lens-light``): shape from :data:`LIGHT_RANGES` at the mass
+    centre, amplitude such that its noiseless peak is :data:`LIGHT_TO_ARCS` times ``arcs_peak``. A
+    generator of its own, so the rest of the system is the one without light."""
+    rng = np.random.default_rng((seed, i, 1729))
+    light = {k: float(rng.uniform(*r)) for k, r in LIGHT_RANGES.items()}
+    light.update(center_x=float(lens["center_x"]), center_y=float(lens["center_y"]), amp=1.0)
+    ratio = float(rng.uniform(*LIGHT_TO_ARCS))
+    unit_peak = lenstronomy_image(None, None, (0.0, 0.0), kernel=psf_kernel(), lens_light=light).max()
+    light["amp"] = float(ratio * arcs_peak / unit_peak)
+    return light
+
+
+def simulate_system(i: int, population: str = "broad", seed: int = 0, lens_light: bool = False) -> dict:
     """Simulate system ``i``: returns a dict with ``image``, ``noise_sigma``, ``psf``, ``noiseless``,
     ``lens`` (dict), ``source``, ``source_center``, ``peak_snr``, ``true_chi2_per_n``, ``source_info``,
-    ``population``, ``system``, ``seed``. Deterministic in ``(i, population, seed)``."""
+    ``population``, ``system``, ``seed`` and ``lens_light`` (``None``, or its ``SERSIC_ELLIPSE``
+    keywords). Deterministic in ``(i, population, seed, lens_light)``; with ``lens_light`` the same
+    system plus deflector light (:func:`draw_lens_light`), the noise still set by the arcs' peak."""
     rng = system_rng(i, seed)
     lens = draw_lens(rng)
     source_center = tuple(float(c) for c in rng.uniform(-SOURCE_OFFSET, SOURCE_OFFSET, size=2))
@@ -250,6 +286,9 @@ def simulate_system(i: int, population: str = "broad", seed: int = 0) -> dict:
     kernel = psf_kernel()
     noiseless = lenstronomy_image(lens, source, source_center, kernel=kernel)
     sigma = float(noiseless.max() / snr)
+    light = draw_lens_light(i, seed, lens, float(noiseless.max())) if lens_light else None
+    if light is not None:
+        noiseless = noiseless + lenstronomy_image(lens, None, source_center, kernel=kernel, lens_light=light)
     image = noiseless + sigma * noise_rng.standard_normal(noiseless.shape)
     # the file stores the image in blindlens's working precision: chi^2 of the truth from what is written
     image = image.astype(np.float32).astype(np.float64)
@@ -257,7 +296,7 @@ def simulate_system(i: int, population: str = "broad", seed: int = 0) -> dict:
     return {
         "system": int(i), "population": population, "seed": int(seed), "lens": lens, "source": source,
         "source_center": source_center, "source_info": info, "peak_snr": snr, "noise_sigma": sigma,
-        "psf": kernel, "noiseless": noiseless, "image": image, "true_chi2_per_n": true_chi2,
+        "psf": kernel, "noiseless": noiseless, "image": image, "true_chi2_per_n": true_chi2, "lens_light": light,
     }
 
 
@@ -270,7 +309,8 @@ def write_system(system: dict, folder) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     obs = Observation(system["image"], system["noise_sigma"], system["psf"], PIXEL_SCALE)
     obs_path = save_observation(obs, folder / "obs.fits")
-    truth_path = save_truth(folder / "truth.npz", blindlens_lens(system["lens"]), system["source"], SOURCE_SCALE,
+    truth_path = save_truth(folder / "truth.npz", blindlens_lens(system["lens"], system.get("lens_light")),
+                            system["source"], SOURCE_SCALE,
                             system["noiseless"], PIXEL_SCALE, source_center=system["source_center"],
                             supersampling=SUPERSAMPLING, noise_sigma=system["noise_sigma"], psf_fwhm=PSF_FWHM,
                             seed=system["seed"])
@@ -350,11 +390,12 @@ def main(argv=None) -> int:
     p.add_argument("--population", choices=POPULATIONS, default="broad")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write obs.fits and truth.npz of --system into this folder")
+    p.add_argument("--lens-light", action="store_true", help="add a Sérsic deflector 5-20x brighter than the arcs")
     args = p.parse_args(argv)
     if args.check:
         return check(args.system, args.population, args.seed)
     if args.out:
-        s = simulate_system(args.system, args.population, args.seed)
+        s = simulate_system(args.system, args.population, args.seed, lens_light=args.lens_light)
         obs, truth = write_system(s, args.out)
         print(f"wrote {obs} and {truth}; true chi^2/N {s['true_chi2_per_n']:.4f}, peak SNR {s['peak_snr']:.1f}")
         return 0
