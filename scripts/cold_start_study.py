@@ -48,7 +48,13 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from lenstronomy_systems import LENS_NAMES, LENS_RANGES, POPULATIONS, simulate_system, write_system  # noqa: E402
+from lenstronomy_systems import (  # noqa: E402
+    LENS_RANGES,
+    PIXEL_SCALE,
+    POPULATIONS,
+    simulate_system,
+    write_system,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CALIBRATION = REPO / "docs" / "calibration"
@@ -119,6 +125,22 @@ def draw_chi2(path) -> tuple[np.ndarray, str]:
             n = max(int(np.isfinite(rc[0]).sum()), 1)
             out.append(np.nansum(rc**2, axis=(-2, -1)) / n)
     return np.stack(out), "posterior_predictive/normalized_residual"
+
+
+LIGHT_PREFIX = "lens_light_"
+
+
+def light_truth(lens_light: dict | None) -> dict:
+    """The deflector light's truth under the posterior's site names (``lens_light_amp``, ...).
+
+    The simulation's ``SERSIC_ELLIPSE`` amplitude is lenstronomy's (flux per pixel); blindlens's sites
+    are in the study's surface-brightness units, amp / d^2 (``lenstronomy_systems.blindlens_lens``).
+    """
+    if not lens_light:
+        return {}
+    out = {LIGHT_PREFIX + k: float(v) for k, v in lens_light.items()}
+    out[LIGHT_PREFIX + "amp"] /= PIXEL_SCALE**2
+    return out
 
 
 def analyse(post_path, truth: dict, true_chi2: float, mode_tol: float) -> dict:
@@ -238,6 +260,7 @@ def run_system(i: int, args, jsonl: Path) -> dict:
         "wall_s": round(wall, 1), "lens_truth": system["lens"], "source_info": system["source_info"],
         "source_center": list(system["source_center"]), "peak_snr": system["peak_snr"],
         "noise_sigma": system["noise_sigma"], "true_chi2": system["true_chi2_per_n"], "git": _git_state(),
+        "lens_light_truth": light_truth(system.get("lens_light")),
         "cli_warnings": warnings[-10:],
         # a loud message about the fit or the modes (not e.g. "too few draws"): what a user would act on
         "cli_flagged_fit": any(re.search(r"\bmodes?\b|chi\^2|exclud|restart|discard|disagree", w, re.I)
@@ -250,7 +273,8 @@ def run_system(i: int, args, jsonl: Path) -> dict:
         record["error_tail"] = text.splitlines()[-15:]
     else:
         try:
-            record.update(analyse(out, system["lens"], system["true_chi2_per_n"], args.mode_tol))
+            truth = {**system["lens"], **light_truth(system.get("lens_light"))}
+            record.update(analyse(out, truth, system["true_chi2_per_n"], args.mode_tol))
             record["status"] = "ok"
         except Exception as err:  # noqa: BLE001 - keep the study going; the line says what broke
             record["status"] = "failed"
@@ -330,6 +354,31 @@ def _fmt(x, spec=".3f"):
     return "-" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, spec)
 
 
+def light_table(ok: list[dict], light_names: list[str], se68: float, se95: float) -> list[str]:
+    """Markdown lines: the deflector light's recovery over systems (z, coverage, relative error)."""
+    lines = ["## Deflector light recovery over systems", "",
+             "Relative error = (posterior mean - truth) / truth, for the positive parameters; the centres and "
+             "ellipticities in arcsec and units of ellipticity (absolute error).", "",
+             "| parameter | mean z | sd of z | 68% coverage | 95% coverage | median abs error | max abs error |",
+             "|---|---|---|---|---|---|---|"]
+    for p in light_names:
+        z = np.array([r["params"][p]["z"] for r in ok], float)
+        z = z[np.isfinite(z)]
+        truth = np.array([r["lens_light_truth"][p] for r in ok], float)
+        mean = np.array([r["params"][p]["mean"] for r in ok], float)
+        relative = p.endswith(("amp", "R_sersic", "n_sersic"))
+        err = np.abs(mean - truth) / (np.abs(truth) if relative else 1.0)
+        unit = "%" if relative else ""
+        scale = 100.0 if relative else 1.0
+        in68 = np.mean([r["params"][p]["in68"] for r in ok])
+        in95 = np.mean([r["params"][p]["in95"] for r in ok])
+        sd = float(z.std(ddof=1)) if z.size > 1 else float("nan")
+        lines.append(f"| {p} | {_fmt(float(z.mean()) if z.size else float('nan'), '+.2f')} | {_fmt(sd, '.2f')} | "
+                     f"{in68:.2f} +- {se68:.2f} | {in95:.2f} +- {se95:.2f} | "
+                     f"{np.median(err) * scale:.3g}{unit} | {err.max() * scale:.3g}{unit} |")
+    return lines + [""]
+
+
 def report(args) -> int:
     from blindlens.validation import tarp_coverage
 
@@ -356,11 +405,13 @@ def report(args) -> int:
         out.write_text("\n".join(lines + ["No finished systems yet.", ""]))
         print(f"wrote {out} (no finished systems)")
         return 0
-    names = [n for n in ok[0]["lens_params"] if all(n in r["params"] and "z" in r["params"][n] for r in ok)]
+    with_z = [n for n in ok[0]["lens_params"] if all(n in r["params"] and "z" in r["params"][n] for r in ok)]
+    names = [n for n in with_z if not n.startswith(LIGHT_PREFIX)]  # the mass: the calibration goals
+    light_names = [n for n in with_z if n.startswith(LIGHT_PREFIX)]
 
     lines += ["## Per system", ""]
     head = ("| system | theta_E true | peak SNR | chains in dominant mode | chain chi^2/N | truth chi^2/N | "
-            "dominant - truth | max R-hat (CLI) | max abs z | CLI flagged the fit | wall min |")
+            "dominant - truth | max R-hat (CLI) | max abs z (mass) | CLI flagged the fit | wall min |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for r in ok:
         zmax = max(abs(r["params"][n]["z"]) for n in names) if names else float("nan")
@@ -393,6 +444,8 @@ def report(args) -> int:
                  f"{_fmt(float(zf.std(ddof=1)) if zf.size > 1 else float('nan'), '.2f')} | {in68.mean():.2f} | "
                  f"{in95.mean():.2f} |")
     lines.append("")
+    if light_names:
+        lines += light_table(ok, light_names, se68, se95)
 
     # TARP on the lens parameters present in every row, references uniform in the simulation box
     tp = [p for p in names if p in LENS_RANGES]
