@@ -3,7 +3,7 @@
 lenstronomy (an oracle only, imported inside the fixture) images an SIE + shear lens with an
 elliptical Sérsic deflector several times brighter than the arcs and a two-Sérsic source on a
 grid whose CD matrix is rotated by 25 deg with the RA flip (east left), through a Moffat PSF with
-a faint diffraction cross, supersampling 3, with sky + Poisson noise. The exposure is written as a
+a faint diffraction cross, supersampling 3 (the deflector's light at 24), with sky + Poisson noise. The exposure is written as a
 survey file (``SCI``/``ERR``/``DQ``, a few cosmic rays flagged in ``DQ``) and its PSF to its own
 file, read back by :func:`blindlens.observation.load_observation` and modelled blind with the
 Python API: :func:`~blindlens.lens_light_model.with_lens_light` around
@@ -113,7 +113,11 @@ def _lenstronomy_exposure(kernel):
     kw_light = [dict(amp=1.0, **LENS_LIGHT)]
     crop = (slice(PAD, PAD + N), slice(PAD, PAD + N))
     arcs = np.asarray(model.image(kw_lens, kw_source, kw_light, lens_light_add=False))[crop]
-    light = np.asarray(model.image(kw_lens, kw_source, kw_light, source_add=False))[crop]
+    # the deflector's steep core at 24 x 24 sub-pixels: the pixel integral a real galaxy gives (3 x 3 is far off it)
+    light_model = ImageModel(data, PSF(psf_type="PIXEL", kernel_point_source=kernel),
+                             lens_light_model_class=LightModel(["SERSIC_ELLIPSE"]),
+                             kwargs_numerics={"supersampling_factor": 24})
+    light = np.asarray(light_model.image(kwargs_lens_light=kw_light, source_add=False))[crop]
     light_amp = LIGHT_OVER_ARCS * ARC_PEAK / light.max()  # lenstronomy's amp is per arcsec^2, like blindlens's
     return light * light_amp, arcs * ARC_PEAK / arcs.max(), light_amp
 
@@ -266,22 +270,29 @@ def test_a_mirrored_frame_reflects_the_lens(survey_files, sky_frame_fit):
     """The broken variant: the same pixels read without the RA flip fit as well, with a reflected lens.
 
     Run through the Sérsic pre-fit (the same lens + light model and settings the sampler starts
-    from; a full second sampling run would double the cost of this file): its best lens in the
-    mirrored frame is compared with the truth in units of the sky-frame posterior sd.
+    from; a full second sampling run would double the cost of this file), started at the lens and
+    light the mirror predicts (the truth reflected): it fits there as well as the sky frame's fit,
+    at a lens many sky-frame posterior sd from the truth. (The 8-start global search of this small
+    configuration reaches the reflected basin for 1 of 3 keys in the mirrored frame, with the plain
+    or the refined light core alike: a seed's luck is not what this test is about.)
     """
     import jax.random as jr
 
     from blindlens.parametric_prefit import SersicPrefitConfig, prefit_lens_with_sersic
 
     samples, _ = sky_frame_fit
-    path, psf_path, _ = survey_files
+    path, psf_path, truth = survey_files
     obs = _read(path, psf_path, MIRRORED)
     t0 = time.time()
-    found = prefit_lens_with_sersic(jr.key(0), _lens_model(obs), obs, SersicPrefitConfig(**PREFIT))
+    expected = _reflected(LENS)
+    light = _reflected({**LENS, **{k: LENS_LIGHT[k] for k in ("e1", "e2", "center_x", "center_y")}})
+    init = {**{n: expected[n] for n in LENS_SITES}, "lens_light_amp": truth["light_amp"],
+            "lens_light_R_sersic": LENS_LIGHT["R_sersic"], "lens_light_n_sersic": LENS_LIGHT["n_sersic"],
+            **{"lens_light_" + k: light[k] for k in ("e1", "e2", "center_x", "center_y")}}
+    found = prefit_lens_with_sersic(jr.key(0), _lens_model(obs), obs, SersicPrefitConfig(**PREFIT), init_lens=init)
     chi2 = float(found.chi2[0]) / found.num_pixels
     got = {n: float(found.lens[n]) for n in LENS_SITES}
     z = {n: (got[n] - LENS[n]) / float(samples[n].std()) for n in LENS_SITES}
-    expected = _reflected(LENS)
     print(f"\nmirrored frame (no RA flip), pre-fit: {time.time() - t0:.0f} s, best chi^2/N {chi2:.3f}")
     for n in LENS_SITES:
         print(f"  {n:10s} truth {LENS[n]:+.4f}  reflected truth {expected[n]:+.4f}  mirrored pre-fit {got[n]:+.4f}"
