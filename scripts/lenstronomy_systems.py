@@ -100,6 +100,7 @@ __all__ = [
     "psf_kernel",
     "lenstronomy_image",
     "xdf_stamps",
+    "write_markdown",
     "LENS_NAMES",
     "LENS_RANGES",
     "POPULATIONS",
@@ -242,6 +243,13 @@ def lenstronomy_image(lens: dict | None, source: np.ndarray | None, source_cente
         flux = model.image(kwargs_lens=kw_lens, kwargs_source=kw_source, kwargs_lens_light=kw_light,
                            source_add=source is not None, lens_light_add=lens_light is not None)
     return np.asarray(flux, np.float64) / d**2
+
+
+def write_markdown(path, lines: list[str]) -> None:
+    """Write a study's markdown ``lines`` to ``path`` (the tables under docs/) and say so."""
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print(f"wrote {path}")
 
 
 def blindlens_lens(lens: dict, lens_light: dict | None = None):

@@ -63,9 +63,7 @@ def main(argv=None) -> int:
     med = np.median(np.array([r[4] for r in rows]), axis=0)
     lines.append("| median | | | | " + " | ".join(f"{c:.2f}" for c in med) + " |")
     if args.out:
-        with open(args.out, "w") as fh:
-            fh.write("\n".join(lines) + "\n")
-        print(f"wrote {args.out}")
+        ls.write_markdown(args.out, lines)
     return 0
 
 

@@ -82,9 +82,7 @@ def main(argv=None) -> int:
                  "On the 0.025\" grid, a quarter-pixel shift puts every truth node on a fine node (floor 0); no shift and a half-pixel shift leave the fine nodes halfway between (the worst case). blindlens's operator at supersampling 3, the data's own.", "",
                  "| system | source grid | shift from the truth's grid | chi^2_floor | sqrt |", "|---|---|---|---|---|"]
         lines += [f"| {i} | {g} | {lab} | {f:.1f} | {np.sqrt(f):.1f} |" for i, g, lab, f in rows]
-        with open(args.out, "w") as fh:
-            fh.write("\n".join(lines) + "\n")
-        print(f"wrote {args.out}")
+        ls.write_markdown(args.out, lines)
     return 0
 
 
