@@ -201,8 +201,8 @@ class LensLightImager(eqx.Module):
     systems: docs/real_data.md). So the ``core_size x core_size`` pixels around each component's
     centre are integrated with ``core_supersampling^2`` sub-pixels instead (lenstronomy's adaptive
     supersampling, with the refined pixels following the component's centre as it moves). The
-    box is placed on the pixel nearest the centre inside the traced program (``lax.dynamic_slice``
-    bounds), so one compiled imager serves every centre.
+    box is placed on the pixel nearest the centre inside the traced program (clipped to the padded
+    grid and written with ``lax.dynamic_update_slice``), so one compiled imager serves every centre.
 
     Parameters
     ----------
