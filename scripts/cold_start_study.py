@@ -10,7 +10,8 @@ from a cold start (the true lens is never passed; ``--truth`` only overlays it o
 not given here are not passed, so the CLI's own defaults apply (``blindlens sample --help``);
 ``--sample-args "..."`` appends further CLI options verbatim. One JSON line per system goes to
 ``docs/calibration/<name>.jsonl`` (resumable: systems already there are skipped, and an interrupted
-system resumes from the CLI's own checkpoint in its folder): lens truth; posterior mean, sd and
+system resumes from the CLI's own checkpoint in its folder): lens truth (with ``--lens-light`` also the
+deflector light's, in the posterior's units, reported as its own table); posterior mean, sd and
 ``z = (mean - truth) / sd`` per lens parameter over all chains (what a user would report) and over the
 dominant-mode chains; central 68/95% interval coverage; per-chain mean residual chi^2/N; which chains
 are in the dominant mode (chain chi^2/N within ``--mode-tol`` of the best chain's); max split R-hat
