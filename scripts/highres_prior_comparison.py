@@ -1,5 +1,6 @@
-"""The 64 x 64 prior at 0.05"/pixel against the shipped 32 x 32 prior at 0.1"/pixel, on held-out
-galaxies at 0.05"/pixel (issue 14: "report its held-out denoising error and morphology statistics
+"""A fine prior against a coarser one (by default the 64 x 64 prior at 0.05"/pixel against the
+shipped 32 x 32 prior at 0.1"/pixel; any pair whose sizes differ by a whole factor), on held-out
+galaxies at the fine pixel scale (issue 14: "report its held-out denoising error and morphology statistics
 against the current prior").
 
 Denoising: for each noise level sigma (per 0.05" pixel), the mean squared error per 0.05" pixel of
@@ -69,6 +70,9 @@ def coarse_on_fine(x, sigma):
     return jnp.repeat(jnp.repeat(d, factor, 0), factor, 1)
 
 
+fine_label = f"{fine.shape[0]}x{fine.shape[1]} at {fine.pixel_scale:g}\""
+coarse_label = f"{coarse.shape[0]}x{coarse.shape[1]} at {coarse.pixel_scale:g}\""
+px = f"{fine.pixel_scale:g}\" pixel"
 report = {"fine": args.fine, "coarse": args.coarse or "shipped", "fine_training": fine.metadata.get("training"),
           "denoising": {}, "morphology": {}}
 fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 3.6), squeeze=False)
@@ -82,12 +86,12 @@ for ax, (name, images) in zip(axes[0], sets.items()):
         for s, a, b in zip(sigmas, mse_fine, mse_coarse)
     ]
     report["denoising"][name + "_binning_floor"] = floor
-    ax.loglog(sigmas, mse_fine, "o-", label=f"64x64 at 0.05\" ({Path(args.fine).name})")
-    ax.loglog(sigmas, mse_coarse, "s--", label="32x32 at 0.1\" (binned, denoised, repeated)")
-    ax.axhline(floor, color="k", lw=0.8, ls=":", label="0.1\" binning floor")
+    ax.loglog(sigmas, mse_fine, "o-", label=f"{fine_label} ({Path(args.fine).name})")
+    ax.loglog(sigmas, mse_coarse, "s--", label=f"{coarse_label} (binned, denoised, repeated)")
+    ax.axhline(floor, color="k", lw=0.8, ls=":", label=f"{coarse.pixel_scale:g}\" binning floor")
     ax.set_title(f"held-out: {name} ({len(test)} galaxies)", fontsize=9)
-    ax.set_xlabel("noise sigma per 0.05\" pixel")
-    ax.set_ylabel("MSE per 0.05\" pixel")
+    ax.set_xlabel(f"noise sigma per {px}")
+    ax.set_ylabel(f"MSE per {px}")
 axes[0, 0].legend(fontsize=7)
 fig.tight_layout()
 figdir = args.out / "figures"
@@ -127,8 +131,8 @@ for i, ax in enumerate(axes.flat):
     img = samples["fine"][i] if i < 8 else (samples["coarse"][i - 8] if i < 16 else first[i - 16])
     ax.imshow(img, origin="lower", cmap="magma", vmin=0)
     ax.set_axis_off()
-axes[0, 0].set_title("64x64 prior samples", loc="left", fontsize=8)
-axes[1, 0].set_title("32x32 prior samples", loc="left", fontsize=8)
+axes[0, 0].set_title(f"{fine_label} prior samples", loc="left", fontsize=8)
+axes[1, 0].set_title(f"{coarse_label} prior samples", loc="left", fontsize=8)
 axes[2, 0].set_title("held-out galaxies", loc="left", fontsize=8)
 fig.tight_layout()
 fig.savefig(figdir / f"{args.name}_samples.png", dpi=80)
@@ -136,9 +140,9 @@ fig.savefig(figdir / f"{args.name}_samples.png", dpi=80)
 (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=1))
 lines = [f"Fine prior: `{args.fine}`; coarse: {report['coarse']}. Command: see `scripts/highres_prior_comparison.py`.", ""]
 for name in sets:
-    lines += [f"**Held-out {name}**: MSE per 0.05\" pixel (binning floor of any 0.1\" grid: "
+    lines += [f"**Held-out {name}**: MSE per {px} (binning floor of any {coarse.pixel_scale:g}\" grid: "
               f"{report['denoising'][name + '_binning_floor']:.3g})", "",
-              "| sigma | 64x64 | 32x32 via binning | ratio |", "|---|---|---|---|"]
+              f"| sigma | {fine_label} | {coarse_label} via binning | ratio |", "|---|---|---|---|"]
     lines += [f"| {r['sigma']:.3g} | {r['mse_fine']:.3g} | {r['mse_coarse']:.3g} | {r['ratio']:.2f} |"
               for r in report["denoising"][name]]
     lines += ["", "| prior | statistic | samples median | held-out median | KS D |", "|---|---|---|---|---|"]
@@ -146,7 +150,7 @@ for name in sets:
               f"{r['ks_statistic']:.3f} |" for r in report["morphology"][name]]
     lines += [""]
 lines += [f"Sampling ({args.steps} Heun steps, batches of 32, this CPU): "
-          f"{report['seconds_per_sample_fine']:.2f} s per 64x64 sample, "
-          f"{report['seconds_per_sample_coarse']:.2f} s per 32x32 sample."]
+          f"{report['seconds_per_sample_fine']:.2f} s per {fine_label} sample, "
+          f"{report['seconds_per_sample_coarse']:.2f} s per {coarse_label} sample."]
 (args.out / f"{args.name}_tables.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))

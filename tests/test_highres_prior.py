@@ -127,6 +127,27 @@ def test_broad_population_is_deterministic_and_broad():
     assert not np.array_equal(whole, disk)
 
 
+def test_galaxies_drawn_finer_are_the_same_galaxies_in_the_same_brightness_units():
+    pytest.importorskip("galsim")
+    from blindlens.galaxies import BroadGalaxyRecipe, draw_procedural_galaxies
+
+    coarse = draw_procedural_galaxies(6, seed=5, recipe=BroadGalaxyRecipe())
+    fine = draw_procedural_galaxies(6, seed=5, recipe=BroadGalaxyRecipe(image_size=128, pixel_scale=0.025))
+    assert fine.shape == (6, 128, 128)
+    binned = fine.reshape(6, 64, 2, 64, 2).mean(axis=(2, 4))
+    # the peak of the 0.05" average is the drawn peak, exactly that of the 0.05" drawing
+    assert np.allclose(binned.max(axis=(1, 2)), coarse.max(axis=(1, 2)), rtol=1e-5)
+    # the same galaxy: point samples at 0.05" against 2x2 means of 0.025" samples differ only by
+    # the sub-pixel averaging (a broken stream or a transposed/shifted drawing differs by O(1))
+    diff = np.abs(binned - coarse).max(axis=(1, 2)) / coarse.max(axis=(1, 2))
+    assert diff.max() < 0.15, diff
+    assert np.abs(binned[0] - coarse[1]).max() / coarse[1].max() > 0.3
+    # finer pixels resolve the peak further: never below the 0.05" average's
+    assert np.all(fine.max(axis=(1, 2)) >= binned.max(axis=(1, 2)) * (1 - 1e-6))
+    with pytest.raises(ValueError, match="whole pixels"):
+        BroadGalaxyRecipe(image_size=100, pixel_scale=0.032)
+
+
 def test_a_damaged_training_checkpoint_is_a_clear_error(tmp_path, getkey):
     data = np.asarray(0.3 * jr.normal(getkey(), (8, 16, 16)), np.float32)
     config = TrainingConfig(batch_size=4, warmup_steps=1)
@@ -146,8 +167,24 @@ def test_shipped_priors_by_name():
 
     high = ScorePrior.shipped("highres")
     assert high.shape == (64, 64) and high.pixel_scale == 0.05 and high.network.config.pixel_unshuffle == 2
-    assert ScorePrior.default().shape == (32, 32) and set(SHIPPED_PRIORS) == {"default", "highres"}
+    assert ScorePrior.default().shape == (32, 32) and set(SHIPPED_PRIORS) == {"default", "highres", "fine"}
     x = 0.05 * jr.normal(jr.key(0), (64, 64))
     assert bool(jnp.all(jnp.isfinite(high.score(x, 0.5))))
+    fine = ScorePrior.shipped("fine")
+    assert fine.shape == (128, 128) and fine.pixel_scale == 0.025 and fine.network.config.pixel_unshuffle == 2
+    assert fine.shape[0] * fine.pixel_scale == high.shape[0] * high.pixel_scale  # the same 3.2" field
+    assert bool(jnp.all(jnp.isfinite(fine.score(0.05 * jr.normal(jr.key(1), (128, 128)), 0.5))))
     with pytest.raises(ValueError, match="unknown shipped prior 'hires'"):
         ScorePrior.shipped("hires")
+
+
+def test_make_galaxies_draws_a_finer_grid_over_the_same_field(tmp_path, capsys):
+    from blindlens.cli import main
+
+    assert main(["make-galaxies", "--out", str(tmp_path / "bad"), "--num", "1", "--pixel-scale", "0.03"]) != 0
+    assert "--pixel-scale 0.03 does not divide the 3.2\" field" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    pytest.importorskip("galsim")
+    assert main(["make-galaxies", "--out", str(tmp_path / "g"), "--num", "2", "--pixel-scale", "0.025"]) == 0
+    (chunk,) = (tmp_path / "g").glob("*.npy")
+    assert chunk.name == "galaxies_broad_128px_seed1_0000000.npy" and np.load(chunk).shape == (2, 128, 128)

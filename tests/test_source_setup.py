@@ -26,7 +26,8 @@ LENS = CompositeLens((SIE(0.9, 0.08, -0.05, 0.02, -0.03), ExternalShear(0.03, -0
 SOURCE = dict(R_sersic=0.15, n_sersic=1.5, e1=0.15, e2=0.05, center_x=0.3, center_y=-0.2)
 
 
-@pytest.mark.parametrize(("pixel_scale", "name"), [(0.03, "highres"), (0.04, "highres"), (0.05, "highres"),
+@pytest.mark.parametrize(("pixel_scale", "name"), [(0.02, "fine"), (0.03, "fine"), (0.036, "highres"),
+                                                   (0.04, "highres"), (0.05, "highres"),
                                                    (0.07, "highres"), (0.072, "default"), (0.1, "default"),
                                                    (0.2, "default")])
 def test_the_auto_prior_is_the_shipped_prior_nearest_the_data_in_log_pixel_scale(pixel_scale, name):

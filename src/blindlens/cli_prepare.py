@@ -16,7 +16,7 @@ __all__: list[str] = []
 def _add_make_galaxies(sub) -> None:
     p = sub.add_parser(
         "make-galaxies",
-        help="draw procedural GalSim training galaxies (64x64 at 0.05\"/pixel) into .npy chunks",
+        help="draw procedural GalSim training galaxies (64x64 at 0.05\"/pixel by default) into .npy chunks",
     )
     p.add_argument("--out", required=True, help="output directory for galaxies_seed<S>_<start>.npy chunks")
     p.add_argument("--num", type=int, default=50000, help="number of galaxies (default 50000)")
@@ -25,6 +25,9 @@ def _add_make_galaxies(sub) -> None:
     p.add_argument("--population", choices=("broad", "disk"), default="broad",
                    help="broad: disks, compact, irregular and multi-component galaxies (the 64x64 prior's); "
                         "disk: disk + clumps + bulge only (the 32x32 prior's). Default broad")
+    p.add_argument("--pixel-scale", type=float, default=0.05,
+                   help="arcsec per pixel over the same 3.2\" field (default 0.05: 64x64; 0.025: 128x128); "
+                        "brightness stays in the units of 0.05\" pixels")
     p.set_defaults(run=_run_make_galaxies)
 
 
@@ -38,16 +41,22 @@ def _run_make_galaxies(args) -> int:
         raise ValueError("--num and --chunk must be positive.")
     from .io.run_checkpoint import check_output_dir
 
+    size = round(3.2 / args.pixel_scale)
+    if args.pixel_scale <= 0 or abs(size * args.pixel_scale - 3.2) > 1e-6:
+        raise ValueError(f"--pixel-scale {args.pixel_scale} does not divide the 3.2\" field into whole pixels; "
+                         "use e.g. 0.05 or 0.025.")
+    recipe = POPULATIONS[args.population](image_size=size, pixel_scale=args.pixel_scale)
     out = check_output_dir("--out", args.out)
     out.mkdir(parents=True, exist_ok=True)
+    fine = "" if size == 64 else f"{size}px_"
     starts = list(range(0, args.num, args.chunk))
     for start in tqdm(starts, desc="chunks", unit="chunk"):
         tag = "" if args.population == "disk" else f"{args.population}_"  # disk keeps its historical names
-        path = out / f"galaxies_{tag}seed{args.seed}_{start:07d}.npy"
+        path = out / f"galaxies_{tag}{fine}seed{args.seed}_{start:07d}.npy"
         if path.exists():  # resumable: finished chunks are kept
             continue
         images = draw_procedural_galaxies(min(args.chunk, args.num - start), seed=args.seed, start=start,
-                                          recipe=POPULATIONS[args.population]())
+                                          recipe=recipe)
         tmp = path.with_name(path.stem + ".tmp.npy")
         np.save(tmp, images)
         tmp.rename(path)

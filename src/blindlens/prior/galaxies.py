@@ -49,6 +49,24 @@ class GalaxyRecipe:
     max_shift: float = 0.2
     psf_fwhm: float = 0.08
     peak_range: tuple[float, float] = (0.5, 2.0)
+    peak_pixel_scale: float = 0.05
+
+    def __init__(self, image_size: int | None = None, pixel_scale: float | None = None):
+        """Optionally another grid over the same field: ``image_size`` pixels of ``pixel_scale``
+        arcsec (e.g. 128 of 0.025"). The galaxy parameters (arcsec) and the random stream do not
+        change, and the brightness units are those of ``peak_pixel_scale``: the brightest pixel of
+        the image averaged to that scale is the drawn peak, so a galaxy drawn finer has the same
+        surface brightness as at 0.05"."""
+        if image_size is not None:
+            self.image_size = int(image_size)
+        if pixel_scale is not None:
+            self.pixel_scale = float(pixel_scale)
+        ratio = self.peak_pixel_scale / self.pixel_scale
+        if self.image_size < 4 or round(ratio) < 1 or abs(ratio - round(ratio)) > 1e-6 or self.image_size % round(ratio):
+            raise ValueError(
+                f"pixel_scale {self.pixel_scale} must divide {self.peak_pixel_scale}\" (the brightness "
+                f"reference) into whole pixels across image_size {self.image_size}; e.g. 0.05 or 0.025."
+            )
 
 
 class BroadGalaxyRecipe(GalaxyRecipe):
@@ -167,7 +185,9 @@ def _draw_one(galsim, rng: np.random.Generator, recipe: GalaxyRecipe) -> np.ndar
         image += obj.drawImage(nx=n, ny=n, scale=scale, method="no_pixel").array
     # GalSim arrays are [row=y, col=x] with row 0 at the most negative y, as in blindlens.
     peak = np.exp(u(np.log(recipe.peak_range[0]), np.log(recipe.peak_range[1])))
-    return (image * (peak / image.max())).astype(np.float32)
+    b = round(recipe.peak_pixel_scale / scale)
+    reference = image.reshape(n // b, b, n // b, b).mean(axis=(1, 3)).max()  # b = 1: image.max()
+    return (image * (peak / reference)).astype(np.float32)
 
 
 POPULATIONS = {"disk": GalaxyRecipe, "broad": BroadGalaxyRecipe}
@@ -183,7 +203,7 @@ def draw_procedural_galaxies(
 ) -> np.ndarray:
     """Draw galaxies ``start .. start+num-1`` of the population with this ``seed``.
 
-    Returns ``(num, 64, 64)`` float32. Galaxy ``i`` depends only on ``(seed, i)``, so a set can
+    Returns ``(num, image_size, image_size)`` float32 (64 x 64 by default). Galaxy ``i`` depends only on ``(seed, i)``, so a set can
     be drawn in parallel chunks with different ``start`` and concatenated.
     """
     galsim = _import_galsim()

@@ -38,9 +38,10 @@ DEFAULT_PRIOR_RESOURCE = "default_prior.eqx"
 SHIPPED_PRIORS = {
     "default": DEFAULT_PRIOR_RESOURCE,  # 32 x 32 at 0.1"/pixel, disk population
     "highres": "prior_64.eqx",  # 64 x 64 at 0.05"/pixel, broad population (sub-pixel stem)
+    "fine": "prior_128.eqx",  # 128 x 128 at 0.025"/pixel, broad population (sub-pixel stem)
 }
 """Priors shipped inside the package, by name (``ScorePrior.shipped(name)``, ``--prior NAME``)."""
-SHIPPED_PIXEL_SCALES = {"default": 0.1, "highres": 0.05}
+SHIPPED_PIXEL_SCALES = {"default": 0.1, "highres": 0.05, "fine": 0.025}
 """Source pixel scale [arcsec] of each shipped prior (checked against the files by the tests)."""
 AUTO_PRIOR = "auto"
 """The prior spec that picks a shipped prior by the data's pixel scale (:func:`choose_shipped_prior`)."""
@@ -52,7 +53,8 @@ def choose_shipped_prior(pixel_scale: float) -> str:
     A source prior coarser than the data biases the lens by many posterior widths (issue 14:
     the 0.1"/pixel prior on 0.05"/pixel data), and one much finer than the data spends network
     passes on detail the data cannot see. Nearest in ``log(pixel scale)`` sends data finer than
-    0.0707"/pixel to ``"highres"`` (0.05") and coarser data to ``"default"`` (0.1").
+    0.0354"/pixel to ``"fine"`` (0.025"), data up to 0.0707"/pixel to ``"highres"`` (0.05") and
+    coarser data to ``"default"`` (0.1").
 
     Parameters
     ----------
@@ -213,7 +215,9 @@ class ScorePrior(AbstractSourcePrior):
         ``"default"``: 32 x 32 source pixels of 0.1" (a 3.2" field), trained on the disk
         population (docs/prior.md). ``"highres"``: 64 x 64 pixels of 0.05" (the same field at the
         resolution of HST-like data), the default network lifted with a sub-pixel stem and
-        fine-tuned on the broad population (docs/prior.md).
+        fine-tuned on the broad population (docs/prior.md). ``"fine"``: 128 x 128 pixels of
+        0.025" (the same field again), the ``"highres"`` network fine-tuned on broad galaxies
+        drawn at 0.025" (docs/prior.md); each network pass costs about 4x ``"highres"``'s.
         """
         if name not in SHIPPED_PRIORS:
             raise ValueError(
