@@ -1,7 +1,9 @@
 """Cost of a fixed-lens source draw with the shipped prior (PiGDM guidance) on this machine.
 
-A demo-sized problem: the bundled held-out galaxy binned to the prior's 32x32 grid at 0.1",
-SIE + shear, 72x72 image of 0.05", supersampling 2, peak SNR 20. Measures, in one run:
+A demo-sized problem: the bundled held-out galaxy (64x64 at 0.05") on the prior's grid (binned
+2x2 for the 32x32 ``default`` prior at 0.1", as is for ``highres``, each pixel repeated 2x2 for
+``fine`` at 0.025"), SIE + shear, 72x72 image of 0.05", supersampling 2, peak SNR 20. Measures,
+in one run:
 
 * a whole guided draw (``sample_source_posterior``, Euler, ``--steps``) for 1 sample and for a
   batch of ``--batch`` samples (per-sample time);
@@ -10,8 +12,9 @@ SIE + shear, 72x72 image of 0.05", supersampling 2, peak SNR 20. Measures, in on
   applies ``A`` and ``A^T`` once);
 * the share of a draw spent in the network, estimated as steps x (denoise + VJP) / draw time.
 
-Usage: python benchmarks/source_step.py [--steps 50 --batch 8 --repeats 3]; prints a markdown
-table (recorded in docs/performance.md).
+Usage: python benchmarks/source_step.py [--prior default|highres|fine --steps 50 --batch 8 --repeats 3];
+prints a markdown table (recorded in docs/performance.md). Runs on any JAX backend (on a GPU, the
+batch column is what a catalogue of lenses pays per draw).
 """
 
 import argparse
@@ -36,6 +39,7 @@ parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--steps", type=int, default=50)
 parser.add_argument("--batch", type=int, default=8)
 parser.add_argument("--repeats", type=int, default=3)
+parser.add_argument("--prior", choices=("default", "highres", "fine"), default="default")
 args = parser.parse_args()
 
 
@@ -49,8 +53,14 @@ def best_time(fn, repeats):
     return best
 
 
-prior = ScorePrior.default()
-galaxy = load_source(example_source_path()).reshape(32, 2, 32, 2).mean(axis=(1, 3)).astype(np.float32)
+prior = ScorePrior.shipped(args.prior)
+galaxy = load_source(example_source_path()).astype(np.float32)  # 64 x 64 at 0.05"
+if prior.shape[0] < galaxy.shape[0]:
+    f = galaxy.shape[0] // prior.shape[0]
+    galaxy = galaxy.reshape(prior.shape[0], f, prior.shape[1], f).mean(axis=(1, 3))
+elif prior.shape[0] > galaxy.shape[0]:
+    f = prior.shape[0] // galaxy.shape[0]
+    galaxy = np.repeat(np.repeat(galaxy, f, 0), f, 1)  # same surface brightness on a finer grid
 lens = SIE(1.1, 0.1, -0.05, 0.03, -0.02) + ExternalShear(0.02, -0.01)
 grid = PixelGrid((72, 72), 0.05)
 op = LensingOperator(lens, grid, PixelGrid(prior.shape, prior.pixel_scale), psf=gaussian_psf(0.1, 0.05), supersampling=2)
@@ -91,10 +101,11 @@ t_op = best_time(lambda: operator_pair(op, x), 20)
 iters = [int(cg_iterations(op, data, prior.denoise(x, jnp.asarray(t)), jnp.asarray(t))) for t in (0.9, 0.5, 0.2, 0.05)]
 network_share = args.steps * t_net / single
 
-print(f"\nPiGDM, {args.steps} Euler steps, 72x72 image (supersampling 2), 32x32 source; {jax.devices()[0].device_kind}\n")
+print(f"\nPiGDM, {args.steps} Euler steps, 72x72 image (supersampling 2), {prior.shape[0]}x{prior.shape[1]} "
+      f"source at {prior.pixel_scale:g}\" ({args.prior}); {jax.devices()[0].device_kind}\n")
 print("| quantity | value |\n|---|---|")
-print(f"| draw, 1 sample | {single:.2f} s |")
-print(f"| draw, batch of {args.batch} | {batch:.2f} s per sample |")
+print(f"| draw, 1 sample | {single:.3g} s |")
+print(f"| draw, batch of {args.batch} | {1e3 * batch:.3g} ms per sample |")
 print(f"| network passes per sample | {2 * args.steps + 1} (denoise + VJP per step, final denoise) |")
 print(f"| one denoise + VJP (single image) | {1e3 * t_net:.2f} ms |")
 print(f"| one A + A^T (single image) | {1e3 * t_op:.2f} ms |")
