@@ -100,6 +100,23 @@ def test_a_chain_in_a_worse_mode_is_flagged_and_listed():
     assert check_run(_idata(posterior, resid), warn=False).worse_chains == ()
 
 
+def test_a_chain_that_leaves_the_fit_late_is_flagged_though_its_median_is_fine():
+    rng = np.random.default_rng(3)
+    posterior, resid = _well_mixed(rng, chains=3, draws=200)
+    resid[1, 150:] *= np.sqrt(2.0)  # chain 1's last 50 draws jump to chi^2/N 2: its median stays ~1
+    with pytest.warns(BlindLensRunWarning, match=r"chain 1 left the fit for \d+ of 200 draws \(first at draw 15\d"):
+        report = check_run(_idata(posterior, resid))
+    # N = 140 pixels: a draw at chi^2/N 2 is 5.9 sd above the threshold's centre, so nearly all 50 count
+    assert report.worse_chains == () and set(report.chains_with_worse_draws) == {1}
+    assert 45 <= report.chains_with_worse_draws[1] <= 50
+    assert report.chain_chi2_per_pixel[1] == pytest.approx(1.0, abs=0.1)
+    # below the 5% line (one bad draw in 200) it is not reported
+    posterior, resid = _well_mixed(np.random.default_rng(3), chains=3, draws=200)
+    resid[1, 150] *= np.sqrt(2.0)
+    report = check_run(_idata(posterior, resid), warn=False)
+    assert report.ok and report.chains_with_worse_draws == {}
+
+
 def test_misfit_divergences_and_nonfinite_sources_are_reported():
     rng = np.random.default_rng(3)
     posterior, resid = _well_mixed(rng, chains=2, draws=100)

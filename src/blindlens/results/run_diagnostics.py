@@ -17,6 +17,11 @@ used) and checks, in one place:
   at a fit far worse than another chain found (blind lensing is multi-modal: a wrong lens with a
   contorted source). It is named in :attr:`RunReport.worse_chains` so callers can exclude it
   (``idata.posterior.sel(chain=...)``); never average it into the posterior silently;
+* **draws that left the fit**: a chain whose median is fine but more than ``WORSE_DRAW_FRACTION``
+  (5%) of whose draws sit above the best chain's median by that same threshold jumped into a
+  worse state during the run (seen on a lenstronomy system: one chain's last 26 of 100 draws at
+  chi^2/N 1.46-1.52 against 1.02, its median unmoved). Named in
+  :attr:`RunReport.chains_with_worse_draws`;
 * **non-finite values** anywhere in the posterior (a blown-up source step) and in the model
   images.
 
@@ -44,6 +49,8 @@ CHAIN_CHI2_GAP = 25.0
 """Smallest total-chi^2 gap between a chain's and the best chain's median that marks a worse mode."""
 CHAIN_CHI2_SIGMA = 5.0
 """... in units of the within-chain sd of chi^2, whichever is larger."""
+WORSE_DRAW_FRACTION = 0.05
+"""Fraction of a chain's draws beyond the worse-mode threshold that is reported."""
 
 
 class BlindLensRunWarning(UserWarning):
@@ -83,6 +90,9 @@ class RunReport:
         The total-chi^2 gap above the best chain that marked a chain as in a worse mode.
     worse_chains
         Indices of the chains in a worse mode; exclude them.
+    chains_with_worse_draws
+        Chain index -> number of its draws beyond the worse-mode threshold, for chains not in a
+        worse mode by their median but with more than ``WORSE_DRAW_FRACTION`` of such draws.
     nonfinite
         Variable -> number of non-finite values (only variables that have some).
     """
@@ -105,6 +115,7 @@ class RunReport:
     chain_chi2_per_pixel: tuple[float, ...] = ()
     chain_chi2_threshold: float | None = None
     worse_chains: tuple[int, ...] = ()
+    chains_with_worse_draws: dict = field(default_factory=dict)
     nonfinite: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
@@ -283,6 +294,7 @@ def check_run(
     n_pix = chi2_med = chi2_sd = chi2_z = threshold = None
     chain_med: tuple[float, ...] = ()
     worse: tuple[int, ...] = ()
+    worse_draws: dict = {}
     if _has_var(pp, "normalized_residual"):
         resid = np.asarray(pp["normalized_residual"].values)
         n_pix = _unmasked_pixels(idata, observation, resid)
@@ -324,6 +336,15 @@ def check_run(
                     f"{best}; total chi^2 worse by {medians[k] - medians[best]:.0f} > {threshold:.0f}): exclude it "
                     f"(report.worse_chains) or rerun; never average it into the posterior."
                 )
+            for k in range(len(medians)):
+                bad = np.flatnonzero(~(total[k] - medians[best] <= threshold))  # NaN/inf count as bad
+                if k not in worse and bad.size > WORSE_DRAW_FRACTION * total.shape[1]:
+                    worse_draws[k] = int(bad.size)
+                    problems.append(
+                        f"chain {k} left the fit for {bad.size} of {total.shape[1]} draws (first at draw {bad[0]}; "
+                        f"chi^2/N up to {np.nanmax(np.where(np.isfinite(per_pixel[k]), per_pixel[k], np.nan)):.4f} "
+                        f"vs {chain_med[best]:.4f}): drop those draws or rerun; never average them in."
+                    )
 
     report = RunReport(
         ok=not problems,
@@ -344,6 +365,7 @@ def check_run(
         chain_chi2_per_pixel=chain_med,
         chain_chi2_threshold=threshold,
         worse_chains=worse,
+        chains_with_worse_draws=worse_draws,
         nonfinite=nonfinite,
     )
     if warn:
