@@ -32,7 +32,7 @@ from .score_network import ScoreNetworkConfig, ScoreUNet
 from .source_prior import AbstractSourcePrior
 
 __all__ = ["ScorePrior", "DEFAULT_PRIOR_RESOURCE", "SHIPPED_PRIORS", "SHIPPED_PIXEL_SCALES", "AUTO_PRIOR",
-           "choose_shipped_prior"]
+           "SOURCE_TO_DATA_PIXEL", "choose_shipped_prior"]
 
 DEFAULT_PRIOR_RESOURCE = "default_prior.eqx"
 SHIPPED_PRIORS = {
@@ -47,14 +47,22 @@ AUTO_PRIOR = "auto"
 """The prior spec that picks a shipped prior by the data's pixel scale (:func:`choose_shipped_prior`)."""
 
 
-def choose_shipped_prior(pixel_scale: float) -> str:
-    """The shipped prior whose source pixels are nearest the data's pixels (in log scale).
+SOURCE_TO_DATA_PIXEL = 0.5
+"""The source pixel ``--prior auto`` aims for, as a fraction of the data's pixel (issue 14)."""
 
-    A source prior coarser than the data biases the lens by many posterior widths (issue 14:
-    the 0.1"/pixel prior on 0.05"/pixel data), and one much finer than the data spends network
-    passes on detail the data cannot see. Nearest in ``log(pixel scale)`` sends data finer than
-    0.0354"/pixel to ``"fine"`` (0.025"), data up to 0.0707"/pixel to ``"highres"`` (0.05") and
-    coarser data to ``"default"`` (0.1").
+
+def choose_shipped_prior(pixel_scale: float) -> str:
+    """The shipped prior whose source pixels are nearest half the data's pixels (in log scale).
+
+    A source grid as coarse as the data's pixels still biases the lens: the arcs magnify source
+    structure below a data pixel, and the best source on a 0.05" grid leaves chi^2 11-330 on
+    0.05"/pixel lenstronomy systems with the true lens, 0.5-18.5 on a 0.025" grid
+    (docs/calibration/source_representation.md). Measured end to end on those systems
+    (docs/joint_inference.md), the 0.025" ``"fine"`` prior on 0.05" data brought the lens
+    z-scores of a cold-start run from up to 8 down to about 2 at the same wall time. Nearest in
+    ``log(pixel scale)`` to ``SOURCE_TO_DATA_PIXEL`` times the data's pixel sends data finer than
+    0.0707"/pixel to ``"fine"`` (0.025"), data up to 0.141"/pixel to ``"highres"`` (0.05"; e.g.
+    Euclid VIS at 0.1", not yet measured end to end) and coarser data to ``"default"`` (0.1").
 
     Parameters
     ----------
@@ -68,8 +76,11 @@ def choose_shipped_prior(pixel_scale: float) -> str:
     """
     if not (math.isfinite(pixel_scale) and pixel_scale > 0):
         raise ValueError(f"pixel_scale must be positive and finite (arcsec/pixel), got {pixel_scale}.")
-    return min(SHIPPED_PIXEL_SCALES, key=lambda name: (abs(math.log(SHIPPED_PIXEL_SCALES[name] / pixel_scale)),
+    target = SOURCE_TO_DATA_PIXEL * pixel_scale
+    return min(SHIPPED_PIXEL_SCALES, key=lambda name: (abs(math.log(SHIPPED_PIXEL_SCALES[name] / target)),
                                                        name != "default"))
+
+
 _FORMAT = "blindlens-score-prior"
 
 
