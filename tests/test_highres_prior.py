@@ -184,6 +184,8 @@ def test_make_galaxies_draws_a_finer_grid_over_the_same_field(tmp_path, capsys):
     assert main(["make-galaxies", "--out", str(tmp_path / "bad"), "--num", "1", "--pixel-scale", "0.03"]) != 0
     assert "--pixel-scale 0.03 does not divide the 3.2\" field" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+    assert main(["make-galaxies", "--out", str(tmp_path / "bad"), "--num", "1", "--pixel-scale", "0"]) != 0
+    assert "does not divide the 3.2\" field" in capsys.readouterr().err
     pytest.importorskip("galsim")
     assert main(["make-galaxies", "--out", str(tmp_path / "g"), "--num", "2", "--pixel-scale", "0.025"]) == 0
     (chunk,) = (tmp_path / "g").glob("*.npy")

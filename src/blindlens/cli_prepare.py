@@ -41,8 +41,8 @@ def _run_make_galaxies(args) -> int:
         raise ValueError("--num and --chunk must be positive.")
     from .io.run_checkpoint import check_output_dir
 
-    size = round(3.2 / args.pixel_scale)
-    if args.pixel_scale <= 0 or abs(size * args.pixel_scale - 3.2) > 1e-6:
+    size = round(3.2 / args.pixel_scale) if args.pixel_scale > 0 else 0
+    if size < 4 or abs(size * args.pixel_scale - 3.2) > 1e-6:
         raise ValueError(f"--pixel-scale {args.pixel_scale} does not divide the 3.2\" field into whole pixels; "
                          "use e.g. 0.05 or 0.025.")
     recipe = POPULATIONS[args.population](image_size=size, pixel_scale=args.pixel_scale)

@@ -61,8 +61,9 @@ class GalaxyRecipe:
             self.image_size = int(image_size)
         if pixel_scale is not None:
             self.pixel_scale = float(pixel_scale)
-        ratio = self.peak_pixel_scale / self.pixel_scale
-        if self.image_size < 4 or round(ratio) < 1 or abs(ratio - round(ratio)) > 1e-6 or self.image_size % round(ratio):
+        ratio = self.peak_pixel_scale / self.pixel_scale if self.pixel_scale > 0 else 0.0
+        whole = round(ratio)
+        if self.image_size < 4 or whole < 1 or abs(ratio - whole) > 1e-6 or self.image_size % whole:
             raise ValueError(
                 f"pixel_scale {self.pixel_scale} must divide {self.peak_pixel_scale}\" (the brightness "
                 f"reference) into whole pixels across image_size {self.image_size}; e.g. 0.05 or 0.025."
@@ -203,8 +204,9 @@ def draw_procedural_galaxies(
 ) -> np.ndarray:
     """Draw galaxies ``start .. start+num-1`` of the population with this ``seed``.
 
-    Returns ``(num, image_size, image_size)`` float32 (64 x 64 by default). Galaxy ``i`` depends only on ``(seed, i)``, so a set can
-    be drawn in parallel chunks with different ``start`` and concatenated.
+    Returns ``(num, image_size, image_size)`` float32 (64 x 64 by default). Galaxy ``i``
+    depends only on ``(seed, i)``, so a set can be drawn in parallel chunks with different
+    ``start`` and concatenated.
     """
     galsim = _import_galsim()
     recipe = recipe or GalaxyRecipe()
