@@ -19,7 +19,7 @@ used) and checks, in one place:
   (``idata.posterior.sel(chain=...)``); never average it into the posterior silently;
 * **draws that left the fit**: a chain whose median is fine but more than ``WORSE_DRAW_FRACTION``
   (5%) of whose draws sit above the best chain's median by that same threshold jumped into a
-  worse state during the run (seen on a lenstronomy system: one chain's last 26 of 100 draws at
+  worse state during the run (seen on a lenstronomy system: one chain's last 27 of 100 draws at
   chi^2/N 1.46-1.52 against 1.02, its median unmoved). Named in
   :attr:`RunReport.chains_with_worse_draws`;
 * **non-finite values** anywhere in the posterior (a blown-up source step) and in the model
