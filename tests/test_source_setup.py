@@ -26,10 +26,10 @@ LENS = CompositeLens((SIE(0.9, 0.08, -0.05, 0.02, -0.03), ExternalShear(0.03, -0
 SOURCE = dict(R_sersic=0.15, n_sersic=1.5, e1=0.15, e2=0.05, center_x=0.3, center_y=-0.2)
 
 
-@pytest.mark.parametrize(("pixel_scale", "name"), [(0.03, "fine"), (0.04, "fine"), (0.05, "fine"),
-                                                   (0.07, "fine"), (0.072, "highres"), (0.1, "highres"),
-                                                   (0.14, "highres"), (0.142, "default"), (0.2, "default")])
-def test_the_auto_prior_is_the_shipped_prior_nearest_half_the_data_pixel_in_log_scale(pixel_scale, name):
+@pytest.mark.parametrize(("pixel_scale", "name"), [(0.02, "fine"), (0.03, "fine"), (0.036, "highres"),
+                                                   (0.04, "highres"), (0.05, "highres"), (0.07, "highres"),
+                                                   (0.072, "default"), (0.1, "default"), (0.2, "default")])
+def test_the_auto_prior_is_the_shipped_prior_nearest_the_data_pixel_in_log_scale(pixel_scale, name):
     assert choose_shipped_prior(pixel_scale) == name
 
 
@@ -50,7 +50,7 @@ def test_auto_is_resolved_by_the_observation_and_is_not_a_file():
     point[1, 1] = 1.0
     fine = Observation(np.zeros((8, 8)), 1.0, point, 0.05)
     coarse = Observation(np.zeros((8, 8)), 1.0, point, 0.1)
-    assert resolve_prior_spec("auto", fine) == "fine" and resolve_prior_spec("auto", coarse) == "highres"
+    assert resolve_prior_spec("auto", fine) == "highres" and resolve_prior_spec("auto", coarse) == "default"
     assert resolve_prior_spec("default", fine) == "default" and resolve_prior_spec("p.eqx", fine) == "p.eqx"
     assert SampleOptions().prior == "auto" and SampleOptions().source_center == "auto"
     assert not is_prior_file("auto") and not is_prior_file("highres") and is_prior_file("my_prior.eqx")

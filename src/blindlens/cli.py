@@ -79,9 +79,9 @@ def _add_sampling_arguments(p) -> None:
     """The sampling options of ``blindlens sample`` (and ``blindlens catalogue``): one per
     :class:`~blindlens.pipeline.SampleOptions` field, ``dest`` = the field, default from ``DEFAULTS``."""
     p.add_argument("--prior", default=DEFAULTS.prior,
-                   help="'auto' (default: the shipped prior whose pixels are nearest half the data's), 'default' "
+                   help="'auto' (default: the shipped prior whose pixels are nearest the data's), 'default' "
                         "(shipped 32x32 prior at 0.1\"/pixel), 'highres' (64x64 at 0.05\"/pixel), 'fine' (128x128 at "
-                        "0.025\"/pixel, what auto picks for HST-like 0.05\" data) or a prior file from train-prior")
+                        "0.025\"/pixel, opt-in for 0.05\" data: docs/joint_inference.md) or a prior file from train-prior")
     p.add_argument("--guidance", choices=GUIDANCE_NAMES, default=DEFAULTS.guidance,
                    help="likelihood score: pigdm (default), calibrated (exact for Gaussian priors, costlier), cla")
     p.add_argument("--steps", type=int, default=DEFAULTS.steps,

@@ -44,7 +44,7 @@ def run_fixed_lens(args, prior, options, *, load_prior=None):
     if prior is None:
         spec = prior_name = resolve_prior_spec(args.prior, obs)
         if spec != args.prior:
-            print(f"source prior: {spec} (--prior auto: the shipped prior nearest half the data's "
+            print(f"source prior: {spec} (--prior auto: the shipped prior nearest the data's "
                   f"{obs.pixel_scale:.3g}\"/pixel)", flush=True)
         prior = (load_prior or load_source_prior)(spec)
     if args.flux_scale is not None:

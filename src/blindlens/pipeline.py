@@ -43,7 +43,7 @@ class SampleOptions:
 
     Field names are the ``blindlens sample`` options without the leading ``--`` and with ``_`` for
     ``-`` (``warm_start_steps`` is ``--warm-start-steps``); see ``blindlens sample --help`` for
-    their meaning. ``prior`` is a spec (``"auto"``: the shipped prior nearest half the data's
+    their meaning. ``prior`` is a spec (``"auto"``: the shipped prior nearest the data's
     pixel, ``"default"``, ``"highres"``, ``"fine"``, a prior file) or, from Python, a source prior object.
     ``source_center`` is ``"auto"`` (the lens pre-fit's source centre; the origin without a
     pre-fit) or ``(x, y)`` in arcsec. ``--strict`` (an exit status) is the command line's own.
@@ -400,7 +400,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
     if prior is None:
         spec = resolve_prior_spec(options.prior, obs)
         if verbose and spec != options.prior:
-            print(f"source prior: {spec} (--prior auto: the shipped prior nearest half the data's "
+            print(f"source prior: {spec} (--prior auto: the shipped prior nearest the data's "
                   f"{obs.pixel_scale:.3g}\"/pixel)", flush=True)
         prior = (load_prior or load_source_prior)(spec)
     if options.flux_scale is not None:

@@ -1,6 +1,6 @@
 """How a run sets up its source model from the data: which prior, and where its grid sits.
 
-* ``--prior auto`` (the default): the shipped prior whose source pixels are nearest half the
+* ``--prior auto`` (the default): the shipped prior whose source pixels are nearest the
   data's (:func:`~blindlens.score_prior.choose_shipped_prior`); :func:`resolve_prior_spec` turns the spec
   into a shipped name for one observation, :func:`load_source_prior` loads a resolved spec.
 * ``--source-center auto`` (the default): :func:`source_grid_center` runs the Sérsic + shapelet

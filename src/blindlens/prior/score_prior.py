@@ -47,22 +47,24 @@ AUTO_PRIOR = "auto"
 """The prior spec that picks a shipped prior by the data's pixel scale (:func:`choose_shipped_prior`)."""
 
 
-SOURCE_TO_DATA_PIXEL = 0.5
-"""The source pixel ``--prior auto`` aims for, as a fraction of the data's pixel (issue 14)."""
+SOURCE_TO_DATA_PIXEL = 1.0
+"""The source pixel ``--prior auto`` aims for, as a fraction of the data's pixel (issue 14): 1, the
+data's own. 0.5 (the 0.025" ``"fine"`` prior on 0.05" data) won on lenstronomy cold starts but broke
+the bundled HST example (see :func:`choose_shipped_prior`), so it is not the default yet."""
 
 
 def choose_shipped_prior(pixel_scale: float) -> str:
-    """The shipped prior whose source pixels are nearest half the data's pixels (in log scale).
+    """The shipped prior whose source pixels are nearest ``SOURCE_TO_DATA_PIXEL`` times the data's
+    pixel (in log scale): with 1, the data's own.
 
-    A source grid as coarse as the data's pixels still biases the lens: the arcs magnify source
-    structure below a data pixel, and the best source on a 0.05" grid leaves chi^2 11-330 on
-    0.05"/pixel lenstronomy systems with the true lens, 0.5-18.5 on a 0.025" grid
-    (docs/calibration/source_representation.md). Measured end to end on those systems
-    (docs/joint_inference.md), the 0.025" ``"fine"`` prior on 0.05" data brought the lens
-    z-scores of a cold-start run from up to 8 down to about 2 at the same wall time. Nearest in
-    ``log(pixel scale)`` to ``SOURCE_TO_DATA_PIXEL`` times the data's pixel sends data finer than
-    0.0707"/pixel to ``"fine"`` (0.025"), data up to 0.141"/pixel to ``"highres"`` (0.05"; e.g.
-    Euclid VIS at 0.1", not yet measured end to end) and coarser data to ``"default"`` (0.1").
+    A source prior coarser than the data biases the lens by many posterior widths (the 0.1"/pixel
+    prior on 0.05"/pixel data). A prior at half the data's pixel (``"fine"``, 0.025", on 0.05"
+    data) took the lens z-scores' spread from 2.9 to 1.3 on four lenstronomy cold starts
+    (docs/joint_inference.md), but on the bundled HST example (``blindlens example``: bright
+    deflector, blocky source) its warm start ended at chi^2/N 4.7 and the chains stalled, so it is
+    opt-in (``--prior fine``) until that is understood. Sends data finer than 0.0354"/pixel to
+    ``"fine"``, data up to 0.0707"/pixel to ``"highres"`` (0.05") and coarser data to
+    ``"default"`` (0.1").
 
     Parameters
     ----------
