@@ -21,6 +21,7 @@ def run_fixed_lens(args, prior, options, *, load_prior=None):
     through the lens (:func:`~blindlens.lensing_operator.source_centroid`)."""
     from pathlib import Path
 
+    import equinox as eqx
     import jax
 
     from .inference.chain_runner import RunClock
@@ -49,12 +50,18 @@ def run_fixed_lens(args, prior, options, *, load_prior=None):
         prior = (load_prior or load_source_prior)(spec)
     if args.flux_scale is not None:
         prior = prior.with_flux_scale(args.flux_scale)
+    # The lens file's [[light]] tables are held fixed like its mass: their PSF-convolved image is
+    # subtracted from the data the source is drawn from and added back to every model image.
+    data = obs.image
+    light_image = None
+    if light_of(lens) is not None:
+        psf = None if obs.psf is None else obs.psf_operator()
+        light_image = LensLightImager(obs.image_grid, psf, args.supersampling)(light_of(lens))
+        data = data - light_image
+        print(f"deflector light: {len(light_of(lens).components)} fixed Sérsic component(s) from {args.fixed_lens} "
+              "subtracted before the source draws", flush=True)
     center = args.source_center
     if isinstance(center, str):  # "auto": the data's light traced back through the lens
-        data = obs.image
-        if light_of(lens) is not None:
-            psf = None if obs.psf is None else obs.psf_operator()
-            data = data - LensLightImager(obs.image_grid, psf, args.supersampling)(light_of(lens))
         center = source_centroid(mass_of(lens), data, obs.noise, obs.image_grid, mask=obs.mask)
         print(f"source grid centred on the lensed light traced back through the lens at ({center[0]:+.3f}, "
               f"{center[1]:+.3f})\" (--source-center auto)", flush=True)
@@ -67,9 +74,11 @@ def run_fixed_lens(args, prior, options, *, load_prior=None):
     if args.polish_moves:
         clock.say(f"each draw then polished by {args.polish_moves} exact split-Gibbs moves")
     result = fixed_lens_posterior(
-        jax.random.key(args.seed), prior, op, obs.image, obs.noise, num_samples=args.num_samples,
+        jax.random.key(args.seed), prior, op, data, obs.noise, num_samples=args.num_samples,
         config=config, batch_size=args.batch_size, polish_moves=args.polish_moves,
     )
+    if light_image is not None:  # residuals against (data - light) equal those against the data
+        result = eqx.tree_at(lambda r: r.model_images, result, result.model_images + light_image)
     clock.say(f"{args.num_samples} source samples drawn")
     settings = {"guidance": args.guidance, "steps": args.steps, "solver": args.solver, "seed": args.seed,
                 "prior": str(prior_name), "lens_file": str(args.fixed_lens), "polish_moves": args.polish_moves}
