@@ -14,8 +14,6 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from blindlens.testing.gold_problem import LowRankExactGuidance, Problem
-from blindlens.results.batch_results import batch_inference_data
 from blindlens.gibbs_core import GibbsCore, GibbsCoreState
 from blindlens.gibbsddrm import GibbsDDRMConfig
 from blindlens.lens_batch import sample_batch, stack_models
@@ -24,6 +22,9 @@ from blindlens.observation import Observation
 from blindlens.run_diagnostics import check_run
 from blindlens.source_posterior import SourceSamplerConfig
 from test_gibbs_kernel import KS_99, Z_99, _gold_check, _mcse_sd, gold  # noqa: F401  (gold: fixture)
+
+from blindlens.results.batch_results import batch_inference_data
+from blindlens.testing.gold_problem import LowRankExactGuidance, Problem
 
 
 def _core(problem, model, **kwargs):
@@ -62,6 +63,38 @@ def test_one_compiled_sweep_serves_two_observations_and_reads_their_data(x64):
     # and the compiled sweep equals the eager one
     eager, _ = core.sweep(jr.key(1), s2, m2)
     np.testing.assert_allclose(np.asarray(eager.lens), np.asarray(out2.lens), rtol=1e-9, atol=1e-12)
+
+
+def test_split_gibbs_source_move_runs_in_the_sweep_and_conflicts_are_refused():
+    """``--source-move split-gibbs`` (the default) reaches the core: a sweep's source is exactly one
+    split-Gibbs move of the current source with the sweep's source key, and its cost is counted;
+    a refresh level given with it, or an unknown move, is a one-line error."""
+    from blindlens.split_gibbs import SplitGibbsConfig, split_gibbs_move
+
+    from blindlens.pipeline import SampleOptions, source_move, split_gibbs_config
+
+    problem = Problem()
+    model = _model(problem)
+    config = SplitGibbsConfig(denoise_steps=3)
+    core = _core(problem, model, num_warmup=5, split_gibbs=config)
+    state = core.init(jr.key(0), model, problem.truth)
+    new, _ = core.sweep(jr.key(1), state, model)
+    k_src, _ = jr.split(jr.key(1))
+    op, data, noise = core._source_inputs(state.lens, model)
+    expected = split_gibbs_move(k_src, problem.prior, op, data, noise, state.source, config)
+    np.testing.assert_allclose(np.asarray(new.source), np.asarray(expected), rtol=1e-5, atol=1e-6)
+    assert int(new.num_score_evals - state.num_score_evals) == config.network_passes_per_move
+    with pytest.raises(ValueError, match="leave refresh_sigma"):
+        _core(problem, model, refresh_sigma=0.1, split_gibbs=config)
+    # the default (auto) is split Gibbs; --refresh-sigma or --source-move refresh select the refresh
+    assert split_gibbs_config(SampleOptions()) == SplitGibbsConfig()
+    assert source_move(SampleOptions()) == "split-gibbs"
+    assert split_gibbs_config(SampleOptions(refresh_sigma=0.1)) is None
+    assert split_gibbs_config(SampleOptions(source_move="refresh")) is None
+    with pytest.raises(ValueError, match="--source-move must be one of"):
+        SampleOptions(source_move="hmc").validate()
+    with pytest.raises(ValueError, match="drop one"):
+        SampleOptions(source_move="split-gibbs", refresh_sigma=0.1).validate()
 
 
 def _batch_gold(problem, observation, key, num_warmup=100, num_samples=300):

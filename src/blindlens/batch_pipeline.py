@@ -79,6 +79,7 @@ def sample_observations_batch(
         load_source_prior,
         observation_options,
         resolve_prior_spec,
+        split_gibbs_config,
     )
     from .results.batch_results import batch_inference_data
     from .source.likelihood_score import guidance_by_name
@@ -127,7 +128,7 @@ def sample_observations_batch(
     core = GibbsCore.default(
         lens_model, prior, models[0],
         source_config=SourceSamplerConfig(guidance=guidance, num_steps=options.steps, solver=options.solver),
-        refresh_sigma=options.refresh_sigma, num_warmup=options.warmup,
+        refresh_sigma=options.refresh_sigma, split_gibbs=split_gibbs_config(options), num_warmup=options.warmup,
     )
     batch_size = len(paths) if batch_size is None else int(batch_size)
     t0 = time.time()

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from .cli_prepare import _add_example, _add_make_galaxies, _add_plot_observation, _add_simulate, _add_train_prior
-from .pipeline import DEFAULTS, SampleOptions
+from .pipeline import DEFAULTS, SOURCE_MOVES, SampleOptions
 
 # the joint pipeline lives in blindlens.pipeline; these names stay here for the subcommands and tests
 from .pipeline import check_joint_outputs as _check_joint_outputs  # noqa: F401
@@ -176,8 +176,14 @@ def _add_joint_sample_arguments(p) -> None:
                    help="how chains run: sequential (progress bar), parallel (one device per chain), "
                         "vectorized (jax.vmap, no progress bar)")
     g.add_argument("--refresh-sigma", default=DEFAULTS.refresh_sigma, type=_refresh_sigma_arg,
-                   help="source move per sweep: 'auto' (partial refresh from 3x the median noise sd), a noise "
-                        "level in image units, or 'none' (a full reverse trajectory every sweep)")
+                   help="with --source-move refresh: 'auto' (partial refresh from 3x the median noise sd), a noise "
+                        "level in image units, or 'none' (a full reverse trajectory every sweep); a value other "
+                        "than auto selects the refresh")
+    g.add_argument("--source-move", choices=SOURCE_MOVES, default=DEFAULTS.source_move,
+                   help="source move per sweep: 'split-gibbs' (exact split-Gibbs move: a Gaussian data step "
+                        "and an unguided denoise), 'refresh' (guided partial refresh from --refresh-sigma; not "
+                        "stationary with a trained prior, docs/source_posterior.md); 'auto' (default): split-gibbs "
+                        "unless --refresh-sigma is given")
     g.add_argument("--warm-start-steps", type=int, default=DEFAULTS.warm_start_steps,
                    help="reverse-SDE steps of the continuous-time GibbsDDRM draw that starts each chain")
     g.add_argument("--warm-start-tries", type=int, default=DEFAULTS.warm_start_tries,

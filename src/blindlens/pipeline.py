@@ -78,6 +78,7 @@ class SampleOptions:
     thinning: int = 1
     chain_method: str = "sequential"
     refresh_sigma: Any = "auto"
+    source_move: str = "auto"
     warm_start_steps: int = 200
     warm_start_tries: int = 4
     lens_prefit: str = "sersic"
@@ -122,18 +123,29 @@ class SampleOptions:
             raise ValueError(f"--source-center must be 'auto' or two numbers X Y [arcsec], got {self.source_center!r}.")
         if not isinstance(self.source_center, str) and len(self.source_center) != 2:
             raise ValueError(f"--source-center needs two numbers X Y [arcsec], got {len(self.source_center)}.")
+        if self.source_move not in SOURCE_MOVES:
+            raise ValueError(f"--source-move must be one of {', '.join(SOURCE_MOVES)}, got {self.source_move!r}.")
+        if self.source_move == "split-gibbs" and self.refresh_sigma != "auto":
+            raise ValueError("--refresh-sigma sets the guided refresh (--source-move refresh); --source-move "
+                             "split-gibbs replaces it: drop one.")
         if self.lens_light not in ("none", "sersic"):
             raise ValueError(f"--lens-light must be 'none' or 'sersic', got {self.lens_light!r}.")
         convergence_target(self)
 
+
+SOURCE_MOVES = ("auto", "split-gibbs", "refresh")
+"""``--source-move``: the exact split-Gibbs move, or the guided partial refresh; ``auto`` is
+split Gibbs unless ``--refresh-sigma`` is given (docs/source_posterior.md: the refresh is not
+stationary with a trained prior)."""
 
 DEFAULTS = SampleOptions()
 """The default options (the command line's defaults)."""
 
 _CHECKPOINT_SETTINGS = ("chains", "warmup", "thinning", "chain_method", "refresh_sigma", "warm_start_steps",
                         "warm_start_tries", "lens_prefit", "checkpoint_every", "guidance", "steps", "solver",
-                        "source_center", "flux_scale", "supersampling", "seed")
-"""Settings in every checkpoint fingerprint (in this order; the fingerprint of blindlens 0.1)."""
+                        "source_center", "flux_scale", "supersampling", "seed", "source_move")
+"""Settings in every checkpoint fingerprint (in this order; the fingerprint of blindlens 0.1, then
+``source_move``: a checkpoint written before the split-Gibbs default is not resumed with it)."""
 _RUN_LENGTH = ("draws", "target_ess", "max_rhat", "max_minutes")
 """How long a run goes on: not in the checkpoint fingerprint (a run can be extended), in the result's."""
 _NOT_FINGERPRINTED = ("prior", "lens_model", "no_resume", "figures", "truth", "fits_products") + _RUN_LENGTH
@@ -281,6 +293,23 @@ def sample_fingerprint(observation, options, prior) -> dict:
             **{name: getattr(options, name) for name in _CHECKPOINT_SETTINGS}, **newer, "blindlens": __version__}
 
 
+def source_move(options: SampleOptions) -> str:
+    """The sweep's source move, ``"split-gibbs"`` or ``"refresh"``: ``--source-move``, where
+    ``auto`` (the default) is the guided refresh only when ``--refresh-sigma`` sets its level."""
+    if options.source_move != "auto":
+        return options.source_move
+    return "split-gibbs" if options.refresh_sigma == "auto" else "refresh"
+
+
+def split_gibbs_config(options: SampleOptions):
+    """The :class:`~blindlens.split_gibbs.SplitGibbsConfig` of the split-Gibbs source move, else ``None``."""
+    if source_move(options) != "split-gibbs":
+        return None
+    from .source.split_gibbs import SplitGibbsConfig
+
+    return SplitGibbsConfig()
+
+
 def result_fingerprint(observation, options, prior) -> dict:
     """:func:`sample_fingerprint` plus the run length and the truth file: all that defines a finished posterior."""
     from .io.run_checkpoint import file_sha256
@@ -425,7 +454,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
         warm_start=GibbsDDRMConfig(guidance=guidance, num_steps=options.warm_start_steps),
         warm_start_tries=options.warm_start_tries,
         source_grid=grid, supersampling=options.supersampling, source_refresh_sigma=options.refresh_sigma,
-        lens_prefit=prefit,
+        split_gibbs=split_gibbs_config(options), lens_prefit=prefit,
     )
     truth = truth_file = None
     if options.truth:

@@ -175,23 +175,30 @@ class GibbsCore(eqx.Module):
         *,
         source_config=None,
         refresh_sigma: float | str | None = "auto",
+        split_gibbs=None,
         **kwargs,
     ) -> GibbsCore:
         """The core with :class:`~blindlens.gibbs_kernel.BlindLensGibbs`'s default source step.
 
         PiGDM guidance with 50 steps (``source_config``); each sweep a partial refresh from
         ``refresh_sigma`` (``"auto"``: :func:`~blindlens.source_moves.auto_refresh_sigma` of
-        ``model``, three times its median noise sd; ``None``: a full draw every sweep).
-        ``kwargs`` go to :class:`GibbsCore`.
+        ``model``, three times its median noise sd; ``None``: a full draw every sweep), or, with
+        ``split_gibbs`` (a :class:`~blindlens.split_gibbs.SplitGibbsConfig`; ``refresh_sigma``
+        then must stay ``"auto"``), the exact split-Gibbs move. ``kwargs`` go to :class:`GibbsCore`.
         """
         from .source_moves import (
             _default_source_config,
+            _SplitGibbsMover,
             _source_refresh_sampler,
             _source_step_sampler,
             auto_refresh_sigma,
         )
 
         config = _default_source_config() if source_config is None else source_config
+        if split_gibbs is not None:
+            if refresh_sigma != "auto":
+                raise ValueError("split_gibbs replaces the guided refresh: leave refresh_sigma at 'auto'.")
+            return cls(lens_model, _source_step_sampler(prior, config), _SplitGibbsMover(prior, split_gibbs), **kwargs)
         if isinstance(refresh_sigma, str):
             if refresh_sigma != "auto":
                 raise ValueError(f"refresh_sigma must be a number, 'auto' or None, got {refresh_sigma!r}.")
