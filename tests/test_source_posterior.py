@@ -360,13 +360,14 @@ def test_cli_fixed_lens_holds_the_lens_light_fixed(tmp_path, monkeypatch):
         assert cli.main(argv) == 0
         runs[name] = az.from_netcdf(out)
     bare, lit = runs["bare"], runs["light"]
-    # equal up to float32 round-off of (data + light) - light carried through the sampler (1e-4 of
-    # the source's posterior sd ~0.3); the deflector would put source errors of order 1 there
-    np.testing.assert_allclose(lit.posterior["source"].values, bare.posterior["source"].values, atol=2e-3)
+    # The same draws up to the round-off of the saved (data + light) - light (float32 files, ~5e-7),
+    # which the 20-step sampler amplifies to ~4e-3 (jax 0.12); the source's posterior sd is ~0.3.
+    # Without the subtraction the deflector (peak > 1, 20 noise sd) puts errors of order 1 there.
+    np.testing.assert_allclose(lit.posterior["source"].values, bare.posterior["source"].values, atol=0.02)
     np.testing.assert_allclose(lit.posterior_predictive["model_image"].values,
-                               bare.posterior_predictive["model_image"].values + light_image, atol=2e-3)
+                               bare.posterior_predictive["model_image"].values + light_image, atol=0.02)
     np.testing.assert_allclose(lit.posterior_predictive["normalized_residual"].values,
-                               bare.posterior_predictive["normalized_residual"].values, atol=0.05)
+                               bare.posterior_predictive["normalized_residual"].values, atol=0.4)
 
 
 def test_refresh_steps_keep_the_step_length():
