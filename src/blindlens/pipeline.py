@@ -456,6 +456,11 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
         source_grid=grid, supersampling=options.supersampling, source_refresh_sigma=options.refresh_sigma,
         split_gibbs=split_gibbs_config(options), lens_prefit=prefit,
     )
+    if verbose:
+        move = source_move(options)
+        detail = ("one exact split-Gibbs move" if move == "split-gibbs" else "a full guided draw"
+                  if kernel.source_refresh_sigma is None else f"a guided refresh from {kernel.source_refresh_sigma:.3g}")
+        print(f"source move per sweep: {detail} (--source-move {options.source_move})", flush=True)
     truth = truth_file = None
     if options.truth:
         from .io.simulation import load_truth
