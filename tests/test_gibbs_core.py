@@ -97,6 +97,57 @@ def test_split_gibbs_source_move_runs_in_the_sweep_and_conflicts_are_refused():
         SampleOptions(source_move="split-gibbs", refresh_sigma=0.1).validate()
 
 
+def test_warmup_descent_draws_afresh_in_the_first_half_of_warmup_in_the_core_and_in_batches(x64):
+    """``--warmup-source-move auto`` (a fresh guided draw) reaches the core and the batch runner:
+    a descending sweep's source is exactly ``source_draw`` with the sweep's key, a later one the
+    split-Gibbs move; the run-time and the static choice agree, and the cost is counted per sweep."""
+    from blindlens.split_gibbs import SplitGibbsConfig
+
+    from blindlens.pipeline import AUTO_DESCENT_THRESHOLD, SampleOptions, warmup_source_move, warmup_source_threshold
+
+    problem = Problem()
+    model = _model(problem)
+    config = SplitGibbsConfig(denoise_steps=3)
+    core = _core(problem, model, num_warmup=4, split_gibbs=config, warmup_source_move="draw")
+    assert core.descent_sweeps() == 2 and core.descent_sweeps(7) == 4
+    state = core.init(jr.key(0), model, problem.truth)
+    first, _ = core.sweep(jr.key(1), state, model)  # iteration 0 < 2: a fresh draw
+    k_src, _ = jr.split(jr.key(1))
+    op, data, noise = core._source_inputs(state.lens, model)
+    np.testing.assert_allclose(np.asarray(first.source), np.asarray(core.source_draw(k_src, op, data, noise)),
+                               rtol=1e-5, atol=1e-6)
+    static, _ = core.sweep(jr.key(1), state, model, descend=True)
+    np.testing.assert_allclose(np.asarray(static.source), np.asarray(first.source), rtol=1e-5, atol=1e-6)
+    draw_cost = int(first.num_score_evals - state.num_score_evals)
+    assert draw_cost == 41  # 40 guided steps and the final denoise
+    later = first._replace(iteration=jnp.asarray(2, jnp.int32))
+    moved, _ = core.sweep(jr.key(2), later, model)
+    plain, _ = core.sweep(jr.key(2), later, model, descend=False)
+    np.testing.assert_allclose(np.asarray(moved.source), np.asarray(plain.source), rtol=1e-5, atol=1e-6)
+    assert int(moved.num_score_evals - later.num_score_evals) == config.network_passes_per_move
+    # the batch runner: 2 descending + 2 plain warm-up sweeps, then 3 kept sweeps
+    starts = {name: jnp.full((1, 2), value) for name, value in problem.truth.items()}
+    draws = sample_batch(jr.key(3), core, [model], num_samples=3, starts=starts, keep_source=False)
+    evals = np.asarray(draws.info.num_score_evals[0, 0])  # lens 0, chain 0
+    assert np.all(np.diff(evals) == config.network_passes_per_move)
+    assert int(evals[-1] - evals[0]) == 2 * config.network_passes_per_move
+    # the chain's first source (a draw), 2 descending draws, 2 + 1 split-Gibbs moves (71 without the descent)
+    assert int(evals[0]) == draw_cost + 2 * draw_cost + 3 * config.network_passes_per_move
+    # the CLI's auto: a fresh draw before split Gibbs, none before the refresh
+    assert warmup_source_move(SampleOptions()) == "draw"
+    assert warmup_source_move(SampleOptions(source_move="refresh")) is None
+    assert warmup_source_move(SampleOptions(warmup_source_move="none")) is None
+    # auto descends only in chains whose start misfits; an explicit move applies to every chain
+    assert warmup_source_threshold(SampleOptions()) == AUTO_DESCENT_THRESHOLD
+    assert warmup_source_threshold(SampleOptions(warmup_source_move="draw")) is None
+    with pytest.raises(ValueError, match="--warmup-source-move must be one of"):
+        SampleOptions(warmup_source_move="anneal").validate()
+    with pytest.raises(ValueError, match="drop one"):
+        SampleOptions(warmup_source_move="draw", refresh_sigma=None).validate()
+    with pytest.raises(ValueError, match="descent"):
+        GibbsCore(problem.lens_model, core.source_draw, None, descent="draw")
+
+
 def _batch_gold(problem, observation, key, num_warmup=100, num_samples=300):
     model = _model(problem, observation)
     core = _core(problem, model, num_warmup=num_warmup)

@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 from blindlens.testing.gold_problem import LowRankExactGuidance, Problem
 from numpyro.infer import MCMC
-from numpyro.infer.gibbs import conditioned, with_conditioning
+from numpyro.infer.gibbs import GIBBS_SITES_KWARG, conditioned, with_conditioning
 from numpyro.infer.util import log_density, potential_energy
 
 from blindlens.gibbs_kernel import (
     BlindLensGibbs,
     GibbsDDRMConfig,
     LensNUTS,
+    SourceBlock,
     auto_refresh_sigma,
     lens_unconstrained,
     sample_gibbsddrm,
@@ -161,6 +162,80 @@ def test_split_gibbs_source_move_is_wired_and_refuses_a_refresh_level(gold):
     with pytest.raises(ValueError, match="split_gibbs"):
         BlindLensGibbs(problem.lens_model, problem.observation, problem.prior, source_grid=problem.source_grid,
                        source_refresh_sigma=0.3, split_gibbs=SplitGibbsConfig())
+
+
+class _Constant:
+    """A fake source step: fills the source with a constant (cost 5 per call)."""
+
+    num_score_evals = 5
+
+    def __call__(self, key, operator, data, noise):
+        return jnp.full(operator.source_shape, 7.0)
+
+
+class _PlusOne:
+    """A fake sweep move: adds one to the current source (cost 2 per call)."""
+
+    num_score_evals = 2
+
+    def __call__(self, key, operator, data, noise, current):
+        return current + 1.0
+
+
+def test_warmup_descent_moves_the_first_half_of_warmup_then_hands_over(gold):
+    problem, *_ = gold
+    joint = _exact_kernel(problem).joint_model
+    block = SourceBlock(joint, _Constant(), _PlusOne(), descent="draw", descent_fraction=0.5)
+    assert block.descent_sweeps(5) == 2 and block.descent_sweeps(0) == 0
+    state = block.init(jr.key(0), 5, {"source": jnp.zeros(problem.source_grid.shape)}, (), {})
+    kwargs = {GIBBS_SITES_KWARG: {"theta_E": jnp.asarray(1.0)}}
+    seen, left = [], []
+    for _ in range(5):
+        state = block.sample(state, (), kwargs)
+        seen.append(float(state.z["source"][0, 0]))
+        left.append(int(state.descent_left))
+    assert seen == [7.0, 7.0, 8.0, 9.0, 10.0]  # two fresh draws, then the sweep's move from the last one
+    assert left == [1, 0, 0, 0, 0]
+    assert int(state.num_score_evals) == 2 * 5 + 3 * 2
+    plain = SourceBlock(joint, _Constant(), _PlusOne())
+    state = plain.init(jr.key(0), 5, {"source": jnp.zeros(problem.source_grid.shape)}, (), {})
+    assert float(plain.sample(state, (), kwargs).z["source"][0, 0]) == 1.0
+    with pytest.raises(ValueError, match="descent_fraction"):
+        SourceBlock(joint, _Constant(), _PlusOne(), descent="draw", descent_fraction=1.5)
+    # with a threshold, only a chain whose start misfits by more than k sd of chi^2/N descends
+    zeros = jnp.zeros(problem.source_grid.shape)
+    n = float(np.sum(np.asarray(joint.mask)))
+    chi2n = float(joint.residual_chi2(lens_from_values(problem.lens_model, {"theta_E": 1.0}), zeros)) / n
+    boundary = (chi2n - 1.0) / np.sqrt(2.0 / n)
+    assert boundary > 10  # an empty source misfits the arcs
+    for k, descends in ((0.99 * boundary, True), (1.01 * boundary, False)):
+        block = SourceBlock(joint, _Constant(), _PlusOne(), descent="draw", descent_threshold=k)
+        state = block.init(jr.key(0), 4, {"source": zeros}, (), kwargs)
+        assert int(state.descent_left) == (2 if descends else 0)
+        assert float(block.sample(state, (), kwargs).z["source"][0, 0]) == (7.0 if descends else 1.0)
+
+
+def test_warmup_source_move_runs_in_a_split_gibbs_kernel_and_is_refused_without_a_sweep_move(gold):
+    problem, *_ = gold
+    exact = LowRankExactGuidance(basis=problem.basis)
+    kernel = BlindLensGibbs(
+        problem.lens_model, problem.observation, problem.prior,
+        source_config=SourceSamplerConfig(guidance=exact, num_steps=40),
+        warm_start=GibbsDDRMConfig(guidance=exact, num_steps=40), source_grid=problem.source_grid,
+        split_gibbs=SplitGibbsConfig(denoise_steps=3), warmup_source_move="draw",
+    )
+    mcmc = MCMC(kernel, num_warmup=4, num_samples=3, num_chains=1, progress_bar=False)
+    mcmc.run(jr.key(1))
+    evals = np.asarray(mcmc.get_extra_fields()["num_score_evals"])
+    # 2 warm-up sweeps of full draws (40 steps + denoise), then 5 split-Gibbs moves of 3 Heun steps
+    assert int(evals[-1]) == 2 * 41 + 5 * 6
+    assert np.all(np.diff(evals) == 6)  # every kept sweep is a split-Gibbs move
+    with pytest.raises(ValueError, match="warmup_source_move"):
+        BlindLensGibbs(problem.lens_model, problem.observation, problem.prior, source_grid=problem.source_grid,
+                       source_refresh_sigma=None, warmup_source_move="draw")
+    with pytest.raises(ValueError, match="warmup_source_move"):
+        BlindLensGibbs(problem.lens_model, problem.observation, problem.prior, source_grid=problem.source_grid,
+                       split_gibbs=SplitGibbsConfig(), warmup_source_move="sometimes")
 
 
 def test_auto_refresh_level_follows_the_noise_and_falls_back_to_full_draws(gold):

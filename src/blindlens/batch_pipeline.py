@@ -80,6 +80,7 @@ def sample_observations_batch(
         observation_options,
         resolve_prior_spec,
         split_gibbs_config,
+        warmup_source_move,
     )
     from .results.batch_results import batch_inference_data
     from .source.likelihood_score import guidance_by_name
@@ -129,6 +130,7 @@ def sample_observations_batch(
         lens_model, prior, models[0],
         source_config=SourceSamplerConfig(guidance=guidance, num_steps=options.steps, solver=options.solver),
         refresh_sigma=options.refresh_sigma, split_gibbs=split_gibbs_config(options), num_warmup=options.warmup,
+        warmup_source_move=warmup_source_move(options),
     )
     batch_size = len(paths) if batch_size is None else int(batch_size)
     t0 = time.time()

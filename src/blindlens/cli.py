@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from .cli_prepare import _add_example, _add_make_galaxies, _add_plot_observation, _add_simulate, _add_train_prior
-from .pipeline import DEFAULTS, SOURCE_MOVES, SampleOptions
+from .pipeline import DEFAULTS, SOURCE_MOVES, WARMUP_SOURCE_MOVES, SampleOptions
 
 # the joint pipeline lives in blindlens.pipeline; these names stay here for the subcommands and tests
 from .pipeline import check_joint_outputs as _check_joint_outputs  # noqa: F401
@@ -184,6 +184,10 @@ def _add_joint_sample_arguments(p) -> None:
                         "and an unguided denoise), 'refresh' (guided partial refresh from --refresh-sigma; not "
                         "stationary with a trained prior, docs/source_posterior.md); 'auto' (default): split-gibbs "
                         "unless --refresh-sigma is given")
+    g.add_argument("--warmup-source-move", choices=WARMUP_SOURCE_MOVES, default=DEFAULTS.warmup_source_move,
+                   help="moves the source in the first half of warm-up instead of --source-move: 'draw' (a fresh "
+                        "guided draw every sweep: a fast descent from a poor warm start), 'refresh' (the guided "
+                        "partial refresh), 'none': the sweep's move throughout; warm-up draws are discarded")
     g.add_argument("--warm-start-steps", type=int, default=DEFAULTS.warm_start_steps,
                    help="reverse-SDE steps of the continuous-time GibbsDDRM draw that starts each chain")
     g.add_argument("--warm-start-tries", type=int, default=DEFAULTS.warm_start_tries,

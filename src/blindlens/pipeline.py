@@ -79,6 +79,7 @@ class SampleOptions:
     chain_method: str = "sequential"
     refresh_sigma: Any = "auto"
     source_move: str = "auto"
+    warmup_source_move: str = "auto"
     warm_start_steps: int = 200
     warm_start_tries: int = 4
     lens_prefit: str = "sersic"
@@ -128,6 +129,13 @@ class SampleOptions:
         if self.source_move == "split-gibbs" and self.refresh_sigma != "auto":
             raise ValueError("--refresh-sigma sets the guided refresh (--source-move refresh); --source-move "
                              "split-gibbs replaces it: drop one.")
+        if self.warmup_source_move not in WARMUP_SOURCE_MOVES:
+            raise ValueError(f"--warmup-source-move must be one of {', '.join(WARMUP_SOURCE_MOVES)}, "
+                             f"got {self.warmup_source_move!r}.")
+        if (self.warmup_source_move not in ("auto", "none") and source_move(self) == "refresh"
+                and self.refresh_sigma is None):
+            raise ValueError("--warmup-source-move replaces the sweep's move in the first half of warm-up; with "
+                             "--refresh-sigma none every sweep is already a full draw: drop one.")
         if self.lens_light not in ("none", "sersic"):
             raise ValueError(f"--lens-light must be 'none' or 'sersic', got {self.lens_light!r}.")
         convergence_target(self)
@@ -137,13 +145,18 @@ SOURCE_MOVES = ("auto", "split-gibbs", "refresh")
 """``--source-move``: the exact split-Gibbs move, or the guided partial refresh; ``auto`` is
 split Gibbs unless ``--refresh-sigma`` is given (docs/source_posterior.md: the refresh is not
 stationary with a trained prior)."""
+WARMUP_SOURCE_MOVES = ("auto", "none", "draw", "refresh")
+"""``--warmup-source-move``: what moves the source in the first half of warm-up instead of the
+sweep's move (a fresh guided draw, the guided refresh, or ``none``: the sweep's move throughout);
+``auto`` is a fresh draw before split Gibbs and ``none`` before the refresh."""
 
 DEFAULTS = SampleOptions()
 """The default options (the command line's defaults)."""
 
 _CHECKPOINT_SETTINGS = ("chains", "warmup", "thinning", "chain_method", "refresh_sigma", "warm_start_steps",
                         "warm_start_tries", "lens_prefit", "checkpoint_every", "guidance", "steps", "solver",
-                        "source_center", "flux_scale", "supersampling", "seed", "source_move")
+                        "source_center", "flux_scale", "supersampling", "seed", "source_move",
+                        "warmup_source_move")
 """Settings in every checkpoint fingerprint (in this order; the fingerprint of blindlens 0.1, then
 ``source_move``: a checkpoint written before the split-Gibbs default is not resumed with it)."""
 _RUN_LENGTH = ("draws", "target_ess", "max_rhat", "max_minutes")
@@ -301,6 +314,28 @@ def source_move(options: SampleOptions) -> str:
     return "split-gibbs" if options.refresh_sigma == "auto" else "refresh"
 
 
+AUTO_DESCENT_THRESHOLD = 20.0
+"""``--warmup-source-move auto`` descends only in chains whose start misfits by more than this many
+standard deviations of chi^2/N (``sqrt(2/N)``): a good warm start skips the descent's cost."""
+
+
+def warmup_source_threshold(options: SampleOptions) -> float | None:
+    """The misfit (in sd of chi^2/N) above which a chain descends: :data:`AUTO_DESCENT_THRESHOLD`
+    for ``auto``, ``None`` (every chain) for an explicit ``--warmup-source-move``."""
+    return AUTO_DESCENT_THRESHOLD if options.warmup_source_move == "auto" else None
+
+
+def warmup_source_move(options: SampleOptions) -> str | None:
+    """The move of the source in the first half of warm-up (``"draw"``, ``"refresh"``) or ``None``
+    (the sweep's move throughout): ``--warmup-source-move``, where ``auto`` (the default) is a
+    fresh guided draw before split Gibbs, whose exact but local moves crawl from a poor warm start
+    (docs/joint_inference.md), and ``none`` before the refresh."""
+    move = options.warmup_source_move
+    if move == "auto":
+        move = "draw" if source_move(options) == "split-gibbs" else "none"
+    return None if move == "none" else move
+
+
 def split_gibbs_config(options: SampleOptions):
     """The :class:`~blindlens.split_gibbs.SplitGibbsConfig` of the split-Gibbs source move, else ``None``."""
     if source_move(options) != "split-gibbs":
@@ -455,12 +490,23 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
         warm_start_tries=options.warm_start_tries,
         source_grid=grid, supersampling=options.supersampling, source_refresh_sigma=options.refresh_sigma,
         split_gibbs=split_gibbs_config(options), lens_prefit=prefit,
+        warmup_source_move=warmup_source_move(options), warmup_source_threshold=warmup_source_threshold(options),
     )
     if verbose:
         move = source_move(options)
         detail = ("one exact split-Gibbs move" if move == "split-gibbs" else "a full guided draw"
                   if kernel.source_refresh_sigma is None else f"a guided refresh from {kernel.source_refresh_sigma:.3g}")
         print(f"source move per sweep: {detail} (--source-move {options.source_move})", flush=True)
+        descent = warmup_source_move(options)
+        if descent is not None and options.warmup > 0:
+            what = "a fresh guided draw" if descent == "draw" else "the guided refresh"
+            threshold, joint = warmup_source_threshold(options), kernel.joint_model
+            n = max(int(joint.mask.sum()), 1)  # unmasked pixels
+            which = "" if threshold is None else (
+                f" in chains whose start misfits (chi^2/N above 1 + {threshold:g} sqrt(2/N) = "
+                f"{1 + threshold * (2 / n) ** 0.5:.3f})")
+            print(f"first {kernel.source_block.descent_sweeps(options.warmup)} warm-up sweeps: {what} instead"
+                  f"{which} (--warmup-source-move {options.warmup_source_move})", flush=True)
     truth = truth_file = None
     if options.truth:
         from .io.simulation import load_truth

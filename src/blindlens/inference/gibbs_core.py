@@ -136,6 +136,13 @@ class GibbsCore(eqx.Module):
         Relative half-width of the uniform step-size jitter per transition.
     metric_floor
         Floor of the SoftAbs metric's absolute eigenvalues.
+    descent
+        Optional ``refresher``-form move (or ``"draw"``: ``source_draw`` afresh) that moves the
+        source instead of ``source_move`` in the first ``descent_fraction`` of the warm-up sweeps:
+        a fast descent from a poor start, discarded with the warm-up
+        (:class:`~blindlens.source_moves.SourceBlock`'s ``descent``).
+    descent_fraction
+        Fraction of the warm-up sweeps moved by ``descent``.
     """
 
     lens_model: Callable = eqx.field(static=True)
@@ -147,6 +154,8 @@ class GibbsCore(eqx.Module):
     step_size: float = eqx.field(static=True, default=0.9)
     step_jitter: float = eqx.field(static=True, default=0.2)
     metric_floor: float = eqx.field(static=True, default=1e-2)
+    descent: Callable | str | None = eqx.field(static=True, default=None)
+    descent_fraction: float = eqx.field(static=True, default=0.5)
     space: LensSpace = eqx.field(static=True, default=None)
 
     def __check_init__(self):
@@ -160,6 +169,13 @@ class GibbsCore(eqx.Module):
             raise ValueError(f"step_jitter must lie in [0, 1), got {self.step_jitter}.")
         if not float(self.step_size) > 0.0:
             raise ValueError(f"step_size must be positive, got {self.step_size}.")
+        if not 0.0 <= float(self.descent_fraction) <= 1.0:
+            raise ValueError(f"descent_fraction must lie in [0, 1], got {self.descent_fraction}.")
+        if isinstance(self.descent, str) and self.descent != "draw":
+            raise ValueError(f"descent must be a move, 'draw' or None, got {self.descent!r}.")
+        if self.descent is not None and self.source_move is None:
+            raise ValueError("descent replaces source_move in warm-up; a core that draws afresh every sweep has "
+                             "none to replace: leave descent=None.")
 
     def __post_init__(self):
         if self.space is None:
@@ -176,6 +192,7 @@ class GibbsCore(eqx.Module):
         source_config=None,
         refresh_sigma: float | str | None = "auto",
         split_gibbs=None,
+        warmup_source_move: str | None = None,
         **kwargs,
     ) -> GibbsCore:
         """The core with :class:`~blindlens.gibbs_kernel.BlindLensGibbs`'s default source step.
@@ -184,7 +201,10 @@ class GibbsCore(eqx.Module):
         ``refresh_sigma`` (``"auto"``: :func:`~blindlens.source_moves.auto_refresh_sigma` of
         ``model``, three times its median noise sd; ``None``: a full draw every sweep), or, with
         ``split_gibbs`` (a :class:`~blindlens.split_gibbs.SplitGibbsConfig`; ``refresh_sigma``
-        then must stay ``"auto"``), the exact split-Gibbs move. ``kwargs`` go to :class:`GibbsCore`.
+        then must stay ``"auto"``), the exact split-Gibbs move. ``warmup_source_move``
+        (``"draw"``, ``"refresh"`` or ``None``) moves the source in the first half of warm-up
+        instead (``descent``, as :class:`~blindlens.gibbs_kernel.BlindLensGibbs`'s argument of
+        that name). ``kwargs`` go to :class:`GibbsCore`.
         """
         from .source_moves import (
             _default_source_config,
@@ -195,6 +215,16 @@ class GibbsCore(eqx.Module):
         )
 
         config = _default_source_config() if source_config is None else source_config
+        if warmup_source_move is not None:
+            if warmup_source_move not in ("draw", "refresh"):
+                raise ValueError(f"warmup_source_move must be 'draw', 'refresh' or None, got {warmup_source_move!r}.")
+            descent = "draw"
+            if warmup_source_move == "refresh":
+                if model is None:
+                    raise ValueError("warmup_source_move='refresh' reads the noise level of a model: pass model=.")
+                level = auto_refresh_sigma(model, prior)
+                descent = "draw" if level is None else _source_refresh_sampler(prior, config, level)
+            kwargs = {"descent": descent, **kwargs}
         if split_gibbs is not None:
             if refresh_sigma != "auto":
                 raise ValueError("split_gibbs replaces the guided refresh: leave refresh_sigma at 'auto'.")
@@ -227,6 +257,20 @@ class GibbsCore(eqx.Module):
         """Constrained lens-site values ``{name: value}`` at ``u``."""
         return self.space.constrain(u)
 
+    def descent_sweeps(self, num_warmup: int | None = None) -> int:
+        """Warm-up sweeps moved by ``descent`` (0 without one); ``num_warmup`` defaults to the core's."""
+        num_warmup = self.num_warmup if num_warmup is None else int(num_warmup)
+        return 0 if self.descent is None else round(float(self.descent_fraction) * num_warmup)
+
+    def _descend_cost(self) -> int:
+        move = self.source_draw if isinstance(self.descent, str) else self.descent
+        return int(getattr(move, "num_score_evals", 0))
+
+    def _descend(self, key, op, data, noise, current):
+        if isinstance(self.descent, str):
+            return self.source_draw(key, op, data, noise), self._descend_cost()
+        return self.descent(key, op, data, noise, current), self._descend_cost()
+
     def _source_inputs(self, u, model):
         lens = self.lens_of(u)
         return model.operator(lens, masked=True), model.source_data(lens), _staged(model.noise)
@@ -257,23 +301,41 @@ class GibbsCore(eqx.Module):
         )
 
     def sweep(
-        self, key: PRNGKeyArray, state: GibbsCoreState, model: JointModel, warmup: bool | None = None
+        self,
+        key: PRNGKeyArray,
+        state: GibbsCoreState,
+        model: JointModel,
+        warmup: bool | None = None,
+        descend: bool | None = None,
     ) -> tuple[GibbsCoreState, SweepInfo]:
         """One Gibbs sweep: the source move given the lens, then one HMC transition of the lens.
 
         ``warmup`` (static): ``True`` recomputes the metric and adapts the step size, ``False``
         keeps both; ``None`` (default) decides from ``state.iteration < num_warmup`` at run
         time. Batched runs pass it statically, so that ``vmap`` does not turn the choice into a
-        select that computes the curvature every sweep.
+        select that computes the curvature every sweep. ``descend`` (static) likewise chooses the
+        ``descent`` move over ``source_move``; ``None`` decides from ``state.iteration <``
+        :meth:`descent_sweeps`.
         """
         k_src, k_lens = jr.split(key)
         op, data, noise = self._source_inputs(state.lens, model)
         if self.source_move is None:
             source = self.source_draw(k_src, op, data, noise)
             cost = int(getattr(self.source_draw, "num_score_evals", 0))
-        else:
+        elif self.descent is None or descend is False:
             source = self.source_move(k_src, op, data, noise, state.source)
             cost = int(getattr(self.source_move, "num_score_evals", 0))
+        elif descend:
+            source, cost = self._descend(k_src, op, data, noise, state.source)
+        else:
+            descending = state.iteration < self.descent_sweeps()
+            move_cost = int(getattr(self.source_move, "num_score_evals", 0))
+            source = jax.lax.cond(
+                descending,
+                lambda: self._descend(k_src, op, data, noise, state.source)[0],
+                lambda: self.source_move(k_src, op, data, noise, state.source),
+            )
+            cost = jnp.where(descending, self._descend_cost(), move_cost)
 
         if warmup is None:
             warming = state.iteration < self.num_warmup

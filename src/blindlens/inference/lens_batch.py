@@ -100,15 +100,22 @@ def run_chain(
     """Warm-up then sampling sweeps of one chain from ``state``: ``(lens draws, sources, infos, final state)``."""
     k_warm, k_sample = jr.split(key)
 
-    def warm(st, k):
-        return core.sweep(k, st, model, warmup=True)[0], None
+    def warm(descend):
+        def one(st, k):
+            return core.sweep(k, st, model, warmup=True, descend=descend)[0], None
+
+        return one
 
     def sample(st, k):
-        st, info = core.sweep(k, st, model, warmup=False)
+        st, info = core.sweep(k, st, model, warmup=False, descend=False)
         return st, (core.lens_values(st.lens), st.source if keep_source else None, info)
 
-    if num_warmup > 0:
-        state, _ = jax.lax.scan(warm, state, jr.split(k_warm, num_warmup))
+    descent = min(core.descent_sweeps(num_warmup), num_warmup)  # the warm-up's first sweeps: the descent move
+    keys = jr.split(k_warm, num_warmup)
+    if descent > 0:
+        state, _ = jax.lax.scan(warm(True), state, keys[:descent])
+    if num_warmup > descent:
+        state, _ = jax.lax.scan(warm(False), state, keys[descent:])
     state, (lens, sources, infos) = jax.lax.scan(sample, state, jr.split(k_sample, num_samples))
     return lens, sources, infos, state
 

@@ -5,7 +5,9 @@ small NumPyro ``MCMCKernel`` (state :class:`SourceBlockState`) that reads the le
 conditioning and moves the source by a callable ``sampler(key, operator, data, noise_sigma) ->
 source`` (:data:`SourceSampler`, a fresh draw of ``p(s | theta, y)``) or ``refresher(key,
 operator, data, noise_sigma, current) -> source`` (a Markov move that leaves ``p(s | theta, y)``
-invariant). The adapters here wrap the package's source samplers in that form: the guided reverse
+invariant), and optionally by a ``descent`` move in the first part of warm-up (fresh draws that
+reach the posterior fast from a poor start, then the invariant move for the rest of warm-up and
+every kept draw). The adapters here wrap the package's source samplers in that form: the guided reverse
 SDE from ``t = 1`` (:func:`blindlens.source_posterior.source_step`), the partial refresh
 (:func:`blindlens.source_posterior.source_refresh`, level :func:`auto_refresh_sigma` by default)
 and the exact split-Gibbs move (:func:`blindlens.split_gibbs.split_gibbs_move`). Each adapter is
@@ -19,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -137,6 +140,18 @@ def auto_refresh_sigma(model: JointModel, prior: AbstractSourcePrior) -> float |
     return sigma_r
 
 
+class _FreshDraw:
+    """A :data:`SourceSampler` as ``refresher(key, op, data, noise, current)`` that ignores ``current``
+    (a fresh draw every sweep; module-level, picklable)."""
+
+    def __init__(self, sampler: SourceSampler):
+        self.sampler = sampler
+        self.num_score_evals = int(getattr(sampler, "num_score_evals", 0))
+
+    def __call__(self, key, operator, data, noise, current):
+        return self.sampler(key, operator, data, noise)
+
+
 class SourceBlockState(NamedTuple):
     """State of the source block.
 
@@ -148,11 +163,15 @@ class SourceBlockState(NamedTuple):
         Key for the next source draw.
     num_score_evals
         Cumulative prior-score (network) evaluations spent by the source block.
+    descent_left
+        Sweeps still to be moved by the block's warm-up ``descent`` move (0 once the sweep's own
+        move has taken over).
     """
 
     z: dict
     rng_key: Array
     num_score_evals: Array
+    descent_left: Array
 
 
 class SourceBlock(MCMCKernel):
@@ -175,17 +194,47 @@ class SourceBlock(MCMCKernel):
         of the source that leaves ``p(s | theta, y)`` invariant (a partial refresh,
         :func:`blindlens.source_posterior.source_refresh`); used for every sweep instead of a
         fresh draw (the first source still comes from ``source_sampler``).
+    descent
+        Optional move of the same form (or ``"draw"``: a fresh draw from ``source_sampler``)
+        used instead of ``refresher`` for the first ``round(descent_fraction * num_warmup)``
+        sweeps: a move that need not keep the posterior but reaches it fast from a poor start
+        (warm-up draws are discarded). The draws kept are all made by ``refresher``.
+    descent_fraction
+        Fraction of the warm-up sweeps moved by ``descent``, in ``[0, 1]``.
+    descent_threshold
+        ``None`` (default): every chain descends. A number ``k``: a chain descends only if its
+        starting residual chi^2/N exceeds ``1 + k sqrt(2 / N)`` (``N`` unmasked pixels: ``k``
+        standard deviations of chi^2/N for a fit at the noise), so that a chain whose warm start
+        already fits skips the descent's cost.
     """
 
     sample_field = "z"
 
-    def __init__(self, model: JointModel, source_sampler: SourceSampler, refresher=None):
+    def __init__(
+        self,
+        model: JointModel,
+        source_sampler: SourceSampler,
+        refresher=None,
+        descent=None,
+        descent_fraction: float = 0.5,
+        descent_threshold: float | None = None,
+    ):
+        if not 0.0 <= float(descent_fraction) <= 1.0:
+            raise ValueError(f"descent_fraction must lie in [0, 1], got {descent_fraction}.")
+        if descent_threshold is not None and not float(descent_threshold) >= 0.0:
+            raise ValueError(f"descent_threshold must be >= 0 or None, got {descent_threshold}.")
+        self._descent_threshold = None if descent_threshold is None else float(descent_threshold)
         self._joint = model
         self._sampler = source_sampler
         self._refresher = refresher
+        self._descent = _FreshDraw(source_sampler) if isinstance(descent, str) and descent == "draw" else descent
+        if isinstance(self._descent, str):
+            raise ValueError(f"descent must be a move or 'draw', got {descent!r}.")
+        self._descent_fraction = float(descent_fraction)
         self._lens_sites = lens_site_names(model.lens_model)
         sweep_cost = source_sampler if refresher is None else refresher
         self._evals = int(getattr(sweep_cost, "num_score_evals", 0))
+        self._descent_evals = int(getattr(self._descent, "num_score_evals", 0))
 
     def _operator_and_data(self, lens_values):
         lens = lens_from_values(self._joint.lens_model, lens_values)
@@ -203,12 +252,30 @@ class SourceBlock(MCMCKernel):
         op, data = self._operator_and_data(lens_values)
         return self._refresher(key, op, data, _staged(self._joint.noise), current)
 
+    def descent_sweeps(self, num_warmup: int) -> int:
+        """Warm-up sweeps moved by the ``descent`` move (0 without one)."""
+        return 0 if self._descent is None else round(self._descent_fraction * int(num_warmup))
+
+    def starts_poorly(self, lens_values, source) -> Array:
+        """Whether a chain starting at ``(lens_values, source)`` misfits by more than ``descent_threshold``
+        (``True`` without a threshold)."""
+        if self._descent_threshold is None:
+            return jnp.asarray(True)
+        lens = lens_from_values(self._joint.lens_model, lens_values)
+        chi2 = self._joint.residual_chi2(lens, source)
+        n = jnp.sum(self._joint.mask).astype(chi2.dtype)  # unmasked pixels
+        return chi2 / n > 1.0 + self._descent_threshold * jnp.sqrt(2.0 / n)
+
     def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
         if not init_params or SOURCE_SITE not in init_params:
             raise ValueError("SourceBlock needs an initial source; use it inside BlindLensGibbs.")
-        return SourceBlockState(
-            {SOURCE_SITE: jnp.asarray(init_params[SOURCE_SITE])}, rng_key, jnp.zeros((), jnp.int32)
-        )
+        source = jnp.asarray(init_params[SOURCE_SITE])
+        descent = jnp.asarray(self.descent_sweeps(num_warmup), jnp.int32)
+        cond = (model_kwargs or {}).get(GIBBS_SITES_KWARG, {})
+        if self._descent is not None and self._descent_threshold is not None and all(n in cond for n in self._lens_sites):
+            poor = self.starts_poorly({n: cond[n] for n in self._lens_sites}, source)
+            descent = jnp.where(poor, descent, 0).astype(jnp.int32)
+        return SourceBlockState({SOURCE_SITE: source}, rng_key, jnp.zeros((), jnp.int32), descent)
 
     def sample(self, state, model_args, model_kwargs):
         cond = (model_kwargs or {}).get(GIBBS_SITES_KWARG, {})
@@ -216,8 +283,21 @@ class SourceBlock(MCMCKernel):
         if missing:
             raise ValueError(f"SourceBlock did not receive the lens sites {missing}; run it inside Gibbs.")
         key, sub = jr.split(state.rng_key)
-        source = self.move(sub, {n: cond[n] for n in self._lens_sites}, state.z[SOURCE_SITE])
-        return SourceBlockState({SOURCE_SITE: source}, key, state.num_score_evals + self._evals)
+        lens_values = {n: cond[n] for n in self._lens_sites}
+        current = state.z[SOURCE_SITE]
+        if self._descent is None:
+            source, cost = self.move(sub, lens_values, current), self._evals
+        else:
+            descending = state.descent_left > 0
+
+            def descend():
+                op, data = self._operator_and_data(lens_values)
+                return self._descent(sub, op, data, _staged(self._joint.noise), current)
+
+            source = jax.lax.cond(descending, descend, lambda: self.move(sub, lens_values, current))
+            cost = jnp.where(descending, self._descent_evals, self._evals)
+        left = jnp.maximum(state.descent_left - 1, 0).astype(state.descent_left.dtype)
+        return SourceBlockState({SOURCE_SITE: source}, key, state.num_score_evals + cost, left)
 
     def refresh(self, state, model_args, model_kwargs):
         return state
