@@ -136,6 +136,8 @@ def test_warmup_descent_draws_afresh_in_the_first_half_of_warmup_in_the_core_and
     # the CLI's auto: a fresh draw before split Gibbs, none before the refresh
     assert warmup_source_move(SampleOptions()) == "draw"
     assert warmup_source_move(SampleOptions(source_move="refresh")) is None
+    assert warmup_source_move(SampleOptions(chain_method="vectorized")) is None  # vmap would pay for both moves
+    assert warmup_source_move(SampleOptions(chain_method="vectorized", warmup_source_move="draw")) == "draw"
     assert warmup_source_move(SampleOptions(warmup_source_move="none")) is None
     # auto descends only in chains whose start misfits; an explicit move applies to every chain
     assert warmup_source_threshold(SampleOptions()) == AUTO_DESCENT_THRESHOLD

@@ -12,6 +12,9 @@ knowingly:
   draws (as ``--lens-prefit none``): the Sérsic pre-fit and the pooled, ranked chain starts are
   per-lens host-side searches and are not run;
 * fixed ``warmup`` and ``draws`` (no convergence-driven stopping, no checkpoints);
+* ``--warmup-source-move auto`` does not descend (the single-lens run descends only in chains
+  whose start misfits; vmapped chains cannot skip a move per chain); ``draw`` or ``refresh``
+  descend in every chain;
 * the partial-refresh level ``"auto"`` is the first observation's (it fixes the number of
   diffusion steps, which the batch shares); with lens light, so is the light amplitude scale.
 
@@ -130,7 +133,9 @@ def sample_observations_batch(
         lens_model, prior, models[0],
         source_config=SourceSamplerConfig(guidance=guidance, num_steps=options.steps, solver=options.solver),
         refresh_sigma=options.refresh_sigma, split_gibbs=split_gibbs_config(options), num_warmup=options.warmup,
-        warmup_source_move=warmup_source_move(options),
+        # auto descends per chain by its start's fit; vmapped chains would pay for both moves, so
+        # a batch descends only when asked (--warmup-source-move draw|refresh: every chain)
+        warmup_source_move=None if options.warmup_source_move == "auto" else warmup_source_move(options),
     )
     batch_size = len(paths) if batch_size is None else int(batch_size)
     t0 = time.time()

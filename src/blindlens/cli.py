@@ -187,7 +187,9 @@ def _add_joint_sample_arguments(p) -> None:
     g.add_argument("--warmup-source-move", choices=WARMUP_SOURCE_MOVES, default=DEFAULTS.warmup_source_move,
                    help="moves the source in the first half of warm-up instead of --source-move: 'draw' (a fresh "
                         "guided draw every sweep: a fast descent from a poor warm start), 'refresh' (the guided "
-                        "partial refresh), 'none': the sweep's move throughout; warm-up draws are discarded")
+                        "partial refresh), 'none': the sweep's move throughout; 'auto' (default): 'draw' with "
+                        "split Gibbs, only in chains whose start misfits (chi^2/N above 1 + 20 sqrt(2/N)), "
+                        "'none' with the refresh or vectorized chains; warm-up draws are discarded")
     g.add_argument("--warm-start-steps", type=int, default=DEFAULTS.warm_start_steps,
                    help="reverse-SDE steps of the continuous-time GibbsDDRM draw that starts each chain")
     g.add_argument("--warm-start-tries", type=int, default=DEFAULTS.warm_start_tries,

@@ -329,10 +329,12 @@ def warmup_source_move(options: SampleOptions) -> str | None:
     """The move of the source in the first half of warm-up (``"draw"``, ``"refresh"``) or ``None``
     (the sweep's move throughout): ``--warmup-source-move``, where ``auto`` (the default) is a
     fresh guided draw before split Gibbs, whose exact but local moves crawl from a poor warm start
-    (docs/joint_inference.md), and ``none`` before the refresh."""
+    (docs/joint_inference.md), and ``none`` before the refresh or with ``--chain-method
+    vectorized`` (under ``jax.vmap`` the per-chain choice becomes a select that computes both moves
+    in every sweep)."""
     move = options.warmup_source_move
-    if move == "auto":
-        move = "draw" if source_move(options) == "split-gibbs" else "none"
+    if move == "auto":  # vectorised chains would pay for a fresh draw in every sweep (a batched choice)
+        move = "draw" if source_move(options) == "split-gibbs" and options.chain_method != "vectorized" else "none"
     return None if move == "none" else move
 
 
