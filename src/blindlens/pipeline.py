@@ -148,7 +148,8 @@ stationary with a trained prior)."""
 WARMUP_SOURCE_MOVES = ("auto", "none", "draw", "refresh")
 """``--warmup-source-move``: what moves the source in the first half of warm-up instead of the
 sweep's move (a fresh guided draw, the guided refresh, or ``none``: the sweep's move throughout);
-``auto`` is a fresh draw before split Gibbs and ``none`` before the refresh."""
+``auto`` is a fresh draw before split Gibbs in chains whose start misfits
+(:data:`AUTO_DESCENT_THRESHOLD`), and ``none`` before the refresh or with vectorized chains."""
 
 DEFAULTS = SampleOptions()
 """The default options (the command line's defaults)."""
