@@ -208,6 +208,7 @@ class GibbsCore(eqx.Module):
         """
         from .source_moves import (
             _default_source_config,
+            _descent_move,
             _SplitGibbsMover,
             _source_refresh_sampler,
             _source_step_sampler,
@@ -215,15 +216,8 @@ class GibbsCore(eqx.Module):
         )
 
         config = _default_source_config() if source_config is None else source_config
-        if warmup_source_move is not None:
-            if warmup_source_move not in ("draw", "refresh"):
-                raise ValueError(f"warmup_source_move must be 'draw', 'refresh' or None, got {warmup_source_move!r}.")
-            descent = "draw"
-            if warmup_source_move == "refresh":
-                if model is None:
-                    raise ValueError("warmup_source_move='refresh' reads the noise level of a model: pass model=.")
-                level = auto_refresh_sigma(model, prior)
-                descent = "draw" if level is None else _source_refresh_sampler(prior, config, level)
+        descent = _descent_move(warmup_source_move, prior, config, model)
+        if descent is not None:
             kwargs = {"descent": descent, **kwargs}
         if split_gibbs is not None:
             if refresh_sigma != "auto":

@@ -86,6 +86,7 @@ from .source_moves import (  # the private adapters are re-exported too (old pic
     SourceBlockState,
     SourceSampler,
     _default_source_config,
+    _descent_move,
     _source_refresh_sampler,
     _source_step_sampler,
     _SourceRefreshSampler,  # noqa: F401
@@ -376,18 +377,11 @@ class BlindLensGibbs(Gibbs):
             )
         self.source_refresh_sigma = source_refresh_sigma
         self.split_gibbs = split_gibbs
-        descent = None
-        if warmup_source_move is not None:
-            if warmup_source_move not in ("draw", "refresh"):
-                raise ValueError(f"warmup_source_move must be 'draw', 'refresh' or None, got {warmup_source_move!r}.")
-            if refresher is None:
-                raise ValueError("warmup_source_move replaces the sweep's source move in warm-up; a run that draws "
-                                 "afresh every sweep has none to replace: leave warmup_source_move=None.")
-            descent = "draw"
-            if warmup_source_move == "refresh":
-                level = auto_refresh_sigma(self.joint_model, prior)
-                config = _default_source_config() if source_config is None else source_config
-                descent = "draw" if level is None else _source_refresh_sampler(prior, config, level)
+        config = _default_source_config() if source_config is None else source_config
+        descent = _descent_move(warmup_source_move, prior, config, self.joint_model)
+        if descent is not None and refresher is None:
+            raise ValueError("warmup_source_move replaces the sweep's source move in warm-up; a run that draws "
+                             "afresh every sweep has none to replace: leave warmup_source_move=None.")
         self.warmup_source_move = warmup_source_move
         self.source_block = SourceBlock(
             self.joint_model, source_sampler, refresher, descent, warmup_source_fraction, warmup_source_threshold

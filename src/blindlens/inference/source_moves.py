@@ -120,6 +120,22 @@ class _SplitGibbsMover:
         return split_gibbs_move(key, self.prior, operator, data, noise, current, self.config)
 
 
+def _descent_move(warmup_source_move: str | None, prior: AbstractSourcePrior, config, model: JointModel):
+    """The warm-up descent of ``warmup_source_move``: ``None``, ``"draw"`` (fresh guided draws) or the
+    guided refresh at :func:`auto_refresh_sigma`'s level (``"draw"`` where that level is ``None``)."""
+    if warmup_source_move is None:
+        return None
+    if warmup_source_move not in ("draw", "refresh"):
+        raise ValueError(f"warmup_source_move must be 'draw', 'refresh' or None, got {warmup_source_move!r}.")
+    if warmup_source_move == "refresh":
+        if model is None:
+            raise ValueError("warmup_source_move='refresh' reads the noise level of a model: pass model=.")
+        level = auto_refresh_sigma(model, prior)
+        if level is not None:
+            return _source_refresh_sampler(prior, config, level)
+    return "draw"
+
+
 def auto_refresh_sigma(model: JointModel, prior: AbstractSourcePrior) -> float | None:
     """Default partial-refresh level: ``3 x`` the median noise sd of the unmasked pixels.
 
