@@ -17,6 +17,7 @@ from blindlens.lens_models import (
     CompositeLens,
     ExternalShear,
     Multipole,
+    Shift,
     critical_curves_and_caustics,
     deflection_sie,
 )
@@ -54,6 +55,7 @@ def _random_lenses(rng):
     for m in (2, 3, 4):
         kw = dict(m=m, a_m=rng.uniform(0.0, 0.1), phi_m=rng.uniform(-np.pi, np.pi), **cen())
         out.append(("MULTIPOLE", kw))
+    out.append(("SHIFT", dict(alpha_x=rng.uniform(-0.03, 0.03), alpha_y=rng.uniform(-0.03, 0.03))))
     return out
 
 
@@ -71,7 +73,7 @@ def _autodiff(lens, x, y):
     return grad_psi, hess_psi, AbstractLens.hessian(lens, x, y)
 
 
-_CLASSES = {"SIS": SIS, "SIE": SIE, "EPL": EPL, "SHEAR": ExternalShear, "MULTIPOLE": Multipole}
+_CLASSES = {"SIS": SIS, "SIE": SIE, "EPL": EPL, "SHEAR": ExternalShear, "MULTIPOLE": Multipole, "SHIFT": Shift}
 
 
 def _build(name, kw, dtype):
@@ -239,6 +241,8 @@ def _lenstronomy_agreement(dtype):
         d_alpha = max(np.max(np.abs(ax - bx)), np.max(np.abs(ay - by)))
         dpsi = lm.potential(x, y, [rounded]) - np.asarray(psi, float)
         d_psi = np.max(np.abs(dpsi - np.mean(dpsi)))
+        if name == "SHIFT":  # lenstronomy returns 0; ours is alpha . x, whose gradient is the deflection (autodiff tests)
+            d_psi = np.max(np.abs(np.asarray(psi, float) - (rounded["alpha_x"] * x + rounded["alpha_y"] * y)))
         # lenstronomy's SIE Hessian is a 1e-10 finite difference (~1e-5 error): use its
         # analytic EPL(gamma=2) Hessian as the oracle for the SIE instead
         if name == "SIE":

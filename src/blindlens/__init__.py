@@ -21,6 +21,7 @@ _EXPORTS: dict[str, str] = {
     "EPL": "physics.lens_models",
     "ExternalShear": "physics.lens_models",
     "Multipole": "physics.lens_models",
+    "Shift": "physics.lens_models",
     "critical_curves_and_caustics": "physics.lens_models",
     # forward model and data
     "AbstractLinearOperator": "physics.linear_operator",
@@ -92,6 +93,7 @@ _EXPORTS: dict[str, str] = {
     "with_lens_light": "inference.lens_light_model",
     "lens_light_priors": "inference.lens_light_model",
     "amp_scale_of": "inference.lens_light_model",
+    "with_source_shift": "inference.source_shift_model",
     # lenstronomy interoperability
     "to_lenstronomy": "results.lenstronomy_bridge",
     "from_lenstronomy": "results.lenstronomy_bridge",
@@ -229,6 +231,7 @@ if TYPE_CHECKING:  # pragma: no cover - for static analysers only
         CompositeLens,
         ExternalShear,
         Multipole,
+        Shift,
     )
     from .physics.lensing_operator import LensingOperator  # noqa: F401
     from .prior.diffusion_sde import VESDE, sample_reverse_diffusion  # noqa: F401

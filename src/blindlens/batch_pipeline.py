@@ -82,6 +82,7 @@ def sample_observations_batch(
         load_source_prior,
         observation_options,
         resolve_prior_spec,
+        run_lens_model,
         split_gibbs_config,
         warmup_source_move,
     )
@@ -106,14 +107,7 @@ def sample_observations_batch(
         raise ValueError(f"{existing[0]} exists; remove it or choose another out_dir (nothing is overwritten).")
     observations = [load_observation(p, psf=options.psf, mask=options.mask, **observation_options(options))
                     for p in paths]
-    lens_model = load_lens_model(options.lens_model)
-    if options.lens_light == "sersic":
-        from .inference.lens_light_model import amp_scale_of, with_lens_light
-
-        # one lens model for the batch: the light amplitude scale of the first observation
-        lens_model = with_lens_light(lens_model, amp_scale=amp_scale_of(observations[0]),
-                                     num_components=options.lens_light_components,
-                                     tie_center=options.tie_light_center)
+    load_lens_model(options.lens_model)  # a bad --lens-model fails before the prior loads
     if prior is None:
         spec = options.prior
         if isinstance(spec, str):  # "auto": one shipped prior for the whole batch
@@ -125,6 +119,8 @@ def sample_observations_batch(
         prior = load_source_prior(spec)
     if options.flux_scale is not None:
         prior = prior.with_flux_scale(options.flux_scale)
+    # one lens model for the batch: the light amplitude scale of the first observation
+    lens_model = run_lens_model(options, observations[0], prior)
     guidance = guidance_by_name(options.guidance)
     center = (0.0, 0.0) if isinstance(options.source_center, str) else tuple(options.source_center)
     grid = PixelGrid(tuple(prior.shape), float(prior.pixel_scale), center)

@@ -34,7 +34,7 @@ from .source_setup import (  # re-exported: the CLI, catalogue and batch pipelin
 )
 
 __all__ = ["SampleOptions", "DEFAULTS", "sample_observation", "diagnose", "load_lens_model", "load_source_prior",
-           "resolve_prior_spec", "is_prior_file", "source_grid_center", "sample_fingerprint", "result_fingerprint"]
+           "resolve_prior_spec", "is_prior_file", "source_grid_center", "run_lens_model", "sample_fingerprint", "result_fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class SampleOptions:
     cutout_sky: tuple | None = None
     # joint lens + source inference
     lens_model: str = "sie+shear"
+    source_shift: str = "none"
     lens_light: str = "none"
     lens_light_components: int = 1
     tie_light_center: bool = False
@@ -136,6 +137,8 @@ class SampleOptions:
                 and self.refresh_sigma is None):
             raise ValueError("--warmup-source-move replaces the sweep's move in the first half of warm-up; with "
                              "--refresh-sigma none every sweep is already a full draw: drop one.")
+        if self.source_shift not in SOURCE_SHIFTS:
+            raise ValueError(f"--source-shift must be one of {', '.join(SOURCE_SHIFTS)}, got {self.source_shift!r}.")
         if self.lens_light not in ("none", "sersic"):
             raise ValueError(f"--lens-light must be 'none' or 'sersic', got {self.lens_light!r}.")
         convergence_target(self)
@@ -151,13 +154,18 @@ sweep's move (a fresh guided draw, the guided refresh, or ``none``: the sweep's 
 ``auto`` is a fresh draw before split Gibbs in chains whose start misfits
 (:data:`AUTO_DESCENT_THRESHOLD`), and ``none`` before the refresh or with vectorized chains."""
 
+SOURCE_SHIFTS = ("none", "sampled")
+"""``--source-shift``: ``sampled`` adds the source grid's sub-pixel placement to the lens model as a
+constant deflection ``alpha_x, alpha_y ~ U(-p, p)`` (:func:`blindlens.inference.source_shift_model.with_source_shift`),
+so the lens posterior averages over where the grid lies under the source; ``none`` keeps the grid fixed."""
+
 DEFAULTS = SampleOptions()
 """The default options (the command line's defaults)."""
 
 _CHECKPOINT_SETTINGS = ("chains", "warmup", "thinning", "chain_method", "refresh_sigma", "warm_start_steps",
                         "warm_start_tries", "lens_prefit", "checkpoint_every", "guidance", "steps", "solver",
                         "source_center", "flux_scale", "supersampling", "seed", "source_move",
-                        "warmup_source_move")
+                        "warmup_source_move", "source_shift")
 """Settings in every checkpoint fingerprint (in this order; the fingerprint of blindlens 0.1, then
 ``source_move``: a checkpoint written before the split-Gibbs default is not resumed with it)."""
 _RUN_LENGTH = ("draws", "target_ess", "max_rhat", "max_minutes")
@@ -195,6 +203,24 @@ def load_lens_model(spec: str):
     if not callable(getattr(module, func, None)):
         raise ValueError(f"{path} has no function {func!r}; write `def {func}(): ... return lens`.")
     return getattr(module, func)
+
+
+def run_lens_model(options, observation, prior):
+    """The lens model a joint run samples: ``--lens-model``, plus the source grid's placement
+    (``--source-shift sampled``, at ``prior``'s pixel scale) and the deflector light (``--lens-light
+    sersic``, its amplitude prior scaled to ``observation``), in that order."""
+    lens_model = load_lens_model(options.lens_model)
+    if options.source_shift == "sampled":
+        from .inference.source_shift_model import with_source_shift
+
+        lens_model = with_source_shift(lens_model, float(prior.pixel_scale))
+    if options.lens_light == "sersic":
+        from .inference.lens_light_model import amp_scale_of, with_lens_light
+
+        lens_model = with_lens_light(lens_model, amp_scale=amp_scale_of(observation),
+                                     num_components=options.lens_light_components,
+                                     tie_center=options.tie_light_center)
+    return lens_model
 
 
 def truth_values(truth_lens, sites) -> dict:
@@ -454,14 +480,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
     out = check_joint_outputs(out, options.figures, inputs=sample_inputs(observation, options),
                               write_figures=figures, products=FITS_PRODUCTS if options.fits_products else ())
     obs = load_observation(observation, psf=options.psf, mask=options.mask, **observation_options(options))
-    lens_model = load_lens_model(options.lens_model)
-    if options.lens_light == "sersic":
-        from .inference.lens_light_model import amp_scale_of, with_lens_light
-
-        lens_model = with_lens_light(lens_model, amp_scale=amp_scale_of(obs),
-                                     num_components=options.lens_light_components,
-                                     tie_center=options.tie_light_center)
-    sites = lens_site_names(lens_model)
+    load_lens_model(options.lens_model)  # a bad --lens-model fails before the prior loads
     if verbose and getattr(obs, "noise_source", None):
         print(f"noise: {obs.noise_source}", flush=True)
     if prior is None:
@@ -472,6 +491,11 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
         prior = (load_prior or load_source_prior)(spec)
     if options.flux_scale is not None:
         prior = prior.with_flux_scale(options.flux_scale)
+    lens_model = run_lens_model(options, obs, prior)
+    sites = lens_site_names(lens_model)
+    if verbose and options.source_shift == "sampled":
+        print(f"source grid placement sampled: alpha_x, alpha_y ~ U(+-{prior.pixel_scale:.4g}\") "
+              "(--source-shift sampled)", flush=True)
     guidance = guidance_by_name(options.guidance)
     fingerprint = sample_fingerprint(observation, options, prior)
     placed = checkpointed_center(checkpoint_path(out), fingerprint, options) if not options.no_resume else None

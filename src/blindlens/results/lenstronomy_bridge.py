@@ -12,7 +12,8 @@ renaming with no change of values:
 * :class:`~blindlens.lens_models.SIE` is ``SIE``: ``theta_E, e1, e2, center_x, center_y``;
 * :class:`~blindlens.lens_models.EPL` is ``EPL``: ``theta_E, gamma, e1, e2, center_x, center_y``;
 * :class:`~blindlens.lens_models.ExternalShear` is ``SHEAR``: ``gamma1, gamma2, ra_0, dec_0``;
-* :class:`~blindlens.lens_models.Multipole` is ``MULTIPOLE``: ``m, a_m, phi_m, center_x, center_y``.
+* :class:`~blindlens.lens_models.Multipole` is ``MULTIPOLE``: ``m, a_m, phi_m, center_x, center_y``;
+* :class:`~blindlens.lens_models.Shift` is ``SHIFT``: ``alpha_x, alpha_y``.
 
 :func:`from_lenstronomy` also reads ``SHEAR_GAMMA_PSI`` (``gamma_ext, psi_ext, ra_0, dec_0``,
 converted to ``gamma1 = gamma_ext cos 2 psi_ext``, ``gamma2 = gamma_ext sin 2 psi_ext``) and
@@ -57,6 +58,7 @@ from ..physics.lens_models import (
     CompositeLens,
     ExternalShear,
     Multipole,
+    Shift,
 )
 
 __all__ = [
@@ -78,6 +80,7 @@ _MASS = {
     "EPL": (EPL, ("theta_E", "gamma", "e1", "e2"), {"center_x": 0.0, "center_y": 0.0}),
     "SHEAR": (ExternalShear, ("gamma1", "gamma2"), {"ra_0": 0.0, "dec_0": 0.0}),
     "MULTIPOLE": (Multipole, ("m", "a_m", "phi_m"), {"center_x": 0.0, "center_y": 0.0}),
+    "SHIFT": (Shift, ("alpha_x", "alpha_y"), {}),
 }
 # keys lenstronomy accepts that blindlens reads but does not keep (see the module docstring)
 _IGNORED_KEYS = {"MULTIPOLE": ("r_E",)}

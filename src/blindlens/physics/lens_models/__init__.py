@@ -17,6 +17,7 @@ The package holds one concept per module; every name is re-exported here, so
 * :mod:`~blindlens.lens_models.isothermal`: ``SIS`` and ``SIE`` (pure functions and Modules);
 * :mod:`~blindlens.lens_models.epl`: ``EPL`` and its hypergeometric series;
 * :mod:`~blindlens.lens_models.shear`: ``ExternalShear``;
+* :mod:`~blindlens.lens_models.shift`: ``Shift`` (a constant deflection);
 * :mod:`~blindlens.lens_models.multipole`: ``Multipole``;
 * :mod:`~blindlens.lens_models.critical_curves`: :func:`inverse_magnification_map`,
   :func:`critical_curves_and_caustics`;
@@ -132,6 +133,13 @@ from .shear import (
     hessian_shear,
     potential_shear,
 )
+from .shift import (
+    Shift,
+    convergence_shift,
+    deflection_shift,
+    hessian_shift,
+    potential_shift,
+)
 
 __all__ = [
     "AbstractLens",
@@ -141,6 +149,7 @@ __all__ = [
     "EPL",
     "ExternalShear",
     "Multipole",
+    "Shift",
     "deflection_sis",
     "potential_sis",
     "convergence_sis",
@@ -157,6 +166,10 @@ __all__ = [
     "potential_shear",
     "convergence_shear",
     "hessian_shear",
+    "deflection_shift",
+    "potential_shift",
+    "convergence_shift",
+    "hessian_shift",
     "deflection_multipole",
     "potential_multipole",
     "convergence_multipole",

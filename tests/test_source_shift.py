@@ -1,0 +1,103 @@
+"""The source grid's placement as a lens parameter (``blindlens.source_shift_model``, ``--source-shift``).
+
+A constant deflection ``alpha`` must be exactly the source grid moved by ``+alpha`` (the claim the
+marginalisation rests on), its sites must carry a uniform prior over two source pixels, and the
+pipeline must add it where asked and nowhere else.
+"""
+
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from blindlens.lens_models import SIE, ExternalShear, Shift
+from blindlens.lensing_operator import LensingOperator
+from blindlens.psf import gaussian_psf
+from numpyro.infer.util import log_density
+
+from blindlens.inference.numpyro_model import (
+    lens_from_values,
+    lens_site_names,
+    sie_shear,
+)
+from blindlens.inference.source_shift_model import SOURCE_SHIFT_SITES, with_source_shift
+from blindlens.physics.grid import PixelGrid
+from blindlens.pipeline import SampleOptions, run_lens_model
+
+
+def _source(shape, seed=3):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    blob = np.exp(-((xx - 12.3) ** 2 / 18.0 + (yy - 14.1) ** 2 / 9.0))
+    return jnp.asarray(blob + 0.2 * rng.random(shape))
+
+
+def test_a_constant_deflection_is_the_source_grid_moved_by_it(x64):
+    image_grid = PixelGrid((40, 40), 0.05)
+    lens = SIE(theta_E=0.7, e1=0.1, e2=-0.05, center_x=0.01, center_y=-0.02) + ExternalShear(gamma1=0.02, gamma2=0.01)
+    psf = gaussian_psf(0.1, 0.05)
+    source = _source((32, 32))
+    centre, alpha = (0.03, -0.04), (0.0137, -0.0211)
+    shifted = LensingOperator(lens + Shift(*alpha), image_grid, PixelGrid((32, 32), 0.05, centre), psf=psf,
+                              supersampling=2)(source)
+    moved = LensingOperator(lens, image_grid, PixelGrid((32, 32), 0.05, (centre[0] + alpha[0], centre[1] + alpha[1])),
+                            psf=psf, supersampling=2)(source)
+    np.testing.assert_allclose(np.asarray(shifted), np.asarray(moved), rtol=0, atol=1e-12)
+    # and it is not a no-op: the fixed grid gives another image (by far more than round-off)
+    fixed = LensingOperator(lens, image_grid, PixelGrid((32, 32), 0.05, centre), psf=psf, supersampling=2)(source)
+    assert np.max(np.abs(np.asarray(fixed) - np.asarray(shifted))) > 1e-3
+
+
+@pytest.mark.filterwarnings("ignore:Out-of-support values")
+def test_with_source_shift_adds_uniform_sites_over_two_pixels():
+    model = with_source_shift(sie_shear, 0.05)
+    assert lens_site_names(model) == (*lens_site_names(sie_shear), *SOURCE_SHIFT_SITES)
+    values = {n: 0.0 for n in lens_site_names(sie_shear)} | {"theta_E": 1.0, "alpha_x": 0.01, "alpha_y": -0.02}
+    lens = lens_from_values(model, values)
+    dx, dy = lens.deflection(jnp.asarray(0.5), jnp.asarray(0.3))
+    bx, by = lens_from_values(sie_shear, {k: v for k, v in values.items() if k not in SOURCE_SHIFT_SITES}).deflection(
+        jnp.asarray(0.5), jnp.asarray(0.3))
+    np.testing.assert_allclose([float(dx - bx), float(dy - by)], [0.01, -0.02], atol=1e-7)
+
+    def log_prior(ax, ay):
+        return log_density(model, (), {}, values | {"alpha_x": ax, "alpha_y": ay})[0] - log_density(
+            sie_shear, (), {}, {k: v for k, v in values.items() if k not in SOURCE_SHIFT_SITES})[0]
+
+    # U(-0.05, 0.05) each (two pixels): log density -2 log(0.1) inside, -inf outside
+    np.testing.assert_allclose(float(log_prior(0.049, -0.049)), -2 * np.log(0.1), rtol=1e-5)
+    np.testing.assert_allclose(float(log_prior(0.0, 0.03)), -2 * np.log(0.1), rtol=1e-5)
+    assert not np.isfinite(float(log_prior(0.051, 0.0)))
+    pickle.loads(pickle.dumps(model))  # kernels holding it pickle (chain_method="parallel")
+
+
+def test_with_source_shift_refuses_bad_input():
+    with pytest.raises(ValueError, match="positive source pixel scale"):
+        with_source_shift(sie_shear, 0.0)
+
+    def clashing():
+        numpyro.sample("alpha_x", dist.Normal(0.0, 1.0))
+        return SIE(theta_E=1.0, e1=0.0, e2=0.0)
+
+    with pytest.raises(ValueError, match="already has site"):
+        with_source_shift(clashing, 0.05)
+
+    def not_a_lens():
+        numpyro.sample("theta_E", dist.Uniform(0.5, 1.5))
+        return 1.0
+
+    with pytest.raises(ValueError, match="returning a mass lens"):
+        jax.jit(lambda: lens_site_names(with_source_shift(not_a_lens, 0.05)))()
+
+
+def test_run_lens_model_adds_the_shift_only_when_asked():
+    class Prior:
+        pixel_scale = 0.05
+
+    assert lens_site_names(run_lens_model(SampleOptions(), None, Prior())) == lens_site_names(sie_shear)
+    shifted = run_lens_model(SampleOptions(source_shift="sampled"), None, Prior())
+    assert lens_site_names(shifted)[-2:] == SOURCE_SHIFT_SITES
+    with pytest.raises(ValueError, match="--source-shift must be one of"):
+        SampleOptions(source_shift="yes").validate()
