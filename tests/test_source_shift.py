@@ -101,3 +101,13 @@ def test_run_lens_model_adds_the_shift_only_when_asked():
     assert lens_site_names(shifted)[-2:] == SOURCE_SHIFT_SITES
     with pytest.raises(ValueError, match="--source-shift must be one of"):
         SampleOptions(source_shift="yes").validate()
+
+
+def test_cli_refuses_a_sampled_placement_with_a_fixed_lens(tmp_path, capsys):
+    from blindlens import cli
+
+    (tmp_path / "lens.toml").write_text("")
+    code = cli.main(["sample", str(tmp_path / "obs.npz"), "--out", str(tmp_path / "post.nc"), "--fixed-lens",
+                     str(tmp_path / "lens.toml"), "--source-shift", "sampled"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--source-shift samples the grid's placement" in err, err

@@ -122,6 +122,9 @@ def _run_sample(args):
     if args.target_ess is not None or args.max_minutes is not None:
         raise ValueError("--target-ess and --max-minutes are for joint runs; with --fixed-lens use --num-samples "
                          "(the source draws are independent).")
+    if args.source_shift != "none":
+        raise ValueError("--source-shift samples the grid's placement with the lens; --fixed-lens holds the lens "
+                         "(and the grid) fixed: drop one.")
     from .fixed_lens import run_fixed_lens
     from .io.run_checkpoint import FIGURE_SUFFIXES, check_output_paths
 

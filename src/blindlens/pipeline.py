@@ -34,7 +34,8 @@ from .source_setup import (  # re-exported: the CLI, catalogue and batch pipelin
 )
 
 __all__ = ["SampleOptions", "DEFAULTS", "sample_observation", "diagnose", "load_lens_model", "load_source_prior",
-           "resolve_prior_spec", "is_prior_file", "source_grid_center", "run_lens_model", "sample_fingerprint", "result_fingerprint"]
+           "resolve_prior_spec", "is_prior_file", "source_grid_center", "run_lens_model", "sample_fingerprint",
+           "result_fingerprint"]
 
 
 @dataclass(frozen=True)
