@@ -234,7 +234,8 @@ def run_system(i: int, args, jsonl: Path) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     obs, truth_path = folder / "obs.fits", folder / "truth.npz"
     with _LOCK:  # simulation is quick; GalSim/lenstronomy need not be thread-safe
-        system = simulate_system(i, args.population, args.seed, lens_light=args.lens_light)
+        system = simulate_system(i, args.population, args.seed, lens_light=args.lens_light,
+                                 source_oversample=args.source_oversample)
         if not (obs.exists() and truth_path.exists()):
             write_system(system, folder)
     out = folder / "post.nc"
@@ -507,6 +508,9 @@ def main(argv=None) -> int:
     p.add_argument("--chains", type=int, default=None, help="passed to --chains (default: the CLI's)")
     p.add_argument("--lens-light", action="store_true",
                    help="simulate a Sérsic deflector 5-20x brighter than the arcs and pass --lens-light sersic")
+    p.add_argument("--source-oversample", type=int, default=1,
+                   help="draw the procedural galaxies k times finer than 0.05\" (same field), so that no 0.05\" "
+                        "source grid is theirs (default 1: the galaxies are bilinear images on a 0.05\" grid)")
     p.add_argument("--sample-args", default="", help="further blindlens sample options, verbatim (quoted string)")
     p.add_argument("--jobs", type=int, default=1, help="systems run at the same time")
     p.add_argument("--mode-tol", type=float, default=0.05,

@@ -176,8 +176,10 @@ def xdf_stamps() -> tuple[np.ndarray, ...]:
     return tuple(stamps)
 
 
-def draw_source(i: int, population: str, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """Held-out source ``i`` of ``population``: (64 x 64 float64 surface brightness, info dict)."""
+def draw_source(i: int, population: str, rng: np.random.Generator, oversample: int = 1) -> tuple[np.ndarray, dict]:
+    """Held-out source ``i`` of ``population``: (float64 surface brightness, info dict), 64 x 64 at
+    0.05"; a procedural galaxy with ``oversample = k`` is the same galaxy drawn on a ``k`` times finer
+    grid over the same field (``64k x 64k`` at ``0.05/k``"), so that no 0.05" grid is its own."""
     if population in HELD_OUT_SEEDS:
         from blindlens import galaxies
 
@@ -186,9 +188,14 @@ def draw_source(i: int, population: str, rng: np.random.Generator) -> tuple[np.n
         if recipe is None:  # pragma: no cover - older blindlens
             raise ImportError(f"blindlens.galaxies has no {recipe_name}; update blindlens for population {population!r}.")
         seed = HELD_OUT_SEEDS[population]
+        recipe = recipe() if oversample == 1 else recipe(image_size=SOURCE_N * oversample,
+                                                           pixel_scale=SOURCE_SCALE / oversample)
         src = galaxies.draw_procedural_galaxies(1, seed=seed, start=int(i), recipe=recipe)[0]
-        info = {"kind": "procedural", "recipe": recipe_name, "galaxy_seed": seed, "galaxy_index": int(i)}
+        info = {"kind": "procedural", "recipe": recipe_name, "galaxy_seed": seed, "galaxy_index": int(i),
+                "oversample": int(oversample)}
         return np.asarray(src, np.float64), info
+    if oversample != 1:
+        raise ValueError("oversample > 1 draws procedural galaxies finer; the XDF stamps have one pixel scale.")
     if population == "xdf":
         stamps = xdf_stamps()
         if not 0 <= i < len(stamps):
@@ -283,20 +290,24 @@ def draw_lens_light(i: int, seed: int, lens: dict, arcs_peak: float) -> dict:
     return light
 
 
-def simulate_system(i: int, population: str = "broad", seed: int = 0, lens_light: bool = False) -> dict:
+def simulate_system(i: int, population: str = "broad", seed: int = 0, lens_light: bool = False,
+                    source_oversample: int = 1) -> dict:
     """Simulate system ``i``: returns a dict with ``image``, ``noise_sigma``, ``psf``, ``noiseless``,
     ``lens`` (dict), ``source``, ``source_center``, ``peak_snr``, ``true_chi2_per_n``, ``source_info``,
     ``population``, ``system``, ``seed`` and ``lens_light`` (``None``, or its ``SERSIC_ELLIPSE``
     keywords). Deterministic in ``(i, population, seed, lens_light)``; with ``lens_light`` the same
-    system plus deflector light (:func:`draw_lens_light`), the noise still set by the arcs' peak."""
+    system plus deflector light (:func:`draw_lens_light`), the noise still set by the arcs' peak;
+    ``source_oversample = k``: the same galaxy drawn k times finer (:func:`draw_source`), its
+    ``source_scale`` in the returned dict."""
     rng = system_rng(i, seed)
     lens = draw_lens(rng)
     source_center = tuple(float(c) for c in rng.uniform(-SOURCE_OFFSET, SOURCE_OFFSET, size=2))
     snr = float(rng.uniform(*SNR_RANGE))
     noise_rng = np.random.default_rng(rng.integers(2**63))
-    source, info = draw_source(i, population, rng)
+    source, info = draw_source(i, population, rng, oversample=source_oversample)
+    source_scale = SOURCE_SCALE / source_oversample
     kernel = psf_kernel()
-    noiseless = lenstronomy_image(lens, source, source_center, kernel=kernel)
+    noiseless = lenstronomy_image(lens, source, source_center, kernel=kernel, source_scale=source_scale)
     sigma = float(noiseless.max() / snr)
     light = draw_lens_light(i, seed, lens, float(noiseless.max())) if lens_light else None
     if light is not None:
@@ -310,6 +321,7 @@ def simulate_system(i: int, population: str = "broad", seed: int = 0, lens_light
         "system": int(i), "population": population, "seed": int(seed), "lens": lens, "source": source,
         "source_center": source_center, "source_info": info, "peak_snr": snr, "noise_sigma": sigma,
         "psf": kernel, "noiseless": noiseless, "image": image, "true_chi2_per_n": true_chi2, "lens_light": light,
+        "source_scale": source_scale,
     }
 
 
@@ -323,7 +335,7 @@ def write_system(system: dict, folder) -> tuple[Path, Path]:
     obs = Observation(system["image"], system["noise_sigma"], system["psf"], PIXEL_SCALE)
     obs_path = save_observation(obs, folder / "obs.fits")
     truth_path = save_truth(folder / "truth.npz", blindlens_lens(system["lens"], system.get("lens_light")),
-                            system["source"], SOURCE_SCALE,
+                            system["source"], system.get("source_scale", SOURCE_SCALE),
                             system["noiseless"], PIXEL_SCALE, source_center=system["source_center"],
                             supersampling=SUPERSAMPLING, noise_sigma=system["noise_sigma"], psf_fwhm=PSF_FWHM,
                             seed=system["seed"])
