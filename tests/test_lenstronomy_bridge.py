@@ -8,7 +8,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from blindlens.lens_models import EPL, SIE, SIS, CompositeLens, ExternalShear, Multipole
+from blindlens.lens_models import EPL, SIE, SIS, CompositeLens, ExternalShear, Multipole, Shift
 from blindlens.lenstronomy_bridge import (
     SUPPORTED_LENS_PROFILES,
     from_lenstronomy,
@@ -26,6 +26,7 @@ LENSES = {
     "EPL": lambda: EPL(1.1, 2.17, -0.09, 0.16, -0.06, 0.08),
     "SHEAR": lambda: ExternalShear(0.031, -0.022, 0.1, -0.2),
     "MULTIPOLE": lambda: Multipole(4, 0.021, 0.37, 0.05, -0.03),
+    "SHIFT": lambda: Shift(0.013, -0.021),
     "SIE+SHEAR": lambda: SIE(1.2, 0.13, -0.07, 0.05, -0.03) + ExternalShear(0.031, -0.022),
     "EPL+SHEAR+MULTIPOLE": lambda: (
         EPL(1.1, 2.17, -0.09, 0.16, -0.06, 0.08)
@@ -35,7 +36,7 @@ LENSES = {
     ),
 }
 NAMES = {
-    "SIS": ["SIS"], "SIE": ["SIE"], "EPL": ["EPL"], "SHEAR": ["SHEAR"], "MULTIPOLE": ["MULTIPOLE"],
+    "SIS": ["SIS"], "SIE": ["SIE"], "EPL": ["EPL"], "SHEAR": ["SHEAR"], "MULTIPOLE": ["MULTIPOLE"], "SHIFT": ["SHIFT"],
     "SIE+SHEAR": ["SIE", "SHEAR"], "EPL+SHEAR+MULTIPOLE": ["EPL", "SHEAR", "MULTIPOLE", "MULTIPOLE"],
 }
 
