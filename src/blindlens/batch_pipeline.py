@@ -107,7 +107,7 @@ def sample_observations_batch(
         raise ValueError(f"{existing[0]} exists; remove it or choose another out_dir (nothing is overwritten).")
     observations = [load_observation(p, psf=options.psf, mask=options.mask, **observation_options(options))
                     for p in paths]
-    load_lens_model(options.lens_model)  # a bad --lens-model fails before the prior loads
+    base_lens_model = load_lens_model(options.lens_model)  # a bad --lens-model fails before the prior loads
     if prior is None:
         spec = options.prior
         if isinstance(spec, str):  # "auto": one shipped prior for the whole batch
@@ -120,7 +120,7 @@ def sample_observations_batch(
     if options.flux_scale is not None:
         prior = prior.with_flux_scale(options.flux_scale)
     # one lens model for the batch: the light amplitude scale of the first observation
-    lens_model = run_lens_model(options, observations[0], prior)
+    lens_model = run_lens_model(base_lens_model, options, observations[0], prior)
     guidance = guidance_by_name(options.guidance)
     center = (0.0, 0.0) if isinstance(options.source_center, str) else tuple(options.source_center)
     grid = PixelGrid(tuple(prior.shape), float(prior.pixel_scale), center)

@@ -206,11 +206,10 @@ def load_lens_model(spec: str):
     return getattr(module, func)
 
 
-def run_lens_model(options, observation, prior):
-    """The lens model a joint run samples: ``--lens-model``, plus the source grid's placement
-    (``--source-shift sampled``, at ``prior``'s pixel scale) and the deflector light (``--lens-light
-    sersic``, its amplitude prior scaled to ``observation``), in that order."""
-    lens_model = load_lens_model(options.lens_model)
+def run_lens_model(lens_model, options, observation, prior):
+    """The lens model a joint run samples: ``lens_model`` (``--lens-model``, loaded), plus the source
+    grid's placement (``--source-shift sampled``, at ``prior``'s pixel scale) and the deflector light
+    (``--lens-light sersic``, its amplitude prior scaled to ``observation``), in that order."""
     if options.source_shift == "sampled":
         from .inference.source_shift_model import with_source_shift
 
@@ -481,7 +480,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
     out = check_joint_outputs(out, options.figures, inputs=sample_inputs(observation, options),
                               write_figures=figures, products=FITS_PRODUCTS if options.fits_products else ())
     obs = load_observation(observation, psf=options.psf, mask=options.mask, **observation_options(options))
-    load_lens_model(options.lens_model)  # a bad --lens-model fails before the prior loads
+    base_lens_model = load_lens_model(options.lens_model)  # a bad --lens-model fails before the prior loads
     if verbose and getattr(obs, "noise_source", None):
         print(f"noise: {obs.noise_source}", flush=True)
     if prior is None:
@@ -492,7 +491,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
         prior = (load_prior or load_source_prior)(spec)
     if options.flux_scale is not None:
         prior = prior.with_flux_scale(options.flux_scale)
-    lens_model = run_lens_model(options, obs, prior)
+    lens_model = run_lens_model(base_lens_model, options, obs, prior)
     sites = lens_site_names(lens_model)
     if verbose and options.source_shift == "sampled":
         print(f"source grid placement sampled: alpha_x, alpha_y ~ U(+-{prior.pixel_scale:.4g}\") "
