@@ -14,6 +14,7 @@ from numpyro.infer import MCMC
 from blindlens import cli
 from blindlens.arviz_conversion import (
     lens_parameter_names,
+    nuisance_parameter_names,
     plot_joint_summary,
     plot_lens_pair,
     residual_chi2,
@@ -179,6 +180,31 @@ def test_summary_text_and_figures(run, tmp_path):
     assert "theta_E" in text and "R-hat" in text and "chi^2/N" in text and "68%" in text
     assert plot_joint_summary(idata, tmp_path / "s.png").exists()
     assert plot_lens_pair(idata, tmp_path / "p.png").exists()
+
+
+def test_a_sampled_grid_placement_is_stored_as_a_nuisance(run):
+    """alpha_x, alpha_y of with_source_shift land in the posterior, are named nuisance, and the
+    summary's R-hat verdict is over the lens parameters alone."""
+    from blindlens import with_source_shift
+
+    problem, _, mcmc = run
+    plain = to_inference_data(mcmc, problem.observation, predictive=False, log_likelihood=False)
+    assert json.loads(plain.posterior.attrs["blindlens_nuisance_sites"]) == []
+    kernel = BlindLensGibbs(
+        with_source_shift(problem.lens_model, problem.source_grid.pixel_scale), problem.observation, problem.prior,
+        source_config=SourceSamplerConfig(guidance=LowRankExactGuidance(basis=problem.basis), num_steps=5),
+        source_grid=problem.source_grid,
+    )
+    draws = {k: np.asarray(v) for k, v in jax.device_get(mcmc.get_samples(group_by_chain=True)).items()}
+    draws["alpha_x"] = np.array([-0.05, 0.05])[:, None] + 0.001 * np.arange(12)[None, :]  # chains apart
+    draws["alpha_y"] = np.zeros((2, 12)) + 0.001 * np.arange(12)[None, :] ** 0.5
+    idata = to_inference_data(draws, problem.observation, kernel=kernel, predictive=False, log_likelihood=False)
+    assert lens_parameter_names(idata) == ["theta_E", "center_x", "alpha_x", "alpha_y"]
+    assert nuisance_parameter_names(idata) == ["alpha_x", "alpha_y"]
+    text = summary_text(idata)
+    assert "alpha_x" in text and "(alpha_x, alpha_y: nuisance, not judged)" in text
+    judged = az.summary(idata, var_names=["theta_E", "center_x"], kind="diagnostics")["r_hat"].max()
+    assert f"max R-hat {judged:.3f}" in text
 
 
 def test_demo_pipeline_with_a_gaussian_prior(tmp_path):

@@ -63,6 +63,30 @@ def test_a_well_mixed_gaussian_run_passes_without_warnings():
     assert blindlens.check_run is check_run
 
 
+def test_a_nuisance_site_apart_between_chains_is_reported_not_judged():
+    """Chains at different source grid placements (alpha) but agreeing lenses pass; the same draws
+    with alpha taken for a lens parameter (no nuisance attribute) fail on R-hat."""
+    rng = np.random.default_rng(1)
+    posterior, resid = _well_mixed(rng)
+    offsets = np.array([-0.03, -0.01, 0.01, 0.03])[:, None]  # four chains, four placements
+    posterior["alpha_x"] = offsets + 0.001 * rng.standard_normal((4, 400))
+    idata = _idata(posterior, resid)
+    idata.posterior.attrs["blindlens_lens_sites"] = json.dumps([*SITES, "alpha_x"])
+    broken = _idata(posterior, resid)
+    broken.posterior.attrs["blindlens_lens_sites"] = json.dumps([*SITES, "alpha_x"])
+    idata.posterior.attrs["blindlens_nuisance_sites"] = json.dumps(["alpha_x"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = check_run(idata)
+    assert report.ok and report.lens_parameters == SITES and report.max_rhat < 1.01
+    expected = float(split_gelman_rubin(posterior["alpha_x"]))
+    assert report.nuisance_rhat["alpha_x"] == pytest.approx(expected, rel=0.05) and expected > 5
+    assert "nuisance split R-hat" in str(report) and "alpha_x" in str(report)
+    bad = check_run(broken, warn=False)
+    assert not bad.ok and bad.max_rhat > 5 and "(alpha_x)" in bad.warnings[0]
+    assert bad.nuisance_rhat == {}
+
+
 def test_rhat_and_ess_are_numpyros_on_a_known_case():
     """Chains with shifted means: the reported R-hat and ESS are numpyro.diagnostics' values, and the
     shift is reported."""

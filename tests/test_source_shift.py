@@ -20,6 +20,7 @@ from numpyro.infer.util import log_density
 from blindlens.inference.numpyro_model import (
     lens_from_values,
     lens_site_names,
+    nuisance_site_names,
     sie_shear,
 )
 from blindlens.inference.source_shift_model import SOURCE_SHIFT_SITES, with_source_shift
@@ -110,3 +111,22 @@ def test_cli_refuses_a_sampled_placement_with_a_fixed_lens(tmp_path, capsys):
                      str(tmp_path / "lens.toml"), "--source-shift", "sampled"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "--source-shift samples the grid's placement" in err, err
+
+
+def test_the_placement_is_declared_a_nuisance_through_every_wrapper():
+    from blindlens.inference.chain_runner import _default_sites
+    from blindlens.inference.lens_light_model import with_lens_light
+
+    shifted = with_source_shift(sie_shear, 0.05)
+    assert nuisance_site_names(sie_shear) == ()
+    assert nuisance_site_names(shifted) == SOURCE_SHIFT_SITES
+    lit = with_lens_light(shifted, amp_scale=1.0)
+    assert nuisance_site_names(lit) == SOURCE_SHIFT_SITES and set(SOURCE_SHIFT_SITES) <= set(lens_site_names(lit))
+
+    class Kernel:  # what run_chains reads of a BlindLensGibbs: joint_model.lens_model
+        class joint_model:
+            lens_model = lit
+
+    samples = {name: None for name in (*lens_site_names(lit), "source")}
+    monitored = _default_sites(Kernel, samples)
+    assert "theta_E" in monitored and not set(SOURCE_SHIFT_SITES) & set(monitored)

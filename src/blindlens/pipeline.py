@@ -466,7 +466,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
     from .inference.chain_runner import RunClock, run_chains
     from .inference.gibbs_kernel import BlindLensGibbs
     from .inference.gibbsddrm import GibbsDDRMConfig
-    from .inference.numpyro_model import lens_site_names
+    from .inference.numpyro_model import lens_site_names, nuisance_site_names
     from .inference.parametric_prefit import SersicPrefitConfig, SersicPrefitResult
     from .io.observation import load_observation
     from .io.run_checkpoint import checkpoint_path
@@ -545,7 +545,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
     run = run_chains(
         kernel, jax.random.key(options.seed), num_chains=options.chains, num_warmup=options.warmup,
         num_draws=None if target is not None else (300 if options.draws is None else options.draws), target=target,
-        sites=sites, chunk=options.checkpoint_every, thinning=options.thinning, chain_method=options.chain_method,
+        sites=[s for s in sites if s not in nuisance_site_names(lens_model)], chunk=options.checkpoint_every, thinning=options.thinning, chain_method=options.chain_method,
         checkpoint=checkpoint_path(out), resume=not options.no_resume, clock=clock, progress=progress,
         fingerprint=fingerprint,
     )

@@ -259,12 +259,13 @@ def resume_state(kernel, ck, chains: int):
 
 
 def _default_sites(kernel, samples: dict) -> list[str]:
-    """The lens sites of a blindlens kernel; otherwise every sampled site."""
+    """The lens sites of a blindlens kernel, less its nuisance sites; otherwise every sampled site."""
     model = getattr(kernel, "joint_model", None)
     if model is not None:
-        from .numpyro_model import lens_site_names
+        from .numpyro_model import lens_site_names, nuisance_site_names
 
-        return [s for s in lens_site_names(model.lens_model) if s in samples]
+        nuisance = set(nuisance_site_names(model.lens_model))
+        return [s for s in lens_site_names(model.lens_model) if s in samples and s not in nuisance]
     return sorted(samples)
 
 
@@ -305,7 +306,8 @@ def run_chains(
         Stop criteria of a convergence-driven run (:class:`ConvergenceTarget`).
     sites
         Sites whose convergence is judged (default: the lens parameters of a blindlens kernel,
-        every sampled site otherwise).
+        less its nuisance sites (:func:`~blindlens.numpyro_model.nuisance_site_names`); every
+        sampled site otherwise).
     chunk
         Draws per chain between checkpoints and convergence checks.
     thinning, chain_method

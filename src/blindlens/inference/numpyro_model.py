@@ -63,6 +63,7 @@ __all__ = [
     "epl_shear",
     "epl_shear_multipole",
     "lens_site_names",
+    "nuisance_site_names",
     "lens_from_values",
     "lens_log_prior",
     "lens_init_values",
@@ -266,6 +267,29 @@ def lens_site_names(lens_model: Callable) -> tuple[str, ...]:
     if not names:
         raise ValueError("The lens model samples no parameters; nothing to infer.")
     return tuple(names)
+
+
+def nuisance_site_names(lens_model: Callable) -> tuple[str, ...]:
+    """The sites of a lens model that are nuisance parameters, not lens parameters to report.
+
+    A wrapper declares them in a ``nuisance_sites`` attribute and holds the model it wraps as
+    ``lens_model`` (:func:`~blindlens.inference.source_shift_model.with_source_shift`: the source grid's
+    placement ``alpha_x, alpha_y``); the declarations of every wrapper in the chain are collected.
+    Nuisance sites are sampled and stored like the others, but neither the stopping rule
+    (:func:`~blindlens.chain_runner.run_chains`) nor :func:`~blindlens.run_diagnostics.check_run`
+    judges convergence by them: the chains may sit at different placements as long as the lens
+    parameters agree.
+
+    Returns
+    -------
+    The nuisance site names in wrapping order (outermost first); ``()`` for a plain model.
+    """
+    names: list[str] = []
+    model, depth = lens_model, 0
+    while model is not None and depth < 64:  # (a depth bound: a wrapper that holds itself cannot hang this)
+        names.extend(getattr(model, "nuisance_sites", ()))
+        model, depth = getattr(model, "lens_model", None), depth + 1
+    return tuple(dict.fromkeys(names))
 
 
 def lens_from_values(lens_model: Callable, values: Mapping[str, Array]):

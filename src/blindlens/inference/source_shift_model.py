@@ -26,7 +26,9 @@ lens centre, so it wanders slowly within a chain (measured: about 0.01" per 150 
 1500 draws spanned 0.7 pixel), and chains started from different lenses (pre-fit lenses or prior
 draws) stay at different placements for hundreds of sweeps: the chains' spread is the
 discretisation's uncertainty, R-hat sees it (1.6-3.0 on ``alpha`` in the runs of
-``docs/joint_inference.md``), and the pooled chains weight their placements equally.
+``docs/joint_inference.md``), and the pooled chains weight their placements equally. ``alpha`` is
+therefore declared a nuisance (:func:`~blindlens.numpyro_model.nuisance_site_names`): it is stored
+in the posterior, its R-hat is printed, but convergence is judged by the lens parameters alone.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ SOURCE_SHIFT_SITES = ("alpha_x", "alpha_y")
 
 class _WithSourceShift:
     """The model :func:`with_source_shift` returns (a class, so that kernels holding it pickle)."""
+
+    nuisance_sites = SOURCE_SHIFT_SITES
+    """Sites that are not lens parameters (:func:`~blindlens.numpyro_model.nuisance_site_names`)."""
 
     def __init__(self, lens_model: Callable, pixel_scale: float):
         self.lens_model = lens_model

@@ -46,10 +46,12 @@ from ..inference.numpyro_model import (
     JointModel,
     lens_from_values,
     lens_site_names,
+    nuisance_site_names,
 )
 from ..physics.grid import PixelGrid
 from .posterior_figures import (  # re-exported: the container readers and the corner plot live with the figures
     lens_parameter_names,
+    nuisance_parameter_names,
     plot_lens_pair,
     stored_truth,
 )
@@ -62,6 +64,7 @@ __all__ = [
     "grid_attrs",
     "fixed_lens_inference_data",
     "lens_parameter_names",
+    "nuisance_parameter_names",
     "stored_truth",
     "residual_chi2",
     "summary_text",
@@ -393,6 +396,7 @@ def to_inference_data(
     attrs = {
         "inference_library": "numpyro",
         "blindlens_lens_sites": json.dumps(list(names)),
+        "blindlens_nuisance_sites": json.dumps([n for n in nuisance_site_names(model.lens_model) if n in names]),
         "source_pixel_scale": float(source_grid.pixel_scale),
         "image_pixel_scale": float(image_grid.pixel_scale),
         **grid_attrs(image_grid, "image"),
@@ -524,10 +528,13 @@ def summary_text(idata, truth: Mapping[str, float] | None = None, *, title: str 
         )
     if "sample_stats" in idata and "diverging" in idata.sample_stats:
         lines.append(f"divergent lens transitions: {int(idata.sample_stats['diverging'].values.sum())}")
-    worst = float(summ["r_hat"].max())
+    nuisance = set(nuisance_parameter_names(idata))
+    judged = summ.loc[[n for n in names if n not in nuisance] or names]
+    worst = float(judged["r_hat"].max())
     lines.append(
         f"max R-hat {worst:.3f} ({'ok' if worst < 1.01 else 'chains not yet mixed: run longer' if worst > 1.1 else 'borderline'}),"
-        f" min bulk ESS {float(summ['ess_bulk'].min()):.0f}"
+        f" min bulk ESS {float(judged['ess_bulk'].min()):.0f}"
+        + (f" over the lens parameters ({', '.join(sorted(nuisance))}: nuisance, not judged)" if nuisance else "")
     )
     return "\n".join(lines) + "\n"
 

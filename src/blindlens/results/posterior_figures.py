@@ -53,6 +53,16 @@ def lens_parameter_names(idata) -> list[str]:
     return [k for k, v in idata.posterior.data_vars.items() if v.ndim == 2]
 
 
+def nuisance_parameter_names(idata) -> list[str]:
+    """The lens-model sites stored as nuisance (e.g. the source grid's placement ``alpha_x, alpha_y``).
+
+    Read from the ``blindlens_nuisance_sites`` attribute :func:`~blindlens.arviz_conversion.to_inference_data`
+    writes (:func:`~blindlens.numpyro_model.nuisance_site_names`); ``[]`` when absent.
+    """
+    stored = idata.posterior.attrs.get("blindlens_nuisance_sites")
+    return list(json.loads(stored)) if stored else []
+
+
 def stored_truth(idata) -> dict[str, float] | None:
     """The truth stored by :func:`~blindlens.arviz_conversion.to_inference_data` (``None`` if none)."""
     raw = idata.posterior.attrs.get("truth")

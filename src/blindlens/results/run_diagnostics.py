@@ -6,7 +6,11 @@ used) and checks, in one place:
 
 * **mixing** of the lens parameters: max split R-hat <= 1.01 and min ESS >= 100 (the current
   Stan/ArviZ guidance, Vehtari et al. 2021, Bayesian Analysis 16, 667), computed by
-  ``numpyro.diagnostics`` on NumPy arrays (:func:`blindlens.numpyro_model.split_rhat_and_ess`);
+  ``numpyro.diagnostics`` on NumPy arrays (:func:`blindlens.numpyro_model.split_rhat_and_ess`).
+  Nuisance sites of the lens model (the source grid's placement ``alpha_x, alpha_y`` of
+  ``--source-shift sampled``) are not judged: their R-hat is reported in
+  :attr:`RunReport.nuisance_rhat` and printed, since chains that sit at different placements are
+  fine as long as the lens parameters agree;
 * **divergent** lens-NUTS transitions (``sample_stats.diverging``): any is reported;
 * **goodness of fit**: the median residual ``chi^2 / N`` over draws (from
   :func:`blindlens.arviz_conversion.residual_chi2`, the package's own per-draw chi^2) against its
@@ -74,6 +78,8 @@ class RunReport:
         than 4 draws per chain).
     max_rhat, min_ess
         Their worst values (``None`` without lens parameters, e.g. a fixed-lens run).
+    nuisance_rhat
+        Split R-hat per nuisance site (not judged; see the module docs).
     num_divergent, num_transitions
         Divergent lens-NUTS transitions and all transitions (``None`` without ``diverging``).
     num_pixels
@@ -104,6 +110,7 @@ class RunReport:
     ess: dict = field(default_factory=dict)
     max_rhat: float | None = None
     min_ess: float | None = None
+    nuisance_rhat: dict = field(default_factory=dict)
     num_chains: int = 0
     num_draws: int = 0
     num_divergent: int | None = None
@@ -130,6 +137,9 @@ class RunReport:
             )
         else:
             lines.append("no lens parameters in the posterior (fixed lens): R-hat and ESS not checked")
+        if self.nuisance_rhat:
+            rhats = ", ".join(f"{k} {_fmt(v, 3)}" for k, v in self.nuisance_rhat.items())
+            lines.append(f"nuisance split R-hat (not judged: chains may sit at different source grid placements): {rhats}")
         if self.num_divergent is not None:
             lines.append(f"divergent lens transitions: {self.num_divergent} of {self.num_transitions}")
         if self.chi2_per_pixel is not None:
@@ -219,11 +229,13 @@ def check_run(
         raise ValueError("check_run needs an InferenceData with a posterior group.")
     from .arviz_conversion import (  # the package's own readers
         lens_parameter_names,
+        nuisance_parameter_names,
         residual_chi2,
     )
 
     problems: list[str] = []
-    names = [n for n in lens_parameter_names(idata) if n in posterior.data_vars]
+    nuisance = [n for n in nuisance_parameter_names(idata) if n in posterior.data_vars]
+    names = [n for n in lens_parameter_names(idata) if n in posterior.data_vars and n not in nuisance]
     sizes = dict(posterior.sizes)
     n_chain, n_draw = int(sizes.get("chain", 0)), int(sizes.get("draw", 0))
 
@@ -253,6 +265,7 @@ def check_run(
     for name in names:
         r, e = split_rhat_and_ess(posterior[name].values)
         rhat[name], ess[name] = r, e
+    nuisance_rhat = {name: split_rhat_and_ess(posterior[name].values)[0] for name in nuisance} if n_draw >= 4 else {}
     max_rhat = min_ess = None
     if names:
         finite_r = [v for v in rhat.values() if np.isfinite(v)]
@@ -354,6 +367,7 @@ def check_run(
         ess=ess,
         max_rhat=max_rhat,
         min_ess=min_ess,
+        nuisance_rhat=nuisance_rhat,
         num_chains=n_chain,
         num_draws=n_draw,
         num_divergent=num_div,
