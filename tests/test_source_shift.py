@@ -25,7 +25,13 @@ from blindlens.inference.numpyro_model import (
 )
 from blindlens.inference.source_shift_model import SOURCE_SHIFT_SITES, with_source_shift
 from blindlens.physics.grid import PixelGrid
-from blindlens.pipeline import SampleOptions, run_lens_model
+from blindlens.pipeline import (
+    AUTO_SOURCE_SHIFT,
+    SampleOptions,
+    run_lens_model,
+    sample_fingerprint,
+    source_shift,
+)
 
 
 def _source(shape, seed=3):
@@ -96,11 +102,38 @@ def test_run_lens_model_adds_the_shift_only_when_asked():
     class Prior:
         pixel_scale = 0.05
 
-    assert lens_site_names(run_lens_model(sie_shear, SampleOptions(), None, Prior())) == lens_site_names(sie_shear)
+    plain = lens_site_names(sie_shear)
+    assert lens_site_names(run_lens_model(sie_shear, SampleOptions(source_shift="none"), None, Prior())) == plain
     shifted = run_lens_model(sie_shear, SampleOptions(source_shift="sampled"), None, Prior())
-    assert lens_site_names(shifted)[-2:] == SOURCE_SHIFT_SITES
+    assert lens_site_names(shifted) == (*plain, *SOURCE_SHIFT_SITES)
+    auto = lens_site_names(run_lens_model(sie_shear, SampleOptions(), None, Prior()))
+    assert SampleOptions().source_shift == "auto"
+    assert auto == (lens_site_names(shifted) if AUTO_SOURCE_SHIFT == "sampled" else plain)
     with pytest.raises(ValueError, match="--source-shift must be one of"):
         SampleOptions(source_shift="yes").validate()
+
+
+def test_the_checkpoint_records_what_auto_resolved_to(tmp_path):
+    """A checkpoint fingerprints the placement that ran: auto and its meaning resume each other,
+    the other setting does not."""
+    class Prior:
+        pixel_scale = 0.05
+        shape = (8, 8)
+
+    obs = tmp_path / "obs.npz"
+    obs.write_bytes(b"not read: only hashed")
+    other = "none" if AUTO_SOURCE_SHIFT == "sampled" else "sampled"
+
+    prior = Prior()
+
+    def fingerprint(**kw):
+        return sample_fingerprint(str(obs), SampleOptions(**kw), prior)
+
+    assert source_shift(SampleOptions()) == AUTO_SOURCE_SHIFT in ("none", "sampled")
+    assert source_shift(SampleOptions(source_shift=other)) == other
+    assert fingerprint() == fingerprint(source_shift=AUTO_SOURCE_SHIFT)
+    assert fingerprint()["source_shift"] == AUTO_SOURCE_SHIFT
+    assert fingerprint(source_shift=other)["source_shift"] == other
 
 
 def test_cli_refuses_a_sampled_placement_with_a_fixed_lens(tmp_path, capsys):

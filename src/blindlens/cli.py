@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from .cli_prepare import _add_example, _add_make_galaxies, _add_plot_observation, _add_simulate, _add_train_prior
-from .pipeline import DEFAULTS, SOURCE_MOVES, SOURCE_SHIFTS, WARMUP_SOURCE_MOVES, SampleOptions
+from .pipeline import AUTO_SOURCE_SHIFT, DEFAULTS, SOURCE_MOVES, SOURCE_SHIFTS, WARMUP_SOURCE_MOVES, SampleOptions
 
 # the joint pipeline lives in blindlens.pipeline; these names stay here for the subcommands and tests
 from .pipeline import check_joint_outputs as _check_joint_outputs  # noqa: F401
@@ -122,7 +122,7 @@ def _run_sample(args):
     if args.target_ess is not None or args.max_minutes is not None:
         raise ValueError("--target-ess and --max-minutes are for joint runs; with --fixed-lens use --num-samples "
                          "(the source draws are independent).")
-    if args.source_shift != "none":
+    if args.source_shift == "sampled":
         raise ValueError("--source-shift samples the grid's placement with the lens; --fixed-lens holds the lens "
                          "(and the grid) fixed: drop one.")
     from .fixed_lens import run_fixed_lens
@@ -201,8 +201,8 @@ def _add_joint_sample_arguments(p) -> None:
     g.add_argument("--source-shift", choices=SOURCE_SHIFTS, default=DEFAULTS.source_shift,
                    help="sampled: sample the source grid's sub-pixel placement as a constant deflection "
                         "(sites alpha_x, alpha_y, uniform over two source pixels), so the lens posterior averages "
-                        "over where the grid lies under the source (docs/joint_inference.md); none (default): the "
-                        "grid stays where --source-center puts it")
+                        "over where the grid lies under the source (docs/joint_inference.md); none: the grid stays "
+                        f"where --source-center puts it; auto (default): {AUTO_SOURCE_SHIFT}")
     g.add_argument("--lens-light", choices=("none", "sersic"), default=DEFAULTS.lens_light,
                    help="sersic: model the deflector's light with elliptical Sérsic components (sites "
                         "lens_light_amp, lens_light_R_sersic, ...; docs/real_data.md); none (default): the image "

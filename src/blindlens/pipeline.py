@@ -67,7 +67,7 @@ class SampleOptions:
     cutout_sky: tuple | None = None
     # joint lens + source inference
     lens_model: str = "sie+shear"
-    source_shift: str = "none"
+    source_shift: str = "auto"
     lens_light: str = "none"
     lens_light_components: int = 1
     tie_light_center: bool = False
@@ -155,10 +155,15 @@ sweep's move (a fresh guided draw, the guided refresh, or ``none``: the sweep's 
 ``auto`` is a fresh draw before split Gibbs in chains whose start misfits
 (:data:`AUTO_DESCENT_THRESHOLD`), and ``none`` before the refresh or with vectorized chains."""
 
-SOURCE_SHIFTS = ("none", "sampled")
+SOURCE_SHIFTS = ("auto", "none", "sampled")
 """``--source-shift``: ``sampled`` adds the source grid's sub-pixel placement to the lens model as a
 constant deflection ``alpha_x, alpha_y ~ U(-p, p)`` (:func:`blindlens.inference.source_shift_model.with_source_shift`),
-so the lens posterior averages over where the grid lies under the source; ``none`` keeps the grid fixed."""
+so the lens posterior averages over where the grid lies under the source; ``none`` keeps the grid fixed;
+``auto`` is :data:`AUTO_SOURCE_SHIFT` (:func:`source_shift`)."""
+
+AUTO_SOURCE_SHIFT = "none"
+"""What ``--source-shift auto`` (the default) does in a joint run (a ``--fixed-lens`` run never
+samples the placement)."""
 
 DEFAULTS = SampleOptions()
 """The default options (the command line's defaults)."""
@@ -210,7 +215,7 @@ def run_lens_model(lens_model, options, observation, prior):
     """The lens model a joint run samples: ``lens_model`` (``--lens-model``, loaded), plus the source
     grid's placement (``--source-shift sampled``, at ``prior``'s pixel scale) and the deflector light
     (``--lens-light sersic``, its amplitude prior scaled to ``observation``), in that order."""
-    if options.source_shift == "sampled":
+    if source_shift(options) == "sampled":
         from .inference.source_shift_model import with_source_shift
 
         lens_model = with_source_shift(lens_model, float(prior.pixel_scale))
@@ -329,8 +334,16 @@ def sample_fingerprint(observation, options, prior) -> dict:
         value = getattr(options, f.name)
         if value != f.default:
             newer[f.name] = file_sha256(value) if _is_file_option(f.name) and value is not None else value
+    settings = {name: getattr(options, name) for name in _CHECKPOINT_SETTINGS}
+    settings["source_shift"] = source_shift(options)  # what ran, so that "auto" resumes a run of its meaning
     return {"observation": file_sha256(observation), "lens_model": lens, "prior": prior_fingerprint(prior),
-            **{name: getattr(options, name) for name in _CHECKPOINT_SETTINGS}, **newer, "blindlens": __version__}
+            **settings, **newer, "blindlens": __version__}
+
+
+def source_shift(options: SampleOptions) -> str:
+    """Whether a joint run samples the source grid's placement: ``"sampled"`` or ``"none"``
+    (``--source-shift``, where ``auto`` is :data:`AUTO_SOURCE_SHIFT`)."""
+    return AUTO_SOURCE_SHIFT if options.source_shift == "auto" else options.source_shift
 
 
 def source_move(options: SampleOptions) -> str:
@@ -493,7 +506,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
         prior = prior.with_flux_scale(options.flux_scale)
     lens_model = run_lens_model(base_lens_model, options, obs, prior)
     sites = lens_site_names(lens_model)
-    if verbose and options.source_shift == "sampled":
+    if verbose and source_shift(options) == "sampled":
         print(f"source grid placement sampled: alpha_x, alpha_y ~ U(+-{prior.pixel_scale:.4g}\") "
               "(--source-shift sampled)", flush=True)
     guidance = guidance_by_name(options.guidance)
