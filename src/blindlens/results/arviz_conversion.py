@@ -53,6 +53,7 @@ from .posterior_figures import (  # re-exported: the container readers and the c
     lens_parameter_names,
     nuisance_parameter_names,
     plot_lens_pair,
+    source_draws,
     stored_truth,
 )
 
@@ -552,8 +553,8 @@ def plot_joint_summary(idata, path, observation=None):
     obs = idata.observed_data[IMAGE_SITE].values
     model_mean = idata.posterior_predictive["model_image"].mean(("chain", "draw")).values
     resid = idata.posterior_predictive["normalized_residual"].mean(("chain", "draw")).values
-    src = idata.posterior[SOURCE_SITE]
-    src_mean, src_std = src.mean(("chain", "draw")).values, src.std(("chain", "draw")).values
+    src = source_draws(idata)  # in the source plane's frame (a sampled grid placement undone)
+    src_mean, src_std = src.mean(axis=0), src.std(axis=0)
 
     def extent(prefix, ds):
         x, y = ds[f"{prefix}_x"].values, ds[f"{prefix}_y"].values

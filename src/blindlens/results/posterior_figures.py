@@ -105,6 +105,14 @@ def _source_grid(idata) -> PixelGrid:
     return _grid_from_coords(idata.posterior, "source", None if scale is None else float(scale))
 
 
+def source_draws(idata) -> np.ndarray:
+    """``(chain * draw, sy, sx)`` source draws in the source plane's frame: as stored, or moved by
+    each draw's sampled grid placement (:mod:`blindlens.results.source_frame`)."""
+    from .source_frame import placement_offsets, to_source_frame
+
+    return to_source_frame(_flat_draws(idata, SOURCE_SITE), placement_offsets(idata), _source_grid(idata))
+
+
 def _image_to_show(idata, observation=None) -> tuple[np.ndarray, str]:
     if observation is not None:
         return np.asarray(observation.image, float), "data"
@@ -137,14 +145,15 @@ def _lens(lens_model: Callable, values: Mapping[str, float]):
     return lens_from_values(lens_model, {k: jnp.asarray(float(v)) for k, v in values.items()})
 
 
-def _truth_lens(truth, names, lens_model):
-    """The true lens: ``truth["lens"]`` (a lens Module, as ``load_truth`` returns) or all lens sites' values."""
+def _truth_lens(truth, names, lens_model, zero=()):
+    """The true lens: ``truth["lens"]`` (a lens Module, as ``load_truth`` returns) or all lens sites' values
+    (the sites in ``zero``, a sampled grid placement, at 0: the truth lives in the source plane's frame)."""
     if truth is None:
         return None
     if truth.get("lens") is not None:
         return truth["lens"]
     if all(n in truth for n in names):
-        return _lens(lens_model, {n: truth[n] for n in names})
+        return _lens(lens_model, {**{n: truth[n] for n in names}, **dict.fromkeys(zero, 0.0)})
     return None
 
 
@@ -185,25 +194,40 @@ def posterior_lens_curves(
     ``(chain, draw)`` axis; the median lens takes the median of each parameter. Arguments as in
     :func:`plot_critical_curves`.
     """
+    from ..inference.numpyro_model import nuisance_site_names
     from ..physics.lens_models import critical_curves_and_caustics
+    from .source_frame import placement_offsets
 
     names = lens_parameter_names(idata)
     if not names:
         raise ValueError("the InferenceData has no lens parameters (a fixed-lens run?): no critical curves to draw.")
-    lens_model = _default_lens_model(names) if lens_model is None else lens_model
+    nuisance = nuisance_parameter_names(idata)
+    if lens_model is None:  # the shipped mass model: lenses without the placement, caustics in the source frame
+        names = [n for n in names if n not in nuisance]
+        lens_model = _default_lens_model(names)
+    # a model with the placement puts the caustics on its grid: moved by +alpha into the source frame
+    offsets = placement_offsets(idata) if set(nuisance) & set(nuisance_site_names(lens_model)) else None
     grid = _image_grid(idata) if grid is None else grid
     draws = {n: _flat_draws(idata, n) for n in names}
     n_total = draws[names[0]].shape[0]
     pick = np.unique(np.linspace(0, n_total - 1, max(min(int(num_draws), n_total), 0)).round().astype(int))
 
-    def curves(lens):
-        return critical_curves_and_caustics(lens, grid, supersampling)
+    def curves(lens, offset=None):
+        critical, caustics = critical_curves_and_caustics(lens, grid, supersampling)
+        if offset is not None:
+            caustics = [line + np.asarray(offset, float) for line in caustics]
+        return critical, caustics
 
-    true_lens = _truth_lens(truth, names, lens_model)
+    def offset(i):
+        return None if offsets is None else offsets[i]
+
+    true_lens = _truth_lens(truth, [n for n in names if n not in nuisance], lens_model,
+                            zero=[n for n in names if n in nuisance])
     return {
         "index": pick,
-        "draws": [curves(_lens(lens_model, {n: draws[n][i] for n in names})) for i in pick],
-        "median": curves(_lens(lens_model, {n: np.median(draws[n]) for n in names})),
+        "draws": [curves(_lens(lens_model, {n: draws[n][i] for n in names}), offset(i)) for i in pick],
+        "median": curves(_lens(lens_model, {n: np.median(draws[n]) for n in names}),
+                         None if offsets is None else np.median(offsets, axis=0)),
         "truth": curves(true_lens) if true_lens is not None else None,
     }
 
@@ -257,7 +281,7 @@ def plot_critical_curves(
     sampled, median, true = curves["draws"], curves["median"], curves["truth"]
     image, image_title = _image_to_show(idata, observation)
     source_grid = _source_grid(idata)
-    source_mean = _flat_draws(idata, SOURCE_SITE).mean(axis=0)
+    source_mean = source_draws(idata).mean(axis=0)
 
     fig, (ax_i, ax_s) = plt.subplots(1, 2, figsize=(10.5, 4.8))
     panels = ((ax_i, image, image_grid, 0, f"{image_title} and critical curves", "cyan"),
@@ -301,7 +325,7 @@ def plot_source_comparison(idata, path, true_source, true_pixel_scale: float, tr
     if true_source.ndim != 2:
         raise ValueError(f"the true source must be a 2-D array, got shape {true_source.shape}.")
     true_grid = PixelGrid(true_source.shape, float(true_pixel_scale), (float(true_center[0]), float(true_center[1])))
-    src = _flat_draws(idata, SOURCE_SITE)
+    src = source_draws(idata)
     mean, std = src.mean(axis=0), src.std(axis=0)
     grid = _source_grid(idata)
     # the true source's range: a posterior mean that over- or undershoots it shows as saturated

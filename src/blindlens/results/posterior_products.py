@@ -7,7 +7,9 @@ writes as FITS with world coordinates):
 * ``lens_light``: the posterior mean of the PSF-convolved deflector light (absent for mass-only models);
 * ``lensed_source``: ``model - lens_light``;
 * ``normalized_residual``: ``(y - model) / sigma`` on unmasked pixels, NaN on masked ones;
-* ``source_mean``, ``source_sd``: pixelwise posterior mean and sd of the source [image units per pixel].
+* ``source_mean``, ``source_sd``: pixelwise posterior mean and sd of the source [image units per pixel],
+  in the source plane's frame (draws of a sampled grid placement moved back by it:
+  :mod:`blindlens.results.source_frame`).
 
 Image units throughout; arrays ``[row=y, col=x]``.
 """
@@ -21,6 +23,7 @@ import numpy as np
 from .._types import Array, Float
 from ..inference.numpyro_model import SOURCE_SITE, lens_from_values, lens_site_names
 from ..physics.light_profiles import light_of
+from .posterior_figures import source_draws
 
 __all__ = ["posterior_products"]
 
@@ -62,6 +65,7 @@ def posterior_products(idata, joint_model, *, max_draws: int = 200) -> dict[str,
         return image, light
 
     images, lights = jax.lax.map(lambda a: one(*a), (values, jnp.asarray(sources[take])))
+    registered = source_draws(idata)
     model = np.asarray(images.mean(axis=0), np.float32)
     y = np.asarray(joint_model.image, np.float32)
     noise = np.asarray(joint_model.noise, np.float32)
@@ -69,8 +73,8 @@ def posterior_products(idata, joint_model, *, max_draws: int = 200) -> dict[str,
     out = {
         "model": model,
         "normalized_residual": np.where(mask, (y - model) / noise, np.nan).astype(np.float32),
-        "source_mean": sources.mean(axis=0).astype(np.float32),
-        "source_sd": sources.std(axis=0).astype(np.float32),
+        "source_mean": registered.mean(axis=0).astype(np.float32),
+        "source_sd": registered.std(axis=0).astype(np.float32),
     }
     light = np.asarray(lights.mean(axis=0), np.float32)
     if light_of(lens_from_values(joint_model.lens_model, {n: v[0] for n, v in values.items()})) is not None:
