@@ -87,6 +87,23 @@ def test_a_nuisance_site_apart_between_chains_is_reported_not_judged():
     assert bad.nuisance_rhat == {}
 
 
+def test_the_placement_r_hat_is_of_its_phase_within_a_pixel():
+    """Chains a whole pixel apart in alpha sit at the same placement (R-hat ~1); chains half a pixel
+    apart do not."""
+    rng = np.random.default_rng(2)
+    posterior, resid = _well_mixed(rng, chains=2)
+    jitter = 0.002 * rng.standard_normal((2, 400))
+    for centres, expect_mixed in (((-0.045, 0.005), True), ((-0.045, -0.02), False)):
+        posterior["alpha_x"] = np.array(centres)[:, None] + jitter
+        idata = _idata(posterior, resid)
+        idata.posterior.attrs["blindlens_lens_sites"] = json.dumps([*SITES, "alpha_x"])
+        idata.posterior.attrs["blindlens_nuisance_sites"] = json.dumps(["alpha_x"])
+        idata.posterior.attrs["source_pixel_scale"] = 0.05
+        rhat = check_run(idata, warn=False).nuisance_rhat["alpha_x"]
+        assert float(split_gelman_rubin(posterior["alpha_x"])) > 5  # the raw values are far apart either way
+        assert (rhat < 1.02) if expect_mixed else (rhat > 3), (centres, rhat)
+
+
 def test_rhat_and_ess_are_numpyros_on_a_known_case():
     """Chains with shifted means: the reported R-hat and ESS are numpyro.diagnostics' values, and the
     shift is reported."""

@@ -79,7 +79,8 @@ class RunReport:
     max_rhat, min_ess
         Their worst values (``None`` without lens parameters, e.g. a fixed-lens run).
     nuisance_rhat
-        Split R-hat per nuisance site (not judged; see the module docs).
+        Split R-hat per nuisance site (not judged; see the module docs); for the grid placement,
+        of its phase within a pixel (chains a whole pixel apart are at the same placement).
     num_divergent, num_transitions
         Divergent lens-NUTS transitions and all transitions (``None`` without ``diverging``).
     num_pixels
@@ -139,7 +140,8 @@ class RunReport:
             lines.append("no lens parameters in the posterior (fixed lens): R-hat and ESS not checked")
         if self.nuisance_rhat:
             rhats = ", ".join(f"{k} {_fmt(v, 3)}" for k, v in self.nuisance_rhat.items())
-            lines.append(f"nuisance split R-hat (not judged: chains may sit at different source grid placements): {rhats}")
+            lines.append("nuisance split R-hat (not judged: chains may sit at different source grid placements; "
+                         f"of the phase within a pixel): {rhats}")
         if self.num_divergent is not None:
             lines.append(f"divergent lens transitions: {self.num_divergent} of {self.num_transitions}")
         if self.chi2_per_pixel is not None:
@@ -167,6 +169,23 @@ def _nan_as(x: float, value: float) -> float:
 
 def _fmt(x, digits: int) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _nuisance_rhat(posterior, name: str) -> float:
+    """Split R-hat of a nuisance site; for the source grid's placement, of its phase within a pixel.
+
+    ``alpha_x, alpha_y ~ U(-p, p)`` span two periods of the grid: chains one pixel apart sit at
+    the same placement, so R-hat is taken of ``cos`` and ``sin`` of ``2 pi alpha / p`` (the larger).
+    """
+    from ..inference.numpyro_model import split_rhat_and_ess
+    from ..inference.source_shift_model import SOURCE_SHIFT_SITES
+
+    values = np.asarray(posterior[name].values, float)
+    period = posterior.attrs.get("source_pixel_scale")
+    if name not in SOURCE_SHIFT_SITES or period is None:
+        return split_rhat_and_ess(values)[0]
+    phase = 2 * np.pi * values / float(period)
+    return max(split_rhat_and_ess(np.cos(phase))[0], split_rhat_and_ess(np.sin(phase))[0])
 
 
 def _group(idata, name: str):
@@ -265,7 +284,7 @@ def check_run(
     for name in names:
         r, e = split_rhat_and_ess(posterior[name].values)
         rhat[name], ess[name] = r, e
-    nuisance_rhat = {name: split_rhat_and_ess(posterior[name].values)[0] for name in nuisance} if n_draw >= 4 else {}
+    nuisance_rhat = {name: _nuisance_rhat(posterior, name) for name in nuisance} if n_draw >= 4 else {}
     max_rhat = min_ess = None
     if names:
         finite_r = [v for v in rhat.values() if np.isfinite(v)]
