@@ -103,6 +103,27 @@ def test_pooled_starts_from_a_lens_prefit_start_the_trajectories_at_its_lenses(p
     assert np.all(np.abs(np.asarray(theta) - problem.truth["theta_E"]) < 0.02)
 
 
+def test_prefit_starts_draw_the_grid_placement_per_try(problem):
+    """The pre-fit leaves the placement out; each warm-start try gets its own prior draw of it, so
+    chains start at different placements, while the lens starts are the plain model's."""
+    from blindlens.chain_starts import prefit_starts
+    from blindlens.parametric_prefit import SersicPrefitConfig
+    from blindlens import with_source_shift
+
+    p = problem.source_grid.pixel_scale
+    config = SersicPrefitConfig(num_starts=4, num_steps=30, refine_runs=0)
+
+    def starts(lens_model):
+        kernel = BlindLensGibbs(lens_model, problem.observation, problem.prior, source_grid=problem.source_grid)
+        return prefit_starts(kernel, jr.key(5), 6, config)[0]
+
+    plain, shifted = starts(problem.lens_model), starts(with_source_shift(problem.lens_model, p))
+    np.testing.assert_array_equal(np.asarray(shifted["theta_E"]), np.asarray(plain["theta_E"]))
+    for name in ("alpha_x", "alpha_y"):
+        a = np.asarray(shifted[name])
+        assert a.shape == (6,) and np.all(np.abs(a) < p) and np.unique(a).size == 6, a
+
+
 class _State(NamedTuple):
     z: dict
     step_size: jnp.ndarray

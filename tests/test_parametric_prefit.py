@@ -123,6 +123,28 @@ def test_prefit_without_optimisation_does_not_find_it(prefit):
     assert float(lazy.chi2[0]) > 3 * float(found.chi2[0])
 
 
+def test_the_grid_placement_is_left_out_of_the_prefit(prefit):
+    """A model with the sampled placement pre-fits exactly as the model without it (same key: same
+    lenses and chi^2), its placement reported at 0; the wrapper above it is kept."""
+    from blindlens.inference.numpyro_model import lens_site_names, without_nuisance
+    from blindlens.inference.source_shift_model import with_source_shift
+    from blindlens.lens_light_model import with_lens_light
+
+    obs, found = prefit
+    config = SersicPrefitConfig(num_starts=8, num_steps=150, refine_runs=2, shapelet_order=2, refine_steps=50)
+    shifted = prefit_lens_with_sersic(jr.key(3), with_source_shift(sie_shear, 0.05), obs, config)
+    np.testing.assert_array_equal(np.asarray(shifted.chi2), np.asarray(found.chi2))
+    for name, v in found.runs.items():
+        np.testing.assert_array_equal(np.asarray(shifted.runs[name]), np.asarray(v))
+    assert np.all(np.asarray(shifted.runs["alpha_x"]) == 0) and float(shifted.lens["alpha_y"]) == 0
+    lit = with_lens_light(with_source_shift(sie_shear, 0.05), amp_scale=1.0)
+    stripped = without_nuisance(lit)
+    assert "alpha_x" in lens_site_names(lit) and "alpha_x" not in lens_site_names(stripped)
+    assert lens_site_names(stripped) == tuple(n for n in lens_site_names(lit) if n not in ("alpha_x", "alpha_y"))
+    assert without_nuisance(sie_shear) is sie_shear and stripped.lens_model is sie_shear
+    assert lit.lens_model is not sie_shear  # the original is not modified
+
+
 def test_prefit_config_is_checked():
     with pytest.raises(ValueError, match="num_starts >= 1"):
         SersicPrefitConfig(num_starts=0)

@@ -34,7 +34,7 @@ from .._types import Array, Float, Int, PRNGKeyArray
 from .gibbs_kernel import BlindLensGibbs, lens_unconstrained
 from .gibbsddrm import GibbsDDRMConfig, sample_gibbsddrm
 from .lens_space import LensSpace as _LensSpace
-from .numpyro_model import SOURCE_SITE, lens_from_values
+from .numpyro_model import SOURCE_SITE, lens_from_values, nuisance_site_names
 
 __all__ = [
     "ChainStarts",
@@ -208,6 +208,13 @@ def prefit_starts(kernel: BlindLensGibbs, key: PRNGKeyArray, num_tries: int, con
     dominant = max(1, int(np.sum(chi2 <= best + tol)))
     pick = np.arange(num_tries) % dominant
     starts = {name: jnp.asarray(v)[pick] for name, v in found.runs.items()}
+    # the grid placement (fitted at 0 by the pre-fit): a prior draw per try, so that chains start at
+    # different placements and the pooled chains average over more of them
+    space = _LensSpace(kernel.joint_model.lens_model)
+    nuisance = [n for n in nuisance_site_names(kernel.joint_model.lens_model) if n in starts]
+    if nuisance:
+        drawn = jax.vmap(space.prior_draw)(jr.split(jr.fold_in(key, 0x5417), num_tries))
+        starts.update({n: jnp.asarray(drawn[n], starts[n].dtype) for n in nuisance})
     shown = ", ".join(f"{v:.2f}" for v in chi2[:8] / n)
     lens = ", ".join(f"{name} {float(v[0]):+.3f}" for name, v in found.runs.items())
     note = (f"lens pre-fit (Sérsic + shapelets, {chi2.size} starts): {dominant} in the best basin (chi^2/N "

@@ -37,6 +37,8 @@ Programming in NumPyro", arXiv:1912.11554 (effect handlers, unconstrained-space 
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Callable, Mapping
 
 import equinox as eqx
@@ -64,6 +66,7 @@ __all__ = [
     "epl_shear_multipole",
     "lens_site_names",
     "nuisance_site_names",
+    "without_nuisance",
     "lens_from_values",
     "lens_log_prior",
     "lens_init_values",
@@ -290,6 +293,27 @@ def nuisance_site_names(lens_model: Callable) -> tuple[str, ...]:
         names.extend(getattr(model, "nuisance_sites", ()))
         model, depth = getattr(model, "lens_model", None), depth + 1
     return tuple(dict.fromkeys(names))
+
+
+def without_nuisance(lens_model: Callable) -> Callable:
+    """The lens model with its nuisance-only wrappers taken out (the others kept, in order).
+
+    A wrapper that adds nothing but nuisance sites says so with ``nuisance_only = True``
+    (:func:`~blindlens.inference.source_shift_model.with_source_shift`); a wrapper above it is
+    copied with its ``lens_model`` replaced. The lens pre-fit fits this model: the grid placement
+    is degenerate with its parametric source's centre, so fitting it only adds a flat direction.
+    """
+    if getattr(lens_model, "nuisance_only", False):
+        return without_nuisance(lens_model.lens_model)
+    inner = getattr(lens_model, "lens_model", None)
+    if inner is None:
+        return lens_model
+    stripped = without_nuisance(inner)
+    if stripped is inner:
+        return lens_model
+    clone = copy.copy(lens_model)
+    clone.lens_model = stripped
+    return clone
 
 
 def lens_from_values(lens_model: Callable, values: Mapping[str, Array]):

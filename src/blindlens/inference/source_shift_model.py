@@ -51,6 +51,8 @@ class _WithSourceShift:
 
     nuisance_sites = SOURCE_SHIFT_SITES
     """Sites that are not lens parameters (:func:`~blindlens.numpyro_model.nuisance_site_names`)."""
+    nuisance_only = True
+    """It adds nothing else (:func:`~blindlens.numpyro_model.without_nuisance` takes it out)."""
 
     def __init__(self, lens_model: Callable, pixel_scale: float):
         self.lens_model = lens_model
