@@ -161,7 +161,7 @@ constant deflection ``alpha_x, alpha_y ~ U(-p, p)`` (:func:`blindlens.inference.
 so the lens posterior averages over where the grid lies under the source; ``none`` keeps the grid fixed;
 ``auto`` is :data:`AUTO_SOURCE_SHIFT` (:func:`source_shift`)."""
 
-AUTO_SOURCE_SHIFT = "none"
+AUTO_SOURCE_SHIFT = "sampled"
 """What ``--source-shift auto`` (the default) does in a joint run (a ``--fixed-lens`` run never
 samples the placement)."""
 
@@ -507,8 +507,8 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
     lens_model = run_lens_model(base_lens_model, options, obs, prior)
     sites = lens_site_names(lens_model)
     if verbose and source_shift(options) == "sampled":
-        print(f"source grid placement sampled: alpha_x, alpha_y ~ U(+-{prior.pixel_scale:.4g}\") "
-              "(--source-shift sampled)", flush=True)
+        print(f"source grid placement sampled: alpha_x, alpha_y ~ U(+-{prior.pixel_scale:.4g}\"), a nuisance "
+              f"(--source-shift {options.source_shift})", flush=True)
     guidance = guidance_by_name(options.guidance)
     fingerprint = sample_fingerprint(observation, options, prior)
     placed = checkpointed_center(checkpoint_path(out), fingerprint, options) if not options.no_resume else None
