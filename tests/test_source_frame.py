@@ -63,3 +63,17 @@ def test_placement_offsets_read_the_nuisance_sites_only():
     assert placement_offsets(Idata) is None  # not declared a nuisance: not a sampled placement
     post.attrs["blindlens_nuisance_sites"] = json.dumps(["alpha_x", "alpha_y"])
     np.testing.assert_array_equal(placement_offsets(Idata), np.stack([np.arange(6.0), -np.arange(6.0)], axis=-1))
+
+
+def test_float64_draws_from_a_netcdf_are_moved_without_a_dtype_warning():
+    """A posterior read back from netCDF holds float64 sources; with JAX in float32 (the CLI) they are
+    moved in float32, silently, not with JAX's truncation warning on every run."""
+    import warnings
+
+    grid = PixelGrid((6, 6), 0.1)
+    sources = np.random.default_rng(1).normal(size=(2, 6, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        moved = to_source_frame(sources, np.array([[0.1, 0.0], [0.0, -0.1]]), grid)
+    assert moved.shape == sources.shape and np.isfinite(moved).all()
+    np.testing.assert_allclose(moved[0, :, 1:], sources[0, :, :-1], atol=1e-5)  # one pixel east, in float32

@@ -87,4 +87,5 @@ def to_source_frame(
         raise ValueError(f"to_source_frame needs (n, {grid.shape[0]}, {grid.shape[1]}) sources and (n, 2) offsets, "
                          f"got {sources.shape} and {offsets.shape}.")
     dtype = sources.dtype if np.issubdtype(sources.dtype, np.floating) else np.float32
+    dtype = jax.dtypes.canonicalize_dtype(dtype)  # float64 draws from a netCDF: float32 unless x64 is on
     return np.asarray(_register(jnp.asarray(sources, dtype), jnp.asarray(offsets, dtype), grid))
