@@ -93,26 +93,9 @@ def lens_max_rhat(record: dict) -> float:
 
 def split_rhat(x) -> float:
     """Rank-normalised split R-hat (max of bulk and folded; Vehtari et al. 2021) of ``(chain, draw)``."""
-    from scipy.stats import norm, rankdata
+    from blindlens.inference.mixing_diagnostics import rank_normalized_split_rhat
 
-    x = np.asarray(x, float)
-    half = x.shape[1] // 2
-    if half < 2 or not np.all(np.isfinite(x)):
-        return float("nan")
-    s = np.concatenate([x[:, :half], x[:, x.shape[1] - half:]], axis=0)
-
-    def rhat(y):
-        w = y.var(axis=1, ddof=1).mean()
-        b = half * y.mean(axis=1).var(ddof=1)
-        if not w > 0:
-            return float("nan")
-        return float(np.sqrt(((half - 1) / half * w + b / half) / w))
-
-    def normal_scores(y):
-        r = rankdata(y, method="average").reshape(y.shape)
-        return norm.ppf((r - 0.375) / (y.size + 0.25))
-
-    return max(rhat(normal_scores(s)), rhat(normal_scores(np.abs(s - np.median(s)))))
+    return rank_normalized_split_rhat(x)
 
 
 def draw_chi2(path) -> tuple[np.ndarray, str]:

@@ -40,14 +40,15 @@ def test_a_run_stops_at_the_first_chunk_that_reaches_the_target():
 
 def test_chains_stuck_in_separate_modes_never_count_as_converged():
     """The broken case: two chains started in two well-separated modes, which NUTS does not jump between.
-    R-hat stays huge and the draw budget, not convergence, ends the run."""
+    R-hat stays far above 1 (rank-normalised: about 1.8 for chains that never overlap) and the draw
+    budget, not convergence, ends the run."""
     target = ConvergenceTarget(target_ess=50.0, max_draws=150)
     run = run_chains(NUTS(_bimodal_model), jr.key(1), num_chains=2, num_warmup=50, target=target, chunk=50,
                      init_params={"x": jnp.array([-8.0, 8.0])}, progress=False)
     x = run.samples["x"]
     assert np.all(x[0] < 0) and np.all(x[1] > 0)  # the premise: each chain stays in its mode
     assert run.converged is False and run.stop_reason == "draw budget" and run.draws == 150
-    assert run.history[-1].max_rhat > 2.0 and not run.history[-1].reached(target)
+    assert run.history[-1].max_rhat > 1.5 and not run.history[-1].reached(target)
 
 
 def test_the_time_budget_stops_a_run_before_a_chunk_would_overrun_it():

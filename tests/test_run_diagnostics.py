@@ -7,7 +7,7 @@ import arviz as az
 import numpy as np
 import pytest
 import xarray as xr
-from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+from numpyro.diagnostics import split_gelman_rubin
 
 import blindlens
 from blindlens.run_diagnostics import BlindLensRunWarning, RunReport, check_run
@@ -79,11 +79,11 @@ def test_a_nuisance_site_apart_between_chains_is_reported_not_judged():
         warnings.simplefilter("error")
         report = check_run(idata)
     assert report.ok and report.lens_parameters == SITES and report.max_rhat < 1.01
-    expected = float(split_gelman_rubin(posterior["alpha_x"]))
-    assert report.nuisance_rhat["alpha_x"] == pytest.approx(expected, rel=0.05) and expected > 5
+    expected = float(az.rhat(posterior["alpha_x"], method="rank"))  # four placements inside one period
+    assert report.nuisance_rhat["alpha_x"] == pytest.approx(expected, rel=0.05) and expected > 1.5
     assert "nuisance split R-hat" in str(report) and "alpha_x" in str(report)
     bad = check_run(broken, warn=False)
-    assert not bad.ok and bad.max_rhat > 5 and "(alpha_x)" in bad.warnings[0]
+    assert not bad.ok and bad.max_rhat > 1.5 and "(alpha_x)" in bad.warnings[0]
     assert bad.nuisance_rhat == {}
 
 
@@ -101,28 +101,41 @@ def test_the_placement_r_hat_is_of_its_phase_within_a_pixel():
         idata.posterior.attrs["source_pixel_scale"] = 0.05
         rhat = check_run(idata, warn=False).nuisance_rhat["alpha_x"]
         assert float(split_gelman_rubin(posterior["alpha_x"])) > 5  # the raw values are far apart either way
-        assert (rhat < 1.02) if expect_mixed else (rhat > 3), (centres, rhat)
+        assert (rhat < 1.02) if expect_mixed else (rhat > 1.5), (centres, rhat)
 
 
-def test_rhat_and_ess_are_numpyros_on_a_known_case():
-    """Chains with shifted means: the reported R-hat and ESS are numpyro.diagnostics' values, and the
-    shift is reported."""
+def test_rhat_and_ess_are_the_summary_table_s_on_a_known_case():
+    """Chains with shifted means: the reported R-hat is ArviZ's rank-normalised split R-hat (what the
+    summary table prints) and the ESS its bulk ESS, and the shift is reported; the classic split
+    R-hat of the same draws differs (check_run printed it before, beside the table's other number)."""
     rng = np.random.default_rng(1)
     posterior, resid = _well_mixed(rng, chains=2, draws=200)
     posterior["theta_E"] = posterior["theta_E"] + np.array([[0.0], [0.02]])  # 2 sd apart
     report = check_run(_idata(posterior, resid), warn=False)
     x = posterior["theta_E"]
-    assert report.rhat["theta_E"] == pytest.approx(float(split_gelman_rubin(x)), rel=1e-6)
-    assert report.ess["theta_E"] == pytest.approx(float(effective_sample_size(x)), rel=1e-6)
+    assert report.rhat["theta_E"] == pytest.approx(float(az.rhat(x, method="rank")), rel=1e-9)
+    assert report.rhat["theta_E"] != pytest.approx(float(split_gelman_rubin(x)), rel=1e-3)
+    assert report.ess["theta_E"] == pytest.approx(float(az.ess(x, method="bulk")), rel=0.05)
     assert report.rhat["theta_E"] > 1.1
     assert not report.ok and any("R-hat" in w and "run longer" in w for w in report.warnings)
-    # an exact hand computation of split R-hat (BDA3 eq. 11.4) on a tiny case
+    # an exact hand computation on a tiny case (Vehtari et al. 2021): split halves, normal scores of
+    # the pooled ranks (ties averaged), R-hat (BDA3 eq. 11.4) of those and of the folded draws' scores
+    from scipy.special import ndtri
+    from scipy.stats import rankdata
+
     y = np.array([[0.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]])
     halves = np.array([[0.0, 1.0], [2.0, 3.0], [1.0, 2.0], [3.0, 4.0]])
     n = 2
-    w = halves.var(axis=1, ddof=1).mean()
-    b = n * halves.mean(axis=1).var(ddof=1)
-    expected = np.sqrt(((n - 1) / n * w + b / n) / w)
+
+    def rhat(h):
+        w = h.var(axis=1, ddof=1).mean()
+        b = n * h.mean(axis=1).var(ddof=1)
+        return np.sqrt(((n - 1) / n * w + b / n) / w)
+
+    def scores(h):
+        return ndtri((rankdata(h).reshape(h.shape) - 0.375) / (h.size + 0.25))
+
+    expected = max(rhat(scores(halves)), rhat(scores(np.abs(halves - np.median(halves)))))
     post = {"theta_E": np.stack([y[0], y[1]]), "e1": rng.standard_normal((2, 4))}
     assert check_run(_idata(post), warn=False).rhat["theta_E"] == pytest.approx(expected, rel=1e-6)
 

@@ -52,6 +52,7 @@ from numpyro.infer.util import log_density
 from .._types import Array, Float
 from ..physics.grid import PixelGrid
 from ..physics.linear_operator import AbstractLinearOperator
+from .mixing_diagnostics import split_rhat_and_ess  # re-exported (its home before 2026-12-05)
 
 __all__ = [
     "SOURCE_SITE",
@@ -361,20 +362,6 @@ def is_default_init_strategy(init_strategy) -> bool:
         return True
     func = getattr(init_strategy, "func", None)  # functools.partial(init_to_uniform, radius=2)
     return func is init_to_uniform and dict(getattr(init_strategy, "keywords", {}) or {}) in ({}, {"radius": 2})
-
-
-def split_rhat_and_ess(draws) -> tuple[float, float]:
-    """``(split R-hat, effective sample size)`` of ``(chain, draw)`` draws of one scalar, by
-    ``numpyro.diagnostics`` (``split_gelman_rubin``, Gelman et al. 2013 BDA3 §11.4;
-    ``effective_sample_size``, Geyer's initial monotone sequence). NaN when a chain has fewer
-    than 4 draws or the draws are not finite."""
-    import numpy as np
-    from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
-
-    x = np.asarray(draws, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] < 4 or not np.all(np.isfinite(x)):
-        return float("nan"), float("nan")
-    return float(split_gelman_rubin(x)), float(effective_sample_size(x))
 
 
 # --- the joint model ------------------------------------------------------------------------

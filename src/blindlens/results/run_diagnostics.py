@@ -4,9 +4,10 @@
 the xarray ``DataTree`` of ArviZ >= 1.0: only ``idata.<group>[name].values`` and ``.attrs`` are
 used) and checks, in one place:
 
-* **mixing** of the lens parameters: max split R-hat <= 1.01 and min ESS >= 100 (the current
-  Stan/ArviZ guidance, Vehtari et al. 2021, Bayesian Analysis 16, 667), computed by
-  ``numpyro.diagnostics`` on NumPy arrays (:func:`blindlens.numpyro_model.split_rhat_and_ess`).
+* **mixing** of the lens parameters: max rank-normalised split R-hat <= 1.01 and min bulk ESS >=
+  100 (the current Stan/ArviZ guidance, Vehtari et al. 2021, Bayesian Analysis 16, 667), computed
+  on NumPy arrays by :func:`blindlens.inference.mixing_diagnostics.split_rhat_and_ess`, the
+  definition of the summary table's R-hat and of the ``--target-ess`` stopping rule.
   Nuisance sites of the lens model (the source grid's placement ``alpha_x, alpha_y`` of
   ``--source-shift sampled``) are not judged: their R-hat is reported in
   :attr:`RunReport.nuisance_rhat` and printed, since chains that sit at different placements are
@@ -177,7 +178,7 @@ def _nuisance_rhat(posterior, name: str) -> float:
     ``alpha_x, alpha_y ~ U(-p, p)`` span two periods of the grid: chains one pixel apart sit at
     the same placement, so R-hat is taken of ``cos`` and ``sin`` of ``2 pi alpha / p`` (the larger).
     """
-    from ..inference.numpyro_model import split_rhat_and_ess
+    from ..inference.mixing_diagnostics import split_rhat_and_ess
     from ..inference.source_shift_model import SOURCE_SHIFT_SITES
 
     values = np.asarray(posterior[name].values, float)
@@ -278,7 +279,7 @@ def check_run(
         )
 
     # --- mixing of the lens parameters ---
-    from ..inference.numpyro_model import split_rhat_and_ess
+    from ..inference.mixing_diagnostics import split_rhat_and_ess
 
     rhat, ess = {}, {}
     for name in names:
