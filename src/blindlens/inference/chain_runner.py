@@ -13,7 +13,8 @@ above all) as
 3. stopping either after ``num_draws`` draws (a fixed-length run) or, with a
    :class:`ConvergenceTarget`, at the first chunk after which every monitored site has
    rank-normalised split R-hat <= ``max_rhat`` and bulk ESS >= ``target_ess``
-   (:mod:`blindlens.inference.mixing_diagnostics`, as :func:`blindlens.check_run`), or when the draw or time budget ends, whichever comes first.
+   (:mod:`blindlens.inference.mixing_diagnostics`, as :func:`blindlens.check_run`), or when the
+   draw or time budget ends, whichever comes first.
 
 After every chunk of a convergence-driven run a line reports the current max R-hat and min ESS
 (with the sites that set them) and the projected draws and time to the target, assuming the ESS
@@ -182,7 +183,8 @@ def convergence_check(samples: dict, sites: Sequence[str], draws: int = 0, secon
     -------
     ConvergenceCheck
         NaN R-hat/ESS when a chain has fewer than 4 draws or a draw is not finite
-        (rank-normalised split R-hat and bulk ESS: :func:`blindlens.inference.mixing_diagnostics.split_rhat_and_ess`).
+        (rank-normalised split R-hat and bulk ESS:
+        :func:`blindlens.inference.mixing_diagnostics.split_rhat_and_ess`).
     """
     from .mixing_diagnostics import split_rhat_and_ess
 
