@@ -198,6 +198,29 @@ def test_centre_tie_pulls_the_mass_centre_to_the_light_only_with_light():
         assert off.sd == 0.0
 
 
+def test_held_starts_keep_the_mass_centre_on_the_light_and_free_ones_do_not():
+    """``tied_fraction``: that share of the starts fit the Sérsic stage with the mass centre on the
+    light's (exactly); the others move it (the weak tie does not hold it); all ranked by chi^2."""
+    from blindlens.inference.lens_light_model import amp_scale_of, with_lens_light
+
+    base = _observation()
+    n, d = base.image.shape[0], 0.06
+    c = (np.arange(n) - (n - 1) / 2) * d
+    x, y = np.meshgrid(c, c)
+    light = np.asarray(sersic_ellipse(jnp.asarray(x), jnp.asarray(y), amp=4.0, R_sersic=0.3, n_sersic=2.0, e1=0.05,
+                                      e2=0.0, center_x=TRUE_LENS["center_x"], center_y=TRUE_LENS["center_y"]))
+    obs = Observation(np.asarray(base.image) + light, np.asarray(base.noise), _psf(), d)
+    model = with_lens_light(sie_shear, amp_scale=amp_scale_of(obs))
+    found = prefit_lens_with_sersic(jr.key(3), model, obs,
+                                    SersicPrefitConfig(num_starts=4, num_steps=30, refine_runs=0, tied_fraction=0.5))
+    runs = {k: np.asarray(v) for k, v in found.runs.items()}
+    offset = np.hypot(runs["center_x"] - runs["lens_light_center_x"], runs["center_y"] - runs["lens_light_center_y"])
+    assert np.sum(offset < 1e-6) == 2 and np.sum(offset > 1e-4) == 2, offset
+    assert np.all(np.diff(np.asarray(found.chi2)) >= 0)
+    with pytest.raises(ValueError, match="tied_fraction"):
+        SersicPrefitConfig(tied_fraction=1.5)
+
+
 def test_light_amplitudes_are_written_back_only_inside_the_prior():
     """The runs carry the fitted light amplitude, unless it falls outside its prior's support."""
     from blindlens.inference.lens_light_model import with_lens_light
