@@ -87,7 +87,7 @@ class SersicPrefitConfig(eqx.Module):
         refined with the weak tie and all are ranked together by chi^2. The weak tie is a few
         nats against a chi^2 of 10^4-10^5, so while the Sérsic source is wrong it does not keep the
         mass near the light: on a compact lenstronomy system (theta_E 0.83") every free start ended
-        0.2" off at chi^2/N >= 16.1, where starts held on the light reach 10.6 (docs/real_data.md).
+        0.2" off at chi^2/N >= 16.1, where starts held on the light reach 10.4 (docs/real_data.md).
     """
 
     num_starts: int = eqx.field(static=True, default=48)
@@ -285,9 +285,10 @@ def prefit_lens_with_sersic(
     def objective(u):
         return fit(u)[0]
 
-    # starts whose Sérsic stage holds the mass centre on the light's (the weak tie alone does not)
+    # starts whose Sérsic stage holds the mass centre on the light's (the weak tie alone does not);
+    # the last ones, so that run 0 (``init_lens``) keeps its own centre
     num_held = round(config.tied_fraction * config.num_starts) if tie.sd else 0
-    held = jnp.arange(config.num_starts) < num_held
+    held = jnp.arange(config.num_starts) >= config.num_starts - num_held
 
     def hold(u, h):
         """``u`` with the mass centre on the light's where ``h``."""
