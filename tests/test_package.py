@@ -20,7 +20,7 @@ CONFINED = {
                 "source_moves", "chain_runner", "mixing_diagnostics", "testing"},  # models, kernel and its blocks, MCMC driver; the test oracles' lens model
     "arviz": {"arviz_conversion"},
     "xarray": {"arviz_conversion"},
-    "astropy": {"observation", "survey_fits"},
+    "astropy": {"observation", "survey_fits", "fits_products"},  # FITS I/O: reading, survey input, writers
     "h5py": {"image_sets"},
     "distributed": {"catalogue"},  # the catalogue engine (Dask)
     "dask": {"catalogue"},

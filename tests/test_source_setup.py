@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from blindlens import cli
-from blindlens.catalogue import _cell
+from blindlens.catalogue_input import _cell
 from blindlens.lens_models import SIE, CompositeLens, ExternalShear
 from blindlens.lensing_operator import source_centroid
 from blindlens.numpyro_model import sie_shear

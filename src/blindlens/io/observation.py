@@ -8,7 +8,8 @@ FITS
     1-sigma map, or a primary-header scalar ``NOISESIG``. Extension ``PSF``: odd-sized kernel at
     the image pixel scale, unit sum. Optional extension ``MASK``: 1 = pixel used, 0 = ignored.
     Optional sky frame: keywords ``P2A1_1, P2A1_2, P2A2_1, P2A2_2`` = the ``pix2angle`` matrix
-    (arcsec/pixel); an observation read from a survey file also keeps its celestial WCS.
+    (arcsec/pixel); an observation read from a survey file also keeps its celestial WCS, whose
+    ``pix2angle`` is :func:`sky_frame_matrix` (shared by the survey reader and the FITS writers).
 Survey FITS
     A file with a celestial WCS or a ``SCI`` extension (HST/JWST/Euclid layouts: ``SCI``, ``ERR``,
     ``WHT``, ``DQ``, ``PSF``, a separate PSF file, cut-outs) is read by
@@ -18,7 +19,7 @@ npz
     ``center``, ``pix2angle``, ``wcs_header``, ``noise_source``.
 
 astropy is imported lazily, inside the FITS functions, and nowhere else in blindlens except
-:mod:`blindlens.survey_fits`.
+:mod:`blindlens.survey_fits` and :mod:`blindlens.io.fits_products`.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from .._types import Image, Kernel
+from .._types import Array, Float, Image, Kernel
 from ..physics.grid import PixelGrid
 from ..physics.psf import PSF, validate_psf_kernel
 
-__all__ = ["Observation", "load_observation", "save_observation", "read_fits_array", "read_npz"]
+__all__ = ["Observation", "load_observation", "save_observation", "read_fits_array", "read_npz", "sky_frame_matrix"]
 
 
 class Observation(eqx.Module):
@@ -276,6 +277,22 @@ def read_pix2angle(header) -> np.ndarray | None:
     if missing:
         raise ValueError(f"the FITS header has a partial pix2angle: {missing} missing; give all four P2Ai_j keywords.")
     return np.array([float(header[k]) for k in keys]).reshape(2, 2)
+
+
+def sky_frame_matrix(wcs) -> Float[Array, "2 2"]:
+    """``pix2angle`` (arcsec/pixel) of a celestial astropy WCS: rows (east, north), columns (i, j)."""
+    m = np.asarray(wcs.pixel_scale_matrix, np.float64) * 3600.0
+    lng, lat = wcs.wcs.lng, wcs.wcs.lat
+    return m[[lng, lat], :] if (lng, lat) != (0, 1) else m
+
+
+def _skycoord(position):
+    from astropy.coordinates import SkyCoord
+
+    if isinstance(position, SkyCoord):
+        return position
+    ra, dec = position
+    return SkyCoord(float(ra), float(dec), unit="deg")
 
 
 def _is_survey_layout(hdus) -> bool:
