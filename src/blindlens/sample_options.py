@@ -45,7 +45,7 @@ class SampleOptions:
     solver: str = "auto"
     source_center: Any = "auto"
     flux_scale: float | None = None
-    supersampling: int = 2
+    supersampling: int = 3
     seed: int = 0
     # the observation's companions (survey FITS: docs/real_data.md)
     psf: str | None = field(default=None, metadata={"file": True})
