@@ -271,6 +271,7 @@ def test_cli_sample_fixed_lens(tmp_path, monkeypatch):
     from blindlens.source_posterior import fixed_lens_operator
 
     from blindlens import cli
+    from blindlens.pipeline import DEFAULTS
 
     prior = GaussianSourcePrior.squared_exponential((8, 8), 1.5, VESDE(1e-3, 10.0), 0.1, amplitude=0.5, jitter=1e-3)
     monkeypatch.setattr(ScorePrior, "load", classmethod(lambda cls, path: prior))
@@ -278,7 +279,7 @@ def test_cli_sample_fixed_lens(tmp_path, monkeypatch):
     mask = np.ones((16, 16)).astype(bool)
     mask[0, :3] = False
     blank = Observation(np.zeros((16, 16)), 0.05, gaussian_psf(0.15, 0.08), 0.08, mask=mask)
-    op = fixed_lens_operator(blank, lens, prior)
+    op = fixed_lens_operator(blank, lens, prior, supersampling=DEFAULTS.supersampling)  # the CLI's operator
     image = np.asarray(op(prior.sample(jr.key(0), 1)[0])) + 0.05 * np.asarray(jr.normal(jr.key(1), (16, 16)))
     obs_path = save_observation(Observation(image, 0.05, blank.psf, 0.08, mask=mask), tmp_path / "obs.npz")
     lens_path = save_lens_config(lens, tmp_path / "lens.toml")
