@@ -87,7 +87,6 @@ class Cutout:
             raise ValueError("Cutout needs exactly one centre: pixel=(x, y) or sky=SkyCoord / (ra_deg, dec_deg).")
 
 
-
 def load_survey_observation(
     path: str | os.PathLike,
     *,
