@@ -42,16 +42,13 @@ import numpy as np
 
 from blindlens.inference.chain_starts import prefit_starts
 from blindlens.inference.gibbs_core import GibbsCore
-from blindlens.inference.gibbs_kernel import BlindLensGibbs
-from blindlens.inference.gibbsddrm import GibbsDDRMConfig, sample_gibbsddrm
+from blindlens.inference.gibbsddrm import sample_gibbsddrm
 from blindlens.inference.lens_space import LensSpace
 from blindlens.inference.numpyro_model import lens_from_values, nuisance_site_names
 from blindlens.inference.parametric_prefit import SersicPrefitConfig
 from blindlens.io.observation import load_observation
-from blindlens.physics.grid import PixelGrid
-from blindlens.pipeline import load_lens_model, run_lens_model
+from blindlens.pipeline import build_kernel, load_lens_model, run_lens_model
 from blindlens.sample_options import SampleOptions, split_gibbs_config
-from blindlens.source.likelihood_score import guidance_by_name
 from blindlens.source_setup import (
     load_source_prior,
     resolve_prior_spec,
@@ -66,13 +63,7 @@ def build(system: Path, options: SampleOptions, prefit_config=None):
     prior = load_source_prior(resolve_prior_spec(options.prior, obs))
     lens_model = run_lens_model(load_lens_model(options.lens_model), options, obs, prior)
     center, prefit = source_grid_center(options, lens_model, obs, prefit_config=prefit_config, verbose=True)
-    guidance = guidance_by_name(options.guidance)
-    kernel = BlindLensGibbs(
-        lens_model, obs, prior, warm_start=GibbsDDRMConfig(guidance=guidance, num_steps=options.warm_start_steps),
-        source_grid=PixelGrid(tuple(prior.shape), float(prior.pixel_scale), center),
-        supersampling=options.supersampling, split_gibbs=split_gibbs_config(options), lens_prefit=prefit,
-    )
-    return kernel, prefit
+    return build_kernel(lens_model, obs, prior, options, center=center, prefit=prefit), prefit
 
 
 def summarise(label, lens, chi2, truth, reference, num_pixels, seconds, passes, true_chi2):

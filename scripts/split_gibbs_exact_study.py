@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -33,7 +31,13 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from blindlens.testing.gold_problem import (
+    LowRankExactGuidance,
+    Problem,
+    exact_theta_e_marginal,
+    gold_check,
+    mcse_sd,
+)
 from blindlens.testing.lensed_gaussian import gaussian_problem, posterior_metrics
 
 import blindlens.split_gibbs as sg
@@ -84,23 +88,31 @@ def exact_table(num: int) -> list[str]:
 def gold_table(seeds) -> list[str]:
     jax.config.update("jax_enable_x64", False)
     import arviz as az
-    import test_gibbs_kernel as t
     from numpyro.infer import MCMC
 
-    fixture = getattr(t.gold, "__pytest_wrapped__", None)
-    problem, grid, cdf, mean, sd = (fixture.obj if fixture is not None else t.gold.__wrapped__)()
+    from blindlens.gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig
+    from blindlens.source_posterior import SourceSamplerConfig
+
+    problem = Problem(free=("theta_E",))  # the gold standard of tests/test_gibbs_kernel.py
+    grid, cdf, mean, sd = exact_theta_e_marginal(problem)
+    exact = LowRankExactGuidance(basis=problem.basis)
     rows = [f"Exact marginal: theta_E = {mean:.5f} ± {sd:.5f}.", "",
             "| source move | seed | sweeps (chains x draws) | theta_E mean | sd | ESS | (mean − exact) / MCSE "
             "| (sd − exact) / MCSE | KS (1% critical) | network passes / sweep |", "|---|---|---|---|---|---|---|---|---|---|"]
     for seed in seeds:
         config = sg.SplitGibbsConfig(num_moves=4)
-        kernel = t._split_gibbs_kernel(problem, config)
+        kernel = BlindLensGibbs(
+            problem.lens_model, problem.observation, problem.prior,
+            source_config=SourceSamplerConfig(guidance=exact, num_steps=40),
+            warm_start=GibbsDDRMConfig(guidance=exact, num_steps=40), source_grid=problem.source_grid,
+            split_gibbs=config,
+        )
         mcmc = MCMC(kernel, num_warmup=200, num_samples=1000, num_chains=2, chain_method=jax.vmap, progress_bar=False)
         mcmc.run(jr.key(seed))
         idata = az.from_numpyro(mcmc, log_likelihood=False)
         draws = idata.posterior["theta_E"].values
         ess = float(az.ess(idata, var_names=["theta_E"])["theta_E"])
-        z_mean, z_sd, ks, ks_crit = t._gold_check(draws, ess, t._mcse_sd(draws), grid, cdf, mean, sd)
+        z_mean, z_sd, ks, ks_crit = gold_check(draws, ess, mcse_sd(draws, az.ess), grid, cdf, mean, sd)
         rows.append(f"| split Gibbs x4 | {seed} | 2 x 1000 | {draws.mean():.5f} | {draws.std():.5f} | {ess:.0f} "
                     f"| {z_mean:+.2f} | {z_sd:+.2f} | {ks:.3f} ({ks_crit:.3f}) | "
                     f"{config.network_passes_per_move * config.num_moves} |")

@@ -21,10 +21,11 @@ from blindlens.numpyro_model import joint_model
 from blindlens.observation import Observation
 from blindlens.run_diagnostics import check_run
 from blindlens.source_posterior import SourceSamplerConfig
-from test_gibbs_kernel import KS_99, Z_99, _gold_check, _mcse_sd, gold  # noqa: F401  (gold: fixture)
+from test_gibbs_kernel import _mcse_sd, gold  # noqa: F401  (gold: fixture)
 
 from blindlens.results.batch_results import batch_inference_data
-from blindlens.testing.gold_problem import LowRankExactGuidance, Problem
+from blindlens.testing.gold_problem import Z_99, LowRankExactGuidance, Problem
+from blindlens.testing.gold_problem import gold_check as _gold_check
 
 
 def _core(problem, model, **kwargs):

@@ -15,10 +15,17 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from blindlens.testing.gold_problem import LowRankExactGuidance, Problem
+from blindlens.testing.gold_problem import (
+    Z_99,
+    LowRankExactGuidance,
+    Problem,
+    exact_theta_e_marginal,
+    mcse_sd,
+)
+from blindlens.testing.gold_problem import gold_check as _gold_check
 from numpyro.infer import MCMC
 from numpyro.infer.gibbs import GIBBS_SITES_KWARG, conditioned, with_conditioning
-from numpyro.infer.util import log_density, potential_energy
+from numpyro.infer.util import potential_energy
 
 from blindlens.gibbs_kernel import (
     BlindLensGibbs,
@@ -35,8 +42,6 @@ from blindlens.observation import Observation
 from blindlens.source_posterior import SourceSamplerConfig, refresh_steps
 from blindlens.split_gibbs import SplitGibbsConfig
 
-Z_99 = 2.326  # Phi^{-1}(0.99)
-KS_99 = 1.628  # asymptotic 1% critical value of sqrt(n) D (Kolmogorov distribution)
 ARVIZ_STATS = {"diverging", "lp", "acceptance_rate", "step_size", "n_steps", "tree_depth"}
 
 
@@ -44,23 +49,7 @@ ARVIZ_STATS = {"diverging", "lp", "acceptance_rate", "step_size", "n_steps", "tr
 def gold():
     """The 16x16 GP-source problem with theta_E free, and its exact marginal on a fine grid."""
     problem = Problem(free=("theta_E",))
-
-    def log_marginal(grid):
-        return jax.lax.map(
-            lambda te: log_density(problem.marginal_model, (), {}, {"theta_E": te})[0], grid, batch_size=64
-        )
-
-    coarse = jnp.linspace(0.5, 1.2, 351)
-    mode = float(coarse[jnp.argmax(log_marginal(coarse))])
-    grid = jnp.linspace(mode - 0.012, mode + 0.012, 801)  # the posterior sd is ~1e-3
-    logp = log_marginal(grid)
-    assert int(jnp.argmax(logp)) not in (0, grid.size - 1)
-    w = np.array(jnp.exp(logp - logp.max()))
-    w /= w.sum()
-    grid = np.asarray(grid)
-    mean = float(w @ grid)
-    sd = float(np.sqrt(w @ (grid - mean) ** 2))
-    return problem, grid, np.cumsum(w), mean, sd
+    return (problem, *exact_theta_e_marginal(problem))
 
 
 def _exact_kernel(problem, observation=None, steps=40, lens_kernel=None, refresh_sigma="auto", tries=4):
@@ -79,22 +68,8 @@ def _exact_kernel(problem, observation=None, steps=40, lens_kernel=None, refresh
 
 
 def _mcse_sd(draws):
-    """Monte-Carlo standard error of the sample sd: delta method on the variance, whose MCSE uses
-    the ESS of the squared deviations (Vehtari et al. 2021, Bayesian Analysis 16, 667, App. A)."""
-    sq = (draws - draws.mean()) ** 2
-    ess_sq = float(az.ess(sq))
-    return float(np.sqrt(np.var(sq) / ess_sq) / (2 * draws.std()))
-
-
-def _gold_check(draws, ess, mcse_sd, grid, cdf, mean, sd):
-    """``(z_mean, z_sd, ks_distance, ks_critical)`` of chain draws against the exact marginal."""
-    flat = np.sort(np.ravel(draws))
-    z_mean = (flat.mean() - mean) / (flat.std() / np.sqrt(ess))
-    z_sd = (flat.std() - sd) / mcse_sd
-    f = np.interp(flat, grid, cdf)
-    n = flat.size
-    ks = max(np.max(np.arange(1, n + 1) / n - f), np.max(f - np.arange(n) / n))
-    return z_mean, z_sd, ks, KS_99 / np.sqrt(ess)
+    """MCSE of the sample sd, with ArviZ's bulk ESS of the squared deviations."""
+    return mcse_sd(draws, az.ess)
 
 
 def _run_gold(problem, observation, key, grid, cdf, mean, sd, lens_kernel=None, refresh_sigma="auto"):

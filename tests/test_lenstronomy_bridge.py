@@ -212,14 +212,19 @@ def test_to_lenstronomy_refuses_batched_parameters():
 
 def _fake_posterior():
     """An ArviZ container shaped like blindlens's: (chain, draw) per lens site, plus a source."""
-    import arviz as az
+    import xarray as xr
     from blindlens.numpyro_model import SIE_SHEAR_SITES
+    from blindlens.results.arviz_conversion import make_inference_data
 
     rng = np.random.default_rng(3)
     centre = dict(theta_E=1.2, e1=0.1, e2=-0.05, center_x=0.02, center_y=-0.01, gamma1=0.03, gamma2=0.0)
     posterior = {name: centre[name] + 0.01 * rng.standard_normal((2, 5)) for name in SIE_SHEAR_SITES}
     posterior["source"] = rng.standard_normal((2, 5, 4, 4))
-    return az.from_dict(posterior=posterior), posterior
+    dims = {name: ("chain", "draw") for name in SIE_SHEAR_SITES}
+    dims["source"] = ("chain", "draw", "source_y", "source_x")
+    dataset = xr.Dataset({name: (dims[name], value) for name, value in posterior.items()})
+    # ArviZ's own container for the installed version (from_dict's signature differs across 0.x / 1.x)
+    return make_inference_data({"posterior": dataset}), posterior
 
 
 def test_to_lenstronomy_kwargs_uses_posterior_means_by_default():

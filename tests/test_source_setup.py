@@ -147,3 +147,25 @@ def test_a_resumed_run_takes_the_grid_centre_from_its_checkpoint(tmp_path):
     assert checkpointed_center(path, fingerprint, options) == ((0.0, 0.0), False)
     path.write_bytes(b"not a checkpoint")
     assert checkpointed_center(path, fingerprint, options) == ((0.0, 0.0), False)
+
+
+def test_build_kernel_is_the_sampler_the_options_describe():
+    """The one place `blindlens sample`, the studies and the benchmarks build their kernel: the grid
+    sits where asked at the prior's pixel, and the rays, moves and warm start follow the options."""
+    from blindlens.diffusion_sde import VESDE
+    from blindlens.gaussian_prior import GaussianSourcePrior, squared_exponential_covariance
+    from blindlens.pipeline import build_kernel
+
+    prior = GaussianSourcePrior(np.zeros((8, 8)), squared_exponential_covariance((8, 8), 1.0, 0.1, jitter=1e-3),
+                                VESDE(1e-2, 20.0), 0.07)
+    obs = _observation(n=24)
+    options = SampleOptions(supersampling=2, warm_start_steps=17, warm_start_tries=3, source_move="split-gibbs")
+    kernel = build_kernel(sie_shear, obs, prior, options, center=(0.25, -0.5))
+    assert kernel.source_grid.shape == (8, 8)
+    assert kernel.source_grid.pixel_scale == pytest.approx(0.07)
+    np.testing.assert_allclose(kernel.source_grid.center, (0.25, -0.5))
+    assert kernel.joint_model.operator_factory.supersampling == 2
+    assert kernel.warm_start.num_steps == 17 and kernel.warm_start_tries == 3
+    assert kernel.split_gibbs is not None
+    other = build_kernel(sie_shear, obs, prior, SampleOptions(supersampling=3, source_move="refresh"), center=(0, 0))
+    assert other.joint_model.operator_factory.supersampling == 3 and other.split_gibbs is None

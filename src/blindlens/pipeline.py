@@ -49,7 +49,7 @@ from .source_setup import (  # re-exported: the CLI, catalogue and batch pipelin
 __all__ = ["SampleOptions", "DEFAULTS", "sample_observation", "diagnose", "load_lens_model", "load_source_prior",
            "resolve_prior_spec", "is_prior_file", "source_grid_center", "run_lens_model", "sample_fingerprint",
            "result_fingerprint", "AUTO_DESCENT_THRESHOLD", "AUTO_SOURCE_SHIFT", "SOURCE_MOVES", "SOURCE_SHIFTS",
-           "WARMUP_SOURCE_MOVES"]
+           "WARMUP_SOURCE_MOVES", "build_kernel"]
 
 
 def load_lens_model(spec: str):
@@ -253,6 +253,50 @@ def write_joint_outputs(idata, out, fig_dir, truth, *, title, lens_model=None, t
     return summary
 
 
+def build_kernel(lens_model, observation, prior, options: SampleOptions, *, center, prefit=None):
+    """The :class:`~blindlens.inference.gibbs_kernel.BlindLensGibbs` that ``blindlens sample`` runs.
+
+    Parameters
+    ----------
+    lens_model
+        The NumPyro lens model, as :func:`run_lens_model` returns it (nuisance sites included).
+    observation
+        The loaded observation (:func:`blindlens.io.observation.load_observation`).
+    prior
+        The source prior (:func:`load_source_prior`), flux scale already applied.
+    options
+        The run's :class:`SampleOptions`: guidance, diffusion and warm-start steps, solver,
+        supersampling, source moves.
+    center
+        ``(x, y)`` centre of the source grid, arcsec (:func:`source_grid_center`).
+    prefit
+        The pre-fit result or configuration that seeds the chains (``None``: none).
+
+    Returns
+    -------
+    BlindLensGibbs
+        The kernel; the command line, the studies and the benchmarks build it here so they run the
+        same sampler.
+    """
+    from .inference.gibbs_kernel import BlindLensGibbs
+    from .inference.gibbsddrm import GibbsDDRMConfig
+    from .physics.grid import PixelGrid
+    from .source.likelihood_score import guidance_by_name
+    from .source.source_posterior import SourceSamplerConfig
+
+    guidance = guidance_by_name(options.guidance)
+    return BlindLensGibbs(
+        lens_model, observation, prior,
+        source_config=SourceSamplerConfig(guidance=guidance, num_steps=options.steps, solver=options.solver),
+        warm_start=GibbsDDRMConfig(guidance=guidance, num_steps=options.warm_start_steps),
+        warm_start_tries=options.warm_start_tries,
+        source_grid=PixelGrid(tuple(prior.shape), float(prior.pixel_scale), center),
+        supersampling=options.supersampling, source_refresh_sigma=options.refresh_sigma,
+        split_gibbs=split_gibbs_config(options), lens_prefit=prefit,
+        warmup_source_move=warmup_source_move(options), warmup_source_threshold=warmup_source_threshold(options),
+    )
+
+
 def _sample(observation, out, options, *, progress=True, verbose=True, figures=True, prior=None,
             load_prior=None, write_outputs=None):
     """The joint run; returns ``(idata, summary_path, chain_run)``.
@@ -266,16 +310,11 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
     import jax
 
     from .inference.chain_runner import RunClock, run_chains
-    from .inference.gibbs_kernel import BlindLensGibbs
-    from .inference.gibbsddrm import GibbsDDRMConfig
     from .inference.numpyro_model import lens_site_names, nuisance_site_names
     from .inference.parametric_prefit import SersicPrefitConfig, SersicPrefitResult
     from .io.observation import load_observation
     from .io.run_checkpoint import checkpoint_path
-    from .physics.grid import PixelGrid
     from .results.arviz_conversion import to_inference_data
-    from .source.likelihood_score import guidance_by_name
-    from .source.source_posterior import SourceSamplerConfig
 
     options.validate()
     target = convergence_target(options)
@@ -298,7 +337,6 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
     if verbose and source_shift(options) == "sampled":
         print(f"source grid placement sampled: alpha_x, alpha_y ~ U(+-{prior.pixel_scale:.4g}\"), a nuisance "
               f"(--source-shift {options.source_shift})", flush=True)
-    guidance = guidance_by_name(options.guidance)
     fingerprint = sample_fingerprint(observation, options, prior)
     placed = checkpointed_center(checkpoint_path(out), fingerprint, options) if not options.no_resume else None
     if placed is not None:  # resuming: the grid stays where the checkpoint's draws live, no second pre-fit
@@ -311,16 +349,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
         center, prefit = source_grid_center(options, lens_model, obs, verbose=verbose)
         if isinstance(prefit, SersicPrefitResult):  # placed by the pre-fit: the checkpoint records where
             fingerprint[GRID_CENTER] = list(center)
-    grid = PixelGrid(tuple(prior.shape), float(prior.pixel_scale), center)
-    kernel = BlindLensGibbs(
-        lens_model, obs, prior,
-        source_config=SourceSamplerConfig(guidance=guidance, num_steps=options.steps, solver=options.solver),
-        warm_start=GibbsDDRMConfig(guidance=guidance, num_steps=options.warm_start_steps),
-        warm_start_tries=options.warm_start_tries,
-        source_grid=grid, supersampling=options.supersampling, source_refresh_sigma=options.refresh_sigma,
-        split_gibbs=split_gibbs_config(options), lens_prefit=prefit,
-        warmup_source_move=warmup_source_move(options), warmup_source_threshold=warmup_source_threshold(options),
-    )
+    kernel = build_kernel(lens_model, obs, prior, options, center=center, prefit=prefit)
     if verbose:
         move = source_move(options)
         detail = ("one exact split-Gibbs move" if move == "split-gibbs" else "a full guided draw"

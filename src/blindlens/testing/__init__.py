@@ -6,7 +6,9 @@ checking a sampler: problems whose posteriors are exact.
   the calibration metrics (whitened chi^2, mode weights) with their Monte-Carlo bands.
 * :mod:`blindlens.testing.gold_problem`: the joint gold standard, a low-rank Gaussian source prior
   whose lens marginal ``p(theta | y)`` is analytic (``Problem``), and the exact likelihood score in
-  the prior's basis (``LowRankExactGuidance``).
+  the prior's basis (``LowRankExactGuidance``), the exact marginal on a grid
+  (``exact_theta_e_marginal``) and the check of chain draws against it (``gold_check``, ``mcse_sd``,
+  bounds ``Z_99`` and ``KS_99``).
 
 References: docs of the validation plan (data-and-validation.md §B.2).
 """
