@@ -111,3 +111,36 @@ def test_cli_refuses_convergence_options_with_a_fixed_lens(tmp_path, capsys):
     code = cli.main(["sample", str(tmp_path / "obs.npz"), "--out", str(tmp_path / "post.nc"), "--fixed-lens",
                      str(tmp_path / "lens.toml"), "--target-ess", "400"])
     assert code == 2 and "--target-ess and --max-minutes are for joint runs" in capsys.readouterr().err
+
+
+def test_sampling_in_chunks_compiles_once_and_keeps_quiet(capfd):
+    """Without progress bars NumPyro's own silent loop would compile the whole sampling program
+    again for every chain of every chunk (and keep each executable: a long --target-ess run ran out
+    of code memory). Chunks after the first must compile nothing; nothing is drawn on stderr."""
+    import jax
+    import jax.monitoring as monitoring
+
+    compiles = []
+
+    def count(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    class ChunkClock(RunClock):
+        def say(self, message):
+            marks.append((message, len(compiles)))
+
+    marks = []
+    monitoring.register_event_duration_secs_listener(count)
+    try:
+        target = ConvergenceTarget(target_ess=1e9, max_rhat=1.01, max_draws=120)
+        run = run_chains(NUTS(_normal_model), jr.key(3), num_chains=2, num_warmup=30, target=target, chunk=30,
+                         progress=False, clock=ChunkClock(False))
+    finally:
+        monitoring.unregister_event_duration_listener(count)
+    assert run.draws == 120 and run.samples["x"].shape == (2, 120)
+    after_chunk = [n for message, n in marks if "draws per chain: max R-hat" in message]
+    assert len(after_chunk) == 4
+    assert after_chunk[-1] == after_chunk[0], f"chunks 2-4 compiled {after_chunk[-1] - after_chunk[0]} programs"
+    assert "\r" not in capfd.readouterr().err
+    jax.clear_caches()

@@ -25,7 +25,9 @@ Gelman, Simpson, Carpenter & Buerkner 2021, Bayesian Analysis 16, 667).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -271,6 +273,49 @@ def _default_sites(kernel, samples: dict) -> list[str]:
     return sorted(samples)
 
 
+class _WithoutProgressBars:
+    """A text stream that forwards everything except progress-bar redraws (text holding ``\\r``)."""
+
+    def __init__(self, target):
+        self._target = target
+
+    def write(self, text: str) -> int:
+        if "\r" not in text and text.strip():
+            self._target.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _mcmc(kernel, *, num_warmup: int, num_samples: int, num_chains: int, method, thinning: int, progress: bool):
+    """``(numpyro.infer.MCMC, context)``: the sampler of one phase and the context to run it in.
+
+    NumPyro's silent path (``progress_bar=False``) traces and compiles its sampling loop anew on
+    every ``run`` call, once per sequential chain (its loop function is a fresh ``jit`` each call),
+    and every executable stays alive: measured on a 96 x 96 lens, 18-22 s of compilation per chain
+    and chunk, and about 3,600 more memory mappings each, until XLA could not map code any more
+    ("LLVM ERROR: Unable to allocate section memory") after some 15 chunks of a ``--target-ess`` run
+    in one process. Its progress-bar path jits one step function, which JAX compiles once. So
+    sequential chains always take that path (also where NumPyro would switch bars off, under
+    ``CI``), and when no bars are wanted their redraws are dropped from ``stderr`` while
+    everything else written there still passes. Vectorised and parallel chains keep NumPyro's own
+    settings (their bars are off or per device).
+    """
+    from numpyro.infer import MCMC
+
+    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                chain_method=method, thinning=thinning, progress_bar=progress)
+    if method != "sequential":
+        return mcmc, contextlib.nullcontext()
+    show = progress and mcmc.progress_bar  # NumPyro switches bars off under CI
+    mcmc.progress_bar = True
+    return mcmc, (contextlib.nullcontext() if show else contextlib.redirect_stderr(_WithoutProgressBars(sys.stderr)))
+
+
 def run_chains(
     kernel,
     key: PRNGKeyArray,
@@ -332,8 +377,6 @@ def run_chains(
     -------
     ChainRun
     """
-    from numpyro.infer import MCMC
-
     from ..io.run_checkpoint import (
         append_draws,
         check_fingerprint,
@@ -369,8 +412,8 @@ def run_chains(
         samples, stats = ck.samples or None, ck.stats or None
         print(f"resuming from {checkpoint}: {done} draws per chain done")
     if state is None:
-        mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=max(1, min(chunk, cap)), num_chains=num_chains,
-                    chain_method=method, thinning=thinning, progress_bar=progress)
+        mcmc, quiet = _mcmc(kernel, num_warmup=num_warmup, num_samples=max(1, min(chunk, cap)),
+                            num_chains=num_chains, method=method, thinning=thinning, progress=progress)
         clock.say(start_message(kernel, num_chains))
         init = init_params
         if init is None and _pools_warm_starts(kernel):
@@ -379,7 +422,8 @@ def run_chains(
             starts = pooled_chain_starts(kernel, jax.random.fold_in(key, 2), num_chains)
             clock.say(starts.message)
             init = starts.init_params if num_chains > 1 else {k: v[0] for k, v in starts.init_params.items()}
-        mcmc.warmup(jax.random.fold_in(key, 0), init_params=init)
+        with quiet:
+            mcmc.warmup(jax.random.fold_in(key, 0), init_params=init)
         clock.warmed_up(num_warmup, num_draws)
         state = jax.device_get(mcmc.post_warmup_state)
         if num_chains > 1 and hasattr(kernel, "joint_model"):
@@ -408,10 +452,11 @@ def run_chains(
                 reason = "time budget"
                 break
         if mcmc is None or mcmc.num_samples != n:
-            mcmc = MCMC(kernel, num_warmup=0, num_samples=n, num_chains=num_chains, chain_method=method,
-                        thinning=thinning, progress_bar=progress)
+            mcmc, quiet = _mcmc(kernel, num_warmup=0, num_samples=n, num_chains=num_chains, method=method,
+                                thinning=thinning, progress=progress)
         mcmc.post_warmup_state = state
-        mcmc.run(jax.random.fold_in(key, 1 + done), init_params=init_params)
+        with quiet:
+            mcmc.run(jax.random.fold_in(key, 1 + done), init_params=init_params)
         samples = append_draws(samples, jax.device_get(mcmc.get_samples(group_by_chain=True)))
         stats = append_draws(stats, jax.device_get(mcmc.get_extra_fields(group_by_chain=True)))
         state = jax.device_get(mcmc.last_state)
