@@ -8,8 +8,10 @@ SNR 25-77), written to `--work`. Per system:
 1. **new default, to convergence**: the pipeline of `blindlens.sample_observation` with the command line's defaults
    and `--target-ess`, `--max-rhat 1.01`, `--max-minutes`: wall time to max R-hat <= 1.01 and min
    bulk ESS >= target (or what a budget reached), draws per chain, network passes per effective
-   sample (prior-score evaluations of all chains, warm-up and warm start's sweeps included, x 2 for
-   PiGDM's VJP, over the min-ESS lens parameter), sweeps per effective sample, and the start-up
+   sample (the sweeps' network passes over all chains, warm-up included: the split-Gibbs move's
+   denoiser passes, or a guided move's score evaluations x 2 for PiGDM's VJP; the warm-start
+   trajectories before the chains are not counted; over the min-ESS lens parameter), sweeps per
+   effective sample, and the start-up
    (pre-fit, warm start, compilation, warm-up) read off the first convergence check.
 2. **cost per sweep, previous against new default**: the same short protocol (`--rate-warmup`
    warm-up sweeps, then two chunks of `--rate-chunk` draws) once with XLA's native convolutions
@@ -21,6 +23,7 @@ SNR 25-77), written to `--work`. Per system:
 
 Usage:
     python benchmarks/time_to_posterior.py --systems 0:4 --work /tmp/ttp [--target-ess 400 --max-minutes 15]
+    [--skip-rates: only the runs to convergence]
 Prints markdown tables (recorded in docs/performance.md with the command).
 """
 
@@ -35,10 +38,17 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax
 import numpy as np
 
-from blindlens.pipeline import DEFAULTS, _sample
+from blindlens.pipeline import DEFAULTS, _sample, source_move
 from blindlens.score_network import native_convolutions
 
 PASSES_PER_EVAL = {"pigdm": 2, "calibrated": 2, "cla": 1}
+"""Network passes per prior-score evaluation of a guided move (PiGDM and CalibratedTweedie add a VJP)."""
+
+
+def passes_per_eval(options) -> int:
+    """The split-Gibbs move counts its unguided denoiser's passes (1 per evaluation) in
+    ``num_score_evals``; a guided move's evaluations cost the guidance's passes each."""
+    return 1 if source_move(options) == "split-gibbs" else PASSES_PER_EVAL[options.guidance]
 
 
 def lenstronomy_systems():
@@ -70,7 +80,7 @@ def converged_row(i, obs, truth, work, args):
     history = chain_run.history
     last = history[-1]
     evals = np.asarray(idata.sample_stats["num_score_evals"].values)[:, -1].sum()
-    passes = PASSES_PER_EVAL[options.guidance] * float(evals)
+    passes = passes_per_eval(options) * float(evals)
     sweeps = options.chains * (options.warmup + last.draws)
     rate = seconds_per_draw(history[0], last)
     startup = history[0].seconds - rate * (options.warmup + history[0].draws)
@@ -109,6 +119,8 @@ def main():
     parser.add_argument("--rate-chunk", type=int, default=10)
     parser.add_argument("--rate-chains", type=int, default=2, help="chains of the cost-per-sweep runs")
     parser.add_argument("--skip-converged", action="store_true", help="only the cost-per-sweep comparison")
+    parser.add_argument("--skip-rates", action="store_true",
+                        help="only the runs to convergence (no previous-default projection)")
     args = parser.parse_args()
     a, b = (int(v) for v in args.systems.split(":"))
     systems = lenstronomy_systems()
@@ -117,36 +129,40 @@ def main():
     for i in range(a, b):
         folder = args.work / f"system_{i}"
         obs, truth = systems.write_system(systems.simulate_system(i, args.population), folder)
-        native, native_start = sweep_rate(i, obs, folder, args, native=True)
-        new, new_start = sweep_rate(i, obs, folder, args, native=False)
-        vec, _ = sweep_rate(i, obs, folder, args, native=False, chain_method="vectorized")
-        rates.append({"system": i, "native": native, "native_start": native_start, "new": new, "new_start": new_start,
-                      "vectorized": vec})
-        print(f"system {i}: s per chain-sweep {native:.3f} (native convolutions) vs {new:.3f} (default) vs "
-              f"{vec:.3f} (default, {args.rate_chains} chains vectorized)", flush=True)
+        if not args.skip_rates:
+            native, native_start = sweep_rate(i, obs, folder, args, native=True)
+            new, new_start = sweep_rate(i, obs, folder, args, native=False)
+            vec, _ = sweep_rate(i, obs, folder, args, native=False, chain_method="vectorized")
+            rates.append({"system": i, "native": native, "native_start": native_start, "new": new,
+                          "new_start": new_start, "vectorized": vec})
+            print(f"system {i}: s per chain-sweep {native:.3f} (native convolutions) vs {new:.3f} (default) vs "
+                  f"{vec:.3f} (default, {args.rate_chains} chains vectorized)", flush=True)
         if not args.skip_converged:
             rows.append(converged_row(i, obs, truth, folder, args))
             print(rows[-1], flush=True)
     print(f"\n{args.population} systems {args.systems}, default `blindlens sample` (2 chains, PiGDM, warm-up "
           f"{DEFAULTS.warmup}), target max R-hat <= {args.max_rhat} and min bulk ESS >= {args.target_ess:g}, "
           f"budget {args.max_minutes:g} min\n")
-    print(f"s per sweep of one chain ({args.rate_chains} chains, {args.rate_warmup} warm-up sweeps, then 2 x "
-          f"{args.rate_chunk} draws; the rate of the second chunk):\n")
-    print("| system | previous (native conv), sequential | new (default), sequential | speed-up | "
-          "new, chains vectorized (jax.vmap) | start-up s: previous | new |")
-    print("|---|---|---|---|---|---|---|")
+    if rates:
+        print(f"s per sweep of one chain ({args.rate_chains} chains, {args.rate_warmup} warm-up sweeps, then 2 x "
+              f"{args.rate_chunk} draws; the rate of the second chunk):\n")
+        print("| system | previous (native conv), sequential | new (default), sequential | speed-up | "
+              "new, chains vectorized (jax.vmap) | start-up s: previous | new |")
+        print("|---|---|---|---|---|---|---|")
     for r in rates:
         print(f"| {r['system']} | {r['native']:.3f} | {r['new']:.3f} | {r['native'] / r['new']:.1f}x | "
               f"{r['vectorized']:.3f} | {r['native_start']:.0f} | {r['new_start']:.0f} |")
     if rows:
         print("\n| system | stop | min to stop | draws/chain | max R-hat | min ESS | network passes / ESS | "
-              "sweeps / ESS | start-up min | previous default, projected min to the same point |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for r, q in zip(rows, rates):
-            projected = (q["native_start"] + q["native"] * r["sweeps"]) / 60
+              "sweeps / ESS | start-up min | s per sweep | previous default, projected min to the same point |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        by_system = {q["system"]: q for q in rates}
+        for r in rows:
+            q = by_system.get(r["system"])
+            projected = "n/a" if q is None else f"{(q['native_start'] + q['native'] * r['sweeps']) / 60:.1f}"
             print(f"| {r['system']} | {r['stop']} | {r['seconds_to_stop'] / 60:.1f} | {r['draws']} | "
                   f"{r['max_rhat']:.3f} ({r['worst']}) | {r['min_ess']:.0f} ({r['least']}) | {r['passes_per_ess']:.0f} | "
-                  f"{r['sweeps_per_ess']:.1f} | {r['startup'] / 60:.1f} | {projected:.1f} |")
+                  f"{r['sweeps_per_ess']:.1f} | {r['startup'] / 60:.1f} | {r['s_per_sweep']:.2f} | {projected} |")
 
 
 if __name__ == "__main__":
