@@ -118,7 +118,7 @@ def test_sampling_in_chunks_compiles_once_and_keeps_quiet(capfd):
     again for every chain of every chunk (and keep each executable: a long --target-ess run ran out
     of code memory). Chunks after the first must compile nothing; nothing is drawn on stderr."""
     import jax
-    import jax.monitoring as monitoring
+    from jax import monitoring
 
     compiles = []
 
@@ -144,3 +144,17 @@ def test_sampling_in_chunks_compiles_once_and_keeps_quiet(capfd):
     assert after_chunk[-1] == after_chunk[0], f"chunks 2-4 compiled {after_chunk[-1] - after_chunk[0]} programs"
     assert "\r" not in capfd.readouterr().err
     jax.clear_caches()
+
+
+def test_hidden_progress_bars_drop_only_the_bars():
+    """What a run without progress writes to stderr: bar redraws and the newlines ending them go,
+    printed and warned lines stay whole."""
+    import io
+
+    from blindlens.inference.chain_runner import _WithoutProgressBars
+
+    out = io.StringIO()
+    stream = _WithoutProgressBars(out)
+    for text in ["\r  0%|   | 0/5", "\r100%|###| 5/5", "\n", "printed", "\n", "UserWarning: kept\n", "\n", "\rbar"]:
+        assert stream.write(text) == len(text)
+    assert out.getvalue() == "printed\nUserWarning: kept\n"

@@ -274,14 +274,18 @@ def _default_sites(kernel, samples: dict) -> list[str]:
 
 
 class _WithoutProgressBars:
-    """A text stream that forwards everything except progress-bar redraws (text holding ``\\r``)."""
+    """A text stream that forwards everything except progress-bar redraws (text holding ``\\r``)
+    and the bare newlines that end them; a newline that ends forwarded text passes."""
 
     def __init__(self, target):
         self._target = target
+        self._open_line = False
 
     def write(self, text: str) -> int:
-        if "\r" not in text and text.strip():
-            self._target.write(text)
+        if "\r" in text or (not text.strip() and not self._open_line):
+            return len(text)
+        self._target.write(text)
+        self._open_line = not text.endswith("\n")
         return len(text)
 
     def flush(self) -> None:
