@@ -159,3 +159,5 @@ def test_hidden_progress_bars_drop_only_the_bars():
     for text in ["\r  0%|   | 0/5", "\r100%|###| 5/5", "\n", "printed", "\n", "UserWarning: kept\n", "\n", "\rbar"]:
         assert stream.write(text) == len(text)
     assert out.getvalue() == "printed\nUserWarning: kept\n"
+    stream.flush()
+    assert not stream.isatty() and stream.getvalue() == out.getvalue()  # the rest is the real stream's

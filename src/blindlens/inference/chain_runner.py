@@ -288,11 +288,11 @@ class _WithoutProgressBars:
         self._open_line = not text.endswith("\n")
         return len(text)
 
-    def flush(self) -> None:
-        self._target.flush()
-
     def isatty(self) -> bool:
         return False
+
+    def __getattr__(self, name: str):  # encoding, fileno, flush, ...: those of the real stream
+        return getattr(self._target, name)
 
 
 def _mcmc(kernel, *, num_warmup: int, num_samples: int, num_chains: int, method, thinning: int, progress: bool):
