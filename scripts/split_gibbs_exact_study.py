@@ -54,7 +54,7 @@ def exact_table(num: int) -> list[str]:
     settings = [("heun", 4, False), ("heun", 10, False), ("euler", 10, False), ("euler", 40, False),
                 ("heun", 10, True)]
     for solver, steps, white in settings:
-        config = sg.SplitGibbsConfig(denoise_steps=steps, solver=solver, num_moves=3)
+        config = sg.SplitGibbsConfig(denoise_steps=steps, solver=solver, num_moves=3, denoise_step_size=None)
         floor = sg.floor_sigma(prior, config)
         cov = prior.eigvecs @ jnp.diag(prior.eigvals) @ prior.eigvecs.T + floor**2 * jnp.eye(prior.eigvals.size)
         post = GaussianSourcePrior(prior.mean, cov, prior.sde, prior.pixel_scale).posterior(op, y, sigma)

@@ -10,6 +10,7 @@ answers (the data are arguments, not constants).
 
 import arviz as az
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -70,7 +71,7 @@ def test_split_gibbs_source_move_runs_in_the_sweep_and_conflicts_are_refused():
     """``--source-move split-gibbs`` (the default) reaches the core: a sweep's source is exactly one
     split-Gibbs move of the current source with the sweep's source key, and its cost is counted;
     a refresh level given with it, or an unknown move, is a one-line error."""
-    from blindlens.split_gibbs import SplitGibbsConfig, split_gibbs_move
+    from blindlens.split_gibbs import SplitGibbsConfig, coupling_sigma, denoise_step_count, split_gibbs_move
 
     from blindlens.pipeline import SampleOptions, source_move, split_gibbs_config
 
@@ -85,6 +86,14 @@ def test_split_gibbs_source_move_runs_in_the_sweep_and_conflicts_are_refused():
     expected = split_gibbs_move(k_src, problem.prior, op, data, noise, state.source, config)
     np.testing.assert_allclose(np.asarray(new.source), np.asarray(expected), rtol=1e-5, atol=1e-6)
     assert int(new.num_score_evals - state.num_score_evals) == config.network_passes_per_move
+    # with adaptive steps the sweep counts the passes the move took at its rho (known at run time)
+    adaptive = SplitGibbsConfig(denoise_step_size=1.0)
+    core_a = _core(problem, model, num_warmup=5, split_gibbs=adaptive)
+    moved, _ = jax.jit(lambda k, s: core_a.sweep(k, s, model))(jr.key(1), state)
+    w = jnp.where(model.mask, 1.0 / model.noise**2, 0.0)
+    steps = int(denoise_step_count(problem.prior, coupling_sigma(None, problem.prior, op, w, adaptive), adaptive))
+    assert 1 < steps < adaptive.denoise_steps
+    assert int(moved.num_score_evals - state.num_score_evals) == 2 * steps
     with pytest.raises(ValueError, match="leave refresh_sigma"):
         _core(problem, model, refresh_sigma=0.1, split_gibbs=config)
     # the default (auto) is split Gibbs; --refresh-sigma or --source-move refresh select the refresh

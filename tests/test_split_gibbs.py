@@ -83,6 +83,10 @@ def test_auxiliary_draw_has_the_stated_mean_map_and_covariance(x64):
     c = _dense_normal_matrix(op, sigma)
     rho = float(coupling_sigma(jr.key(0), prior, op, w, config))
     assert rho**2 * np.linalg.eigvalsh(c)[-1] == pytest.approx(config.coupling, rel=1e-3)
+    # few power iterations: lambda_max is underestimated, never by more than spectrum_bound allows
+    for iterations in (1, 2, 8):
+        r = float(coupling_sigma(None, prior, op, w, dataclasses.replace(config, power_iterations=iterations)))
+        assert config.coupling * (1 - 1e-9) <= r**2 * np.linalg.eigvalsh(c)[-1] < config.spectrum_bound
     rho = jnp.asarray(rho)
     d = c.shape[0]
     x1 = jr.normal(jr.key(1), prior.shape)
@@ -159,11 +163,47 @@ def test_move_leaves_the_exact_posterior_invariant_and_white_auxiliary_noise_fai
 
     # control: white auxiliary noise (the sqrt(I - rho^2 A^T W A) correction dropped) over-disperses the
     # best-measured direction (stationary ratio 2 / (2 - coupling) = 1.67 there)
+    # control: a denoise in steps of 1.5 in log sigma (2 steps here, where the default takes 48) leaves the bands
+    prior, op, y, sigma, _, config = floored
+    coarse = (prior, op, y, sigma, post, dataclasses.replace(config, denoise_step_size=1.5))
+    _, rough = _moved(coarse)
+    m_rough = posterior_metrics(post, rough, 0.0)
+    print(f"2-step denoise: chi2/d {m_rough['chi2_per_dim']:.4f}")
+    assert _failures(m_rough) != []
+
     monkeypatch.setattr(sg, "chebyshev_apply", lambda matvec, v, *args: v)
     _, broken = _moved(floored)
     top_b = _top_data_mode_ratios(floored, broken)
     print(f"white auxiliary noise: best-measured directions {np.round(top_b, 2)}")
     assert top_b[-1] > 1 + 2 * band
+
+
+def test_denoise_steps_follow_the_interval_and_moves_count_their_passes(x64):
+    """The denoise takes ``ceil(log(sqrt(floor^2 + rho^2) / floor) / step)`` steps (1 to
+    ``denoise_steps``), a fixed count without a step size, and a move reports 2 passes per Heun step."""
+    from blindlens.split_gibbs import denoise_step_count
+
+    prior, op, y, sigma, _ = gaussian_problem(jr.key(3), ns=8, ni=12)
+    config = SplitGibbsConfig(denoise_step_size=0.25, denoise_steps=40)
+    floor = floor_sigma(prior, config)
+    for ratio, expected in ((1e-3, 1), (0.5, 1), (1.0, 2), (3.0, 5), (100.0, 19), (1e12, 40)):
+        lr = 0.5 * np.log1p(ratio**2)
+        assert expected == min(max(int(np.ceil(lr / 0.25)), 1), 40)
+        assert int(denoise_step_count(prior, jnp.asarray(ratio * floor), config)) == expected
+    fixed = SplitGibbsConfig(denoise_steps=5, denoise_step_size=None)
+    assert int(denoise_step_count(prior, jnp.asarray(1e-6), fixed)) == 5
+    assert fixed.network_passes_per_move == 10 and SplitGibbsConfig(solver="euler").passes_per_step == 1
+
+    w = inverse_noise_variance(sigma, op.image_shape, op)
+    x = jr.normal(jr.key(1), prior.shape)
+    rho = coupling_sigma(None, prior, op, w, config)
+    for cfg in (config, dataclasses.replace(config, num_moves=2), fixed):
+        moved, passes = split_gibbs_move(jr.key(4), prior, op, y, sigma, x, cfg, with_passes=True)
+        assert int(passes) == cfg.num_moves * cfg.passes_per_step * int(denoise_step_count(prior, rho, cfg))
+        np.testing.assert_array_equal(np.asarray(moved), np.asarray(split_gibbs_move(jr.key(4), prior, op, y, sigma,
+                                                                                     x, cfg)))
+    with pytest.raises(ValueError, match="denoise_step_size"):
+        SplitGibbsConfig(denoise_step_size=0.0)
 
 
 @pytest.mark.xfail(

@@ -47,7 +47,8 @@ def _add_sample(sub):
     p.add_argument("--num-samples", type=int, default=16, help="number of source samples")
     p.add_argument("--polish-moves", type=int, default=0,
                    help="with --fixed-lens: exact split-Gibbs moves after each guided draw (0: none; 10 bring the "
-                        "residuals to the true source's level, not the coverage; 20 network passes per move)")
+                        "residuals to the true source's level, not the coverage; 2 network passes per move on "
+                        "well-measured data, more where the noise is high)")
     p.add_argument("--out", required=True,
                    help="output InferenceData (.nc) in an existing folder; outputs are checked before sampling "
                         "starts and replaced if they exist")

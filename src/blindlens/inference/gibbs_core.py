@@ -59,7 +59,7 @@ from ..prior.source_prior import AbstractSourcePrior
 from .gibbsddrm import GibbsDDRMConfig, _metric, sample_gibbsddrm
 from .lens_space import LensSpace
 from .numpyro_model import JointModel, lens_site_names
-from .source_moves import _staged  # the noise map as a traced value (skips concrete-noise checks)
+from .source_moves import _staged, counted_move  # _staged: the noise map as a traced value
 
 __all__ = ["GibbsCore", "GibbsCoreState", "SweepInfo"]
 
@@ -317,19 +317,21 @@ class GibbsCore(eqx.Module):
             source = self.source_draw(k_src, op, data, noise)
             cost = int(getattr(self.source_draw, "num_score_evals", 0))
         elif self.descent is None or descend is False:
-            source = self.source_move(k_src, op, data, noise, state.source)
-            cost = int(getattr(self.source_move, "num_score_evals", 0))
+            source, cost = counted_move(self.source_move, k_src, op, data, noise, state.source)
         elif descend:
             source, cost = self._descend(k_src, op, data, noise, state.source)
         else:
             descending = state.iteration < self.descent_sweeps()
-            move_cost = int(getattr(self.source_move, "num_score_evals", 0))
-            source = jax.lax.cond(
+
+            def descend_move():
+                source, cost = self._descend(k_src, op, data, noise, state.source)
+                return source, jnp.asarray(cost, jnp.int32)
+
+            source, cost = jax.lax.cond(
                 descending,
-                lambda: self._descend(k_src, op, data, noise, state.source)[0],
-                lambda: self.source_move(k_src, op, data, noise, state.source),
+                descend_move,
+                lambda: counted_move(self.source_move, k_src, op, data, noise, state.source),
             )
-            cost = jnp.where(descending, self._descend_cost(), move_cost)
 
         if warmup is None:
             warming = state.iteration < self.num_warmup

@@ -115,9 +115,24 @@ class _SplitGibbsMover:
         self.num_score_evals = int(config.network_passes_per_move) * int(config.num_moves)
 
     def __call__(self, key, operator, data, noise, current):
+        return self.move_and_count(key, operator, data, noise, current)[0]
+
+    def move_and_count(self, key, operator, data, noise, current):
+        """``(source, network passes)``: the denoise's steps follow ``rho``, known at run time."""
         from ..source.split_gibbs import split_gibbs_move
 
-        return split_gibbs_move(key, self.prior, operator, data, noise, current, self.config)
+        return split_gibbs_move(key, self.prior, operator, data, noise, current, self.config, with_passes=True)
+
+
+def counted_move(move, key, operator, data, noise, current):
+    """``(source, network passes)`` of one call of a ``refresher``-form source move: its
+    ``move_and_count`` where it has one (a cost known at run time), else the call and its static
+    ``num_score_evals``."""
+    with_count = getattr(move, "move_and_count", None)
+    if with_count is not None:
+        source, passes = with_count(key, operator, data, noise, current)
+        return source, jnp.asarray(passes, jnp.int32)
+    return move(key, operator, data, noise, current), jnp.asarray(int(getattr(move, "num_score_evals", 0)), jnp.int32)
 
 
 def _descent_move(warmup_source_move: str | None, prior: AbstractSourcePrior, config, model: JointModel):
@@ -263,10 +278,14 @@ class SourceBlock(MCMCKernel):
 
     def move(self, key, lens_values, current):
         """One sweep's source update: the refresher's move from ``current``, or a fresh draw."""
+        return self.move_and_count(key, lens_values, current)[0]
+
+    def move_and_count(self, key, lens_values, current):
+        """``(source, network passes)`` of one sweep's source update."""
         if self._refresher is None:
-            return self.draw(key, lens_values)
+            return self.draw(key, lens_values), jnp.asarray(self._evals, jnp.int32)
         op, data = self._operator_and_data(lens_values)
-        return self._refresher(key, op, data, _staged(self._joint.noise), current)
+        return counted_move(self._refresher, key, op, data, _staged(self._joint.noise), current)
 
     def descent_sweeps(self, num_warmup: int) -> int:
         """Warm-up sweeps moved by the ``descent`` move (0 without one)."""
@@ -302,16 +321,16 @@ class SourceBlock(MCMCKernel):
         lens_values = {n: cond[n] for n in self._lens_sites}
         current = state.z[SOURCE_SITE]
         if self._descent is None:
-            source, cost = self.move(sub, lens_values, current), self._evals
+            source, cost = self.move_and_count(sub, lens_values, current)
         else:
             descending = state.descent_left > 0
 
             def descend():
                 op, data = self._operator_and_data(lens_values)
-                return self._descent(sub, op, data, _staged(self._joint.noise), current)
+                source = self._descent(sub, op, data, _staged(self._joint.noise), current)
+                return source, jnp.asarray(self._descent_evals, jnp.int32)
 
-            source = jax.lax.cond(descending, descend, lambda: self.move(sub, lens_values, current))
-            cost = jnp.where(descending, self._descent_evals, self._evals)
+            source, cost = jax.lax.cond(descending, descend, lambda: self.move_and_count(sub, lens_values, current))
         left = jnp.maximum(state.descent_left - 1, 0).astype(state.descent_left.dtype)
         return SourceBlockState({SOURCE_SITE: source}, key, state.num_score_evals + cost, left)
 
