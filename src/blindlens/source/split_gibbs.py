@@ -112,7 +112,7 @@ class SplitGibbsConfig(eqx.Module):
     power_iterations
         Power-method iterations for ``lambda_max(A^T W A)`` (once per call), started from the all-ones
         image: ``A`` (bilinear ray weights and a non-negative PSF) has non-negative entries, so the
-        start overlaps the top eigenvector. Measured on 10 lenstronomy systems (96x96, supersampling
+        start overlaps the top eigenvector. Measured on 9 lenstronomy lenses (96x96, supersampling
         3): 8 iterations come within 2.1% of ``lambda_max`` (30 from a random start: 1.1%), inside the
         12% that ``spectrum_bound`` allows.
     t_final
