@@ -123,7 +123,9 @@ class GibbsCore(eqx.Module):
     source_move
         ``refresher(key, operator, data, noise_sigma, current) -> source``, a move leaving
         ``p(s | theta, y)`` invariant, or ``None`` to draw afresh every sweep. Each may carry
-        ``num_score_evals`` (network passes per call), which the state counts.
+        ``num_score_evals`` (network passes per call), which the state counts; a move whose cost
+        is known only at run time has ``move_and_count(...) -> (source, passes)`` instead
+        (:func:`~blindlens.source_moves.counted_move`).
     num_warmup
         Sweeps during which the metric follows the local curvature and the step size adapts.
     num_leapfrog

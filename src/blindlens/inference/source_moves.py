@@ -12,7 +12,9 @@ SDE from ``t = 1`` (:func:`blindlens.source_posterior.source_step`), the partial
 (:func:`blindlens.source_posterior.source_refresh`, level :func:`auto_refresh_sigma` by default)
 and the exact split-Gibbs move (:func:`blindlens.split_gibbs.split_gibbs_move`). Each adapter is
 a module-level class (not a closure), so that kernels holding it pickle, and carries its cost per
-call as ``num_score_evals``. :func:`_staged` passes a noise map into a traced source step (also
+call as ``num_score_evals`` (for the split-Gibbs move, whose denoise steps follow ``rho``, the most
+a call takes; its ``move_and_count`` returns the passes taken, which :func:`counted_move` prefers).
+:func:`_staged` passes a noise map into a traced source step (also
 used by :func:`blindlens.gibbsddrm.sample_gibbsddrm`).
 """
 
