@@ -97,9 +97,9 @@ class SplitGibbsConfig(eqx.Module):
         sigma_f) / denoise_step_size)`` steps, at least 1 and at most ``denoise_steps``
         (:func:`denoise_step_count`). ``None``: always ``denoise_steps``. Default 0.06, measured
         (docs/performance.md, "The split-Gibbs move's cost"): against a 40-step reference on a
-        lenstronomy system with the ``highres`` prior, steps of 0.053-0.07 in ``log sigma`` keep the
-        denoised pixels' mean and variance within the Monte-Carlo error (variance ratio 0.995-1.001),
-        0.12 loses 2% of the variance and 0.35 loses 21%.
+        lenstronomy system with the ``highres`` prior, steps of 0.05-0.07 in ``log sigma`` keep the
+        denoised pixels' means within the Monte-Carlo error and their variance within 0.8% (variance
+        ratio 0.992-1.001 over three systems), 0.12 loses 2% of the variance and 0.35 loses 21%.
     num_moves
         Moves per call of :func:`split_gibbs_move`.
     chebyshev_degree
