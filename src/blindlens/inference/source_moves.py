@@ -278,12 +278,9 @@ class SourceBlock(MCMCKernel):
         op, data = self._operator_and_data(lens_values)
         return self._sampler(key, op, data, _staged(self._joint.noise))
 
-    def move(self, key, lens_values, current):
-        """One sweep's source update: the refresher's move from ``current``, or a fresh draw."""
-        return self.move_and_count(key, lens_values, current)[0]
-
     def move_and_count(self, key, lens_values, current):
-        """``(source, network passes)`` of one sweep's source update."""
+        """One sweep's source update (the refresher's move from ``current``, or a fresh draw) and the
+        network passes it took: ``(source, passes)``."""
         if self._refresher is None:
             return self.draw(key, lens_values), jnp.asarray(self._evals, jnp.int32)
         op, data = self._operator_and_data(lens_values)
