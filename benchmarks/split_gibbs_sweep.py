@@ -5,8 +5,10 @@ broad galaxies), with the command line's own model (`pipeline.build_kernel`: the
 prior, the sampled grid placement) at the true lens, in one process:
 
 1. **Cost per sweep** of the pure core's sweep (`GibbsCore.sweep`, after warm-up: the split-Gibbs
-   source move and one HMC lens transition) with the previous default move (10 Heun denoise steps,
-   30 power iterations) and the new one (steps chosen by the interval, 8 power iterations):
+   source move and one HMC lens transition) with a previous default move (``--previous denoise``: 10
+   Heun denoise steps, 30 power iterations, a degree-24 Chebyshev expansion; ``--previous
+   chebyshev``: only the expansion at degree 24) and the new one (steps chosen by the interval, 8
+   power iterations, degree 12):
    seconds (median of `--rounds` rounds of `--repeats` sweeps, the two taking turns) and network
    passes per sweep. The moves target the same posterior; what differs is the cost.
 2. **Accuracy of the denoise** `s | u` against a 40-step reference, at the system's own `rho` and at
@@ -16,6 +18,7 @@ prior, the sampled grid placement) at the true lens, in one process:
 
 Usage:
     python benchmarks/split_gibbs_sweep.py --systems 0:3 --work /tmp/sgs
+    python benchmarks/split_gibbs_sweep.py --systems 0:3 --work /tmp/sgs --previous chebyshev --skip-accuracy
 Prints markdown tables (recorded in docs/performance.md with the command).
 """
 
@@ -52,7 +55,11 @@ from blindlens.source.split_gibbs import (
 )
 from blindlens.source_setup import load_source_prior
 
-PREVIOUS = SplitGibbsConfig(denoise_steps=10, denoise_step_size=None, power_iterations=30)
+PREVIOUSLY = {  # the default before a change: --previous NAME
+    "denoise": SplitGibbsConfig(denoise_steps=10, denoise_step_size=None, power_iterations=30, chebyshev_degree=24),
+    "chebyshev": SplitGibbsConfig(chebyshev_degree=24),
+}
+PREVIOUS = PREVIOUSLY["denoise"]
 NEW = SplitGibbsConfig()
 REFERENCE = SplitGibbsConfig(denoise_steps=40, denoise_step_size=None)
 
@@ -70,9 +77,9 @@ def setup(folder: Path, prior):
     return model, start
 
 
-def sweep_costs(model, start, prior, rounds: int, repeats: int):
+def sweep_costs(model, start, prior, rounds: int, repeats: int, previous=PREVIOUS):
     runs = {}
-    for name, config in (("previous", PREVIOUS), ("new", NEW)):
+    for name, config in (("previous", previous), ("new", NEW)):
         core = GibbsCore.default(model.lens_model, prior, model, split_gibbs=config, num_warmup=1)
         state = core.init(jr.key(0), model, start)
         sweep = jax.jit(lambda k, s, core=core: core.sweep(k, s, model, warmup=False, descend=False)[0])
@@ -123,6 +130,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--draws", type=int, default=128, help="denoise draws per setting (accuracy)")
+    parser.add_argument("--previous", choices=sorted(PREVIOUSLY), default="denoise",
+                        help="the previous default to time against: before the adaptive denoise (10 steps, 30 "
+                             "power iterations, Chebyshev degree 24) or before the degree-12 expansion")
+    parser.add_argument("--skip-accuracy", action="store_true", help="time the sweeps only")
     args = parser.parse_args()
     a, b = (int(v) for v in args.systems.split(":"))
     systems = lenstronomy_systems()
@@ -134,11 +145,11 @@ def main():
             folder.mkdir(parents=True, exist_ok=True)
             systems.write_system(systems.simulate_system(i, args.population), folder)
         model, start = setup(folder, prior)
-        costs = sweep_costs(model, start, prior, args.rounds, args.repeats)
+        costs = sweep_costs(model, start, prior, args.rounds, args.repeats, PREVIOUSLY[args.previous])
         (t_old, p_old), (t_new, p_new) = costs["previous"], costs["new"]
         cost_rows.append(f"| {i} | {t_old:.3f} | {p_old} | {t_new:.3f} | {p_new} | {t_old / t_new:.2f}x | "
                          f"{p_old / p_new:.1f}x |")
-        for row in denoise_accuracy(model, start, prior, args.draws):
+        for row in [] if args.skip_accuracy else denoise_accuracy(model, start, prior, args.draws):
             cells = " | ".join(f"{row[n][0]} | {row[n][1]:.3f} | {row[n][2]:.4f}" for n in ("previous", "new"))
             acc_rows.append(f"| {i} | {row['mult']:g} x ({row['rho']:.4f}) | {cells} |")
         print(f"system {i} done", flush=True)

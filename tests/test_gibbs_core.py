@@ -160,9 +160,9 @@ def test_warmup_descent_draws_afresh_in_the_first_half_of_warmup_in_the_core_and
         GibbsCore(problem.lens_model, core.source_draw, None, descent="draw")
 
 
-def _batch_gold(problem, observation, key, num_warmup=100, num_samples=300):
+def _batch_gold(problem, observation, key, num_warmup=100, num_samples=300, **kwargs):
     model = _model(problem, observation)
-    core = _core(problem, model, num_warmup=num_warmup)
+    core = _core(problem, model, num_warmup=num_warmup, **kwargs)
     starts = {"theta_E": jnp.full((1, 2), problem.truth["theta_E"])}
     draws = sample_batch(key, core, [model], num_samples=num_samples, starts=starts, keep_source=False)
     return np.asarray(draws.lens["theta_E"][0]), draws
@@ -187,6 +187,27 @@ def test_core_chains_match_the_exact_marginal_and_tempered_fail(gold):  # noqa: 
     z_mean_b, z_sd_b, ks_b, ks_crit_b = _gold_check(theta_b, ess_b, _mcse_sd(theta_b), grid, cdf, mean, sd)
     print(f"tempered: z_mean {z_mean_b:.2f}, z_sd {z_sd_b:.2f}, KS {ks_b:.3f} (crit {ks_crit_b:.3f})")
     assert abs(z_mean_b) > Z_99 or abs(z_sd_b) > Z_99 or ks_b > ks_crit_b
+
+
+def test_several_lens_transitions_per_sweep_keep_the_exact_marginal(gold):  # noqa: F811
+    """``lens_transitions=3``: three HMC transitions per sweep, the step size adapted to their mean
+    acceptance; the chains must still reproduce the exact theta_E marginal, the tempered likelihood not."""
+    problem, grid, cdf, mean, sd = gold
+    theta, draws = _batch_gold(problem, None, jr.key(12), num_samples=200, lens_transitions=3)
+    ess = float(az.ess(theta))
+    z_mean, z_sd, ks, ks_crit = _gold_check(theta, ess, _mcse_sd(theta), grid, cdf, mean, sd)
+    print(f"3 transitions: mean {theta.mean():.5f} vs {mean:.5f}, sd {theta.std():.5f} vs {sd:.5f}, ESS {ess:.0f}, "
+          f"z_mean {z_mean:.2f}, z_sd {z_sd:.2f}, KS {ks:.3f} (crit {ks_crit:.3f})")
+    assert ess > 60 and int(draws.info.num_steps[0, 0, 0]) == 3 * 2
+    assert abs(z_mean) < Z_99 and abs(z_sd) < Z_99 and ks < ks_crit
+    obs = problem.observation
+    tempered = Observation(obs.image, problem.noise / np.sqrt(2.0), obs.psf, problem.image_grid.pixel_scale)
+    theta_b, _ = _batch_gold(problem, tempered, jr.key(12), num_samples=200, lens_transitions=3)
+    z_mean_b, z_sd_b, ks_b, ks_crit_b = _gold_check(theta_b, float(az.ess(theta_b)), _mcse_sd(theta_b), grid, cdf,
+                                                    mean, sd)
+    assert abs(z_mean_b) > Z_99 or abs(z_sd_b) > Z_99 or ks_b > ks_crit_b
+    with pytest.raises(ValueError, match="lens_transitions"):
+        _core(problem, _model(problem), lens_transitions=0)
 
 
 def test_a_lens_in_a_batch_draws_what_it_draws_alone(x64):

@@ -145,6 +145,9 @@ class GibbsCore(eqx.Module):
         (:class:`~blindlens.source_moves.SourceBlock`'s ``descent``).
     descent_fraction
         Fraction of the warm-up sweeps moved by ``descent``.
+    lens_transitions
+        HMC transitions of the lens per sweep (each with its own momentum and jitter; the step
+        size adapts to their mean acceptance). They cost no network pass.
     """
 
     lens_model: Callable = eqx.field(static=True)
@@ -159,6 +162,7 @@ class GibbsCore(eqx.Module):
     descent: Callable | str | None = eqx.field(static=True, default=None)
     descent_fraction: float = eqx.field(static=True, default=0.5)
     space: LensSpace = eqx.field(static=True, default=None)
+    lens_transitions: int = eqx.field(static=True, default=1)
 
     def __check_init__(self):
         if int(self.num_warmup) < 0:
@@ -171,6 +175,8 @@ class GibbsCore(eqx.Module):
             raise ValueError(f"step_jitter must lie in [0, 1), got {self.step_jitter}.")
         if not float(self.step_size) > 0.0:
             raise ValueError(f"step_size must be positive, got {self.step_size}.")
+        if int(self.lens_transitions) < 1:
+            raise ValueError(f"lens_transitions must be >= 1, got {self.lens_transitions}.")
         if not 0.0 <= float(self.descent_fraction) <= 1.0:
             raise ValueError(f"descent_fraction must lie in [0, 1], got {self.descent_fraction}.")
         if isinstance(self.descent, str) and self.descent != "draw":
@@ -343,7 +349,8 @@ class GibbsCore(eqx.Module):
         else:
             warming = jnp.asarray(bool(warmup))
             inverse_mass = self.curvature_inverse_mass(state.lens, source, model) if warmup else state.inverse_mass
-        u, pe, accept, diverging, eps = self._hmc(k_lens, state.lens, source, model, inverse_mass, state.log_step_size)
+        u, pe, accept, diverging, eps = self._lens_move(k_lens, state.lens, source, model, inverse_mass,
+                                                        state.log_step_size)
         log_eps = state.log_step_size + (accept - self.target_accept_prob) / jnp.sqrt(state.iteration + 1.0)
         log_eps = jnp.clip(log_eps, jnp.log(1e-3), jnp.log(2.0))
         log_eps = jnp.where(warming, log_eps, state.log_step_size).astype(state.log_step_size.dtype)
@@ -353,11 +360,23 @@ class GibbsCore(eqx.Module):
             diverging=diverging,
             potential_energy=pe,
             step_size=eps,
-            num_steps=jnp.asarray(self.num_leapfrog, jnp.int32),
+            num_steps=jnp.asarray(self.num_leapfrog * self.lens_transitions, jnp.int32),
             chi2=model.residual_chi2(self.lens_of(u), source),
             num_score_evals=new.num_score_evals,
         )
         return new, info
+
+    def _lens_move(self, key, u, source, model, inverse_mass, log_step_size):
+        """``lens_transitions`` HMC transitions: the last one's state, mean acceptance, any divergence."""
+        if int(self.lens_transitions) == 1:
+            return self._hmc(key, u, source, model, inverse_mass, log_step_size)
+
+        def one(u, k):
+            u, pe, accept, diverging, eps = self._hmc(k, u, source, model, inverse_mass, log_step_size)
+            return u, (pe, accept, diverging, eps)
+
+        u, (pe, accept, diverging, eps) = jax.lax.scan(one, u, jr.split(key, int(self.lens_transitions)))
+        return u, pe[-1], jnp.mean(accept), jnp.any(diverging), eps[-1]
 
     def _hmc(self, key, u, source, model, inverse_mass, log_step_size):
         """One Metropolis-corrected HMC transition of ``u`` with metric ``inverse_mass``."""
