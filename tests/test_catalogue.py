@@ -226,6 +226,8 @@ def test_sample_options_are_the_parsers_defaults_and_fields():
     assert (args.workers, args.scheduler) == (4, "tcp://h:8786")
     with pytest.raises(ValueError, match="--chains must be >= 1"):
         DEFAULTS.replace(chains=0).validate()
+    with pytest.raises(ValueError, match="--warm-start-pool must be full or adaptive"):
+        DEFAULTS.replace(warm_start_pool="some").validate()
 
 
 def test_worker_environment_shares_the_cores():

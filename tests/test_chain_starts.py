@@ -103,6 +103,44 @@ def test_pooled_starts_from_a_lens_prefit_start_the_trajectories_at_its_lenses(p
     assert np.all(np.abs(np.asarray(theta) - problem.truth["theta_E"]) < 0.02)
 
 
+def test_adaptive_pool_runs_the_full_pools_first_tries_and_grows_until_every_chain_has_its_own_start(problem):
+    """The full pool is the default. With pre-fit starts, the opt-in adaptive pool runs the first ``num_chains`` trajectories of the full pool
+    (same keys, same lenses: identical fits) and stops once each chain has its own start in the dominant
+    set; when the dominant set stays short (tolerance 0) it grows round by round into the full pool.
+    Without a pre-fit the pool is always full."""
+    from blindlens.parametric_prefit import SersicPrefitConfig, prefit_lens_with_sersic
+
+    exact = LowRankExactGuidance(basis=problem.basis)
+    found = prefit_lens_with_sersic(jr.key(3), problem.lens_model, problem.observation,
+                                    SersicPrefitConfig(num_starts=4, num_steps=60, refine_runs=0))
+
+    def kernel(**kwargs):
+        return BlindLensGibbs(
+            problem.lens_model, problem.observation, problem.prior,
+            source_config=SourceSamplerConfig(guidance=exact, num_steps=20),
+            warm_start=GibbsDDRMConfig(guidance=exact, num_steps=40), source_grid=problem.source_grid,
+            warm_start_tries=3, **kwargs,
+        )
+
+    full = pooled_chain_starts(kernel(lens_prefit=found), jr.key(21), 2)  # the default pool
+    adaptive = pooled_chain_starts(kernel(lens_prefit=found, warm_start_pool="adaptive"), jr.key(21), 2)
+    assert np.asarray(full.chi2).shape == (6,)
+    assert np.asarray(adaptive.chi2).shape == (2,) and adaptive.num_dominant == 2
+    np.testing.assert_allclose(np.asarray(adaptive.chi2), np.asarray(full.chi2)[:2], rtol=1e-5)
+    assert "the pool grew 2 at a time" in adaptive.message and "grew" not in full.message
+    # a dominant set that never holds two chains' worth: every round runs, the full pool's fits
+    short = pooled_chain_starts(kernel(lens_prefit=found), jr.key(21), 2, tolerance=0.0, pool="adaptive")
+    np.testing.assert_allclose(np.asarray(short.chi2), np.asarray(full.chi2), rtol=1e-5)
+    assert short.num_dominant == 1 and "chains share starts" in short.message
+    # prior-draw starts (no pre-fit): the full pool whatever the setting
+    assert np.asarray(pooled_chain_starts(kernel(warm_start_pool="adaptive"), jr.key(21), 2,
+                                          tries_per_chain=2).chi2).shape == (4,)
+    with pytest.raises(ValueError, match="warm_start_pool"):
+        kernel(warm_start_pool="some")
+    with pytest.raises(ValueError, match="pool must be one of"):
+        pooled_chain_starts(kernel(lens_prefit=found), jr.key(21), 2, pool="some")
+
+
 def test_prefit_starts_draw_the_grid_placement_per_try(problem):
     """The pre-fit leaves the placement out; each warm-start try gets its own prior draw of it, so
     chains start at different placements, while the lens starts are the plain model's."""

@@ -199,7 +199,12 @@ def _add_joint_sample_arguments(p) -> None:
                    help="reverse-SDE steps of the continuous-time GibbsDDRM draw that starts each chain")
     g.add_argument("--warm-start-tries", type=int, default=DEFAULTS.warm_start_tries,
                    help="continuous-time trajectories per chain, pooled over chains and ranked by residual chi^2: "
-                        "the chains start from the best-fitting ones (default 4)")
+                        "the chains start from the best-fitting ones (default 4; with --warm-start-pool adaptive "
+                        "the most per chain)")
+    g.add_argument("--warm-start-pool", choices=("full", "adaptive"), default=DEFAULTS.warm_start_pool,
+                   help="full (default): --warm-start-tries trajectories per chain; adaptive: with the lens "
+                        "pre-fit's starts, one per chain at a time until every chain has its own start in the best "
+                        "mode (2-4 instead of 8 trajectories, but measured less robust: docs/performance.md)")
     g.add_argument("--source-shift", choices=SOURCE_SHIFTS, default=DEFAULTS.source_shift,
                    help="sampled: sample the source grid's sub-pixel placement as a constant deflection "
                         "(sites alpha_x, alpha_y, uniform over two source pixels), so the lens posterior averages "

@@ -289,7 +289,7 @@ def build_kernel(lens_model, observation, prior, options: SampleOptions, *, cent
         lens_model, observation, prior,
         source_config=SourceSamplerConfig(guidance=guidance, num_steps=options.steps, solver=options.solver),
         warm_start=GibbsDDRMConfig(guidance=guidance, num_steps=options.warm_start_steps),
-        warm_start_tries=options.warm_start_tries,
+        warm_start_tries=options.warm_start_tries, warm_start_pool=options.warm_start_pool,
         source_grid=PixelGrid(tuple(prior.shape), float(prior.pixel_scale), center),
         supersampling=options.supersampling, source_refresh_sigma=options.refresh_sigma,
         split_gibbs=split_gibbs_config(options), lens_prefit=prefit,

@@ -72,6 +72,7 @@ class SampleOptions:
     warmup_source_move: str = "auto"
     warm_start_steps: int = 200
     warm_start_tries: int = 4
+    warm_start_pool: str = "full"
     lens_prefit: str = "sersic"
     checkpoint_every: int = 100
     no_resume: bool = False
@@ -119,6 +120,8 @@ class SampleOptions:
         if self.source_move == "split-gibbs" and self.refresh_sigma != "auto":
             raise ValueError("--refresh-sigma sets the guided refresh (--source-move refresh); --source-move "
                              "split-gibbs replaces it: drop one.")
+        if self.warm_start_pool not in ("full", "adaptive"):
+            raise ValueError(f"--warm-start-pool must be full or adaptive, got {self.warm_start_pool!r}.")
         if self.warmup_source_move not in WARMUP_SOURCE_MOVES:
             raise ValueError(f"--warmup-source-move must be one of {', '.join(WARMUP_SOURCE_MOVES)}, "
                              f"got {self.warmup_source_move!r}.")

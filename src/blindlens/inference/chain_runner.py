@@ -227,9 +227,12 @@ def start_message(kernel, chains: int) -> str:
     if getattr(kernel, "init_strategy", None) is not None or ws is None:
         start = "start: a source draw per chain"
     elif _pools_warm_starts(kernel):
-        start = (f"warm start: {kernel.warm_start_tries * chains} continuous-time trajectories of {ws.num_steps} "
-                 "steps, ranked together by residual chi^2")
         prefit = getattr(kernel, "lens_prefit", None)
+        count = f"{kernel.warm_start_tries * chains}"
+        if prefit is not None and getattr(kernel, "warm_start_pool", "full") == "adaptive":
+            count = f"{chains} (up to {kernel.warm_start_tries * chains}, until each chain has a start in the best mode)"
+        start = (f"warm start: {count} continuous-time trajectories of {ws.num_steps} "
+                 "steps, ranked together by residual chi^2")
         if prefit is not None and hasattr(prefit, "num_starts"):  # a config: the pre-fit runs now
             start = (f"lens pre-fit: {prefit.num_starts} Sérsic + shapelet fits from prior draws; "
                      + start + ", started from its best lenses")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -37,6 +38,7 @@ from .lens_space import LensSpace as _LensSpace
 from .numpyro_model import SOURCE_SITE, lens_from_values, nuisance_site_names
 
 __all__ = [
+    "WARM_START_POOLS",
     "ChainStarts",
     "chain_chi2",
     "default_mode_tolerance",
@@ -45,6 +47,12 @@ __all__ = [
     "prefit_starts",
     "reset_worse_chains",
 ]
+
+
+WARM_START_POOLS = ("full", "adaptive")
+"""How the warm-start pool is sized (:func:`pooled_chain_starts`): ``full`` (the default) always runs
+``warm_start_tries`` per chain; ``adaptive`` grows it one try per chain at a time until every chain
+has its own start in the best mode (with pre-fit starts; faster, measured less robust)."""
 
 
 class ChainStarts(NamedTuple):
@@ -119,13 +127,24 @@ def pooled_chain_starts(
     *,
     tries_per_chain: int | None = None,
     tolerance: float | None = None,
+    pool: str | None = None,
 ) -> ChainStarts:
     """Starts for ``num_chains`` chains from one ranked pool of continuous-time warm starts.
 
-    Runs ``num_chains * tries_per_chain`` :func:`~blindlens.gibbsddrm.sample_gibbsddrm`
+    Runs up to ``num_chains * tries_per_chain`` :func:`~blindlens.gibbsddrm.sample_gibbsddrm`
     trajectories (default ``kernel.warm_start_tries`` per chain, the cost of the per-chain warm
-    starts), each from its own prior draw of the lens, and gives the chains the best-fitting ones
-    (see the module docstring).
+    starts), each from its own prior draw of the lens or from the lens pre-fit's best lenses, and
+    gives the chains the best-fitting ones (see the module docstring).
+
+    With ``pool="adaptive"`` (opt-in: the kernel's ``warm_start_pool``) and starts from a lens
+    pre-fit, the pool grows by ``num_chains`` trajectories at a time and stops as soon as every
+    chain has its own start in the dominant set. The trajectories it runs are the first ones of the
+    full pool (same keys, same starting lenses). Measured on lenstronomy systems 12-14
+    (docs/performance.md): 2, 4 and 4 trajectories instead of 8; systems 12 and 14 end as with the
+    full pool, but on system 13 both chains then ended in a worse mode (chi^2/N +0.054 above the
+    truth's, lens 6 sd off, flagged only by R-hat), where the full pool's more diverse second start
+    had reached the better one: the mode tolerance lumps starts that are not alike, so the full pool
+    stays the default. Starts from prior draws of the lens (no pre-fit) always use the full pool.
 
     Parameters
     ----------
@@ -136,44 +155,72 @@ def pooled_chain_starts(
     num_chains
         Number of chains.
     tries_per_chain
-        Trajectories per chain in the pool.
+        Trajectories per chain in the full pool (the most the adaptive pool runs).
     tolerance
         Chi^2 gap to the best try that counts as the same mode (default
         :func:`default_mode_tolerance`).
+    pool
+        ``"full"`` or ``"adaptive"`` (default: ``kernel.warm_start_pool``, else ``"full"``).
     """
     tries = kernel.warm_start_tries if tries_per_chain is None else int(tries_per_chain)
     if tries < 1:
         raise ValueError(f"tries_per_chain must be >= 1, got {tries}.")
+    pool = getattr(kernel, "warm_start_pool", "full") if pool is None else pool
+    if pool not in WARM_START_POOLS:
+        raise ValueError(f"pool must be one of {WARM_START_POOLS}, got {pool!r}.")
     jm = kernel.joint_model
     config = kernel.warm_start if kernel.warm_start is not None else GibbsDDRMConfig()
     num_tries = num_chains * tries
     prefit_note = ""
     prefit = getattr(kernel, "lens_prefit", None)
-    if prefit is None:
-        draws = jax.lax.map(lambda k: sample_gibbsddrm(k, jm, kernel.prior, config), jr.split(key, num_tries))
-    else:
+    keys = jr.split(key, num_tries)
+    starts = None
+    if prefit is not None:
         starts, prefit_note = prefit_starts(kernel, jr.fold_in(key, 7), num_tries, prefit)
-        draws = jax.lax.map(lambda a: sample_gibbsddrm(a[0], jm, kernel.prior, config, a[1]),
-                            (jr.split(key, num_tries), starts))
-    def chi2(lens_values, source):
-        return jm.residual_chi2(lens_from_values(jm.lens_model, lens_values), source)
 
-    fit = np.asarray(jax.lax.map(lambda a: chi2(*a), (draws.lens, draws.source)))
+    # compiled once per call, reused by every round; the model and prior are arguments, not constants
+    @eqx.filter_jit
+    def trajectories(model, prior, k, s):
+        if s is None:
+            return jax.lax.map(lambda kk: sample_gibbsddrm(kk, model, prior, config), k)
+        return jax.lax.map(lambda a: sample_gibbsddrm(a[0], model, prior, config, a[1]), (k, s))
+
+    @eqx.filter_jit
+    def residual_chi2(model, lens, source):
+        return jax.lax.map(lambda a: model.residual_chi2(lens_from_values(model.lens_model, a[0]), a[1]),
+                           (lens, source))
+
     num_pixels = int(np.sum(np.asarray(jm.mask)))
-    finite = fit[np.isfinite(fit)]
-    best_fit = float(finite.min()) if finite.size else float("inf")
-    tol = default_mode_tolerance(num_pixels, best_fit) if tolerance is None else float(tolerance)
+    adaptive = pool == "adaptive" and starts is not None
+    step = num_chains if adaptive else num_tries  # trajectories per round (one round for the full pool)
+    rounds, fits = [], []
+    for lo in range(0, num_tries, step):
+        part = slice(lo, lo + step)
+        part_starts = None if starts is None else jax.tree_util.tree_map(lambda v, part=part: v[part], starts)
+        draws = trajectories(jm, kernel.prior, keys[part], part_starts)
+        rounds.append(draws)
+        fits.append(np.asarray(residual_chi2(jm, draws.lens, draws.source)))
+        fit = np.concatenate(fits)
+        finite = fit[np.isfinite(fit)]
+        best_fit = float(finite.min()) if finite.size else float("inf")
+        tol = default_mode_tolerance(num_pixels, best_fit) if tolerance is None else float(tolerance)
+        if adaptive and dominant_mode_starts(fit, num_chains, tol)[1] >= num_chains:
+            break
+    draws = jax.tree_util.tree_map(lambda *parts: jnp.concatenate(parts), *rounds)
     chosen, num_dominant = dominant_mode_starts(fit, num_chains, tol)
     lens = {n: jnp.asarray(v)[chosen] for n, v in draws.lens.items()}
     unconstrained = jax.vmap(lambda values: lens_unconstrained(jm.lens_model, values))(lens)
     init_params = {n: unconstrained[n] for n in kernel.lens_sites}
     init_params[SOURCE_SITE] = jnp.asarray(draws.source)[chosen]
+    ran = fit.size
     best = float(np.min(np.where(np.isfinite(fit), fit, np.inf))) / num_pixels
     worst = float(np.max(np.where(np.isfinite(fit), fit, -np.inf))) / num_pixels
     shown = ", ".join(f"{v:.3f}" for v in np.sort(fit)[:16] / num_pixels)
+    grown = (f" (the pool grew {num_chains} at a time until every chain had its own start in the best mode; "
+             f"at most {num_tries})" if adaptive else "")
     message = prefit_note + (
-        f"chain starts: {num_dominant} of {num_tries} warm-start trajectories within chi^2 {tol:.0f} of the best "
-        f"(chi^2/N {best:.4f}; worst try {worst:.4f}; tries: {shown}{', ...' if num_tries > 16 else ''})"
+        f"chain starts: {num_dominant} of {ran} warm-start trajectories within chi^2 {tol:.0f} of the best{grown} "
+        f"(chi^2/N {best:.4f}; worst try {worst:.4f}; tries: {shown}{', ...' if ran > 16 else ''})"
     )
     if num_dominant == 0:
         message += "; WARNING: no trajectory has a finite fit: the warm start diverged (more --warm-start-steps)"

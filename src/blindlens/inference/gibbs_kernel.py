@@ -217,7 +217,12 @@ class BlindLensGibbs(Gibbs):
     warm_start_tries
         Independent continuous-time trajectories per chain; the one with the smallest residual
         chi^2 starts the chain (:meth:`warm_start_draw`). Costs that many trajectories once per
-        chain.
+        chain. In a pooled start (:func:`blindlens.chain_starts.pooled_chain_starts`) the most
+        per chain.
+    warm_start_pool
+        ``"full"`` (default): a pooled start runs ``warm_start_tries`` per chain; ``"adaptive"``: from
+        a lens pre-fit, one try per chain at a time until every chain has its own start in the best
+        mode (fewer trajectories, measured less robust: :func:`blindlens.chain_starts.pooled_chain_starts`).
     source_grid
         Source-plane grid; default: the prior's shape and pixel scale, centred on (0, 0).
     supersampling, operator_factory
@@ -303,6 +308,7 @@ class BlindLensGibbs(Gibbs):
         source_sampler: SourceSampler | None = None,
         warm_start: GibbsDDRMConfig | None = GibbsDDRMConfig(),
         warm_start_tries: int = 4,
+        warm_start_pool: str = "full",
         source_grid: PixelGrid | None = None,
         supersampling: int = 1,
         operator_factory: Callable | None = None,
@@ -337,6 +343,9 @@ class BlindLensGibbs(Gibbs):
         if int(warm_start_tries) < 1:
             raise ValueError(f"warm_start_tries must be >= 1, got {warm_start_tries}.")
         self.warm_start_tries = int(warm_start_tries)
+        if warm_start_pool not in ("full", "adaptive"):  # (chain_starts.WARM_START_POOLS; it imports this module)
+            raise ValueError(f"warm_start_pool must be 'full' or 'adaptive', got {warm_start_pool!r}.")
+        self.warm_start_pool = warm_start_pool
         self.joint_model = joint_model(
             lens_model,
             observation,
