@@ -219,13 +219,8 @@ def run(args) -> int:
 
 
 def blindlens_z(record: dict) -> dict[str, float]:
-    """Lens z-scores of a cold-start study record (all chains pooled, as that study reports)."""
-    draws = np.asarray(record["lens_draws"], float)  # (draws, parameters) in record["lens_params"] order
-    out = {}
-    for k in LENS_NAMES:
-        x = draws[:, record["lens_params"].index(k)]
-        out[k] = (x.mean() - record["lens_truth"][k]) / x.std(ddof=1)
-    return out
+    """Lens z-scores of a cold-start study record: the study's own (all chains and draws pooled)."""
+    return {k: float(record["params"][k]["z"]) for k in LENS_NAMES}
 
 
 def calibration_row(label: str, zs: list[dict[str, float]]) -> str:
@@ -241,7 +236,7 @@ def report(paths: list[str], compare: list[str]) -> int:
         for line in Path(p).read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                if r.get("status", "ok") == "ok" and "lens_draws" in r:
+                if r.get("status", "ok") == "ok" and "params" in r:
                     ours[(r["population"], r["system"])] = (r, Path(p).stem)
     lines = [
         "# The floor of issue 14: lenstronomy's shapelet workflow against blindlens, same observations",

@@ -228,6 +228,8 @@ def test_sample_options_are_the_parsers_defaults_and_fields():
         DEFAULTS.replace(chains=0).validate()
     with pytest.raises(ValueError, match="--warm-start-pool must be full or adaptive"):
         DEFAULTS.replace(warm_start_pool="some").validate()
+    from blindlens import gibbs_kernel, sample_options
+    assert sample_options.WARM_START_POOLS == gibbs_kernel.WARM_START_POOLS  # the option's two copies agree
 
 
 def test_worker_environment_shares_the_cores():

@@ -22,6 +22,7 @@ from .pipeline import AUTO_SOURCE_SHIFT, DEFAULTS, SOURCE_MOVES, SOURCE_SHIFTS, 
 from .pipeline import check_joint_outputs as _check_joint_outputs  # noqa: F401
 from .pipeline import load_lens_model as _load_lens_model  # noqa: F401
 from .pipeline import load_source_prior as _load_source_prior
+from .sample_options import WARM_START_POOLS
 from .pipeline import write_joint_outputs as _write_joint_outputs
 from .source import GUIDANCE_NAMES
 
@@ -201,7 +202,7 @@ def _add_joint_sample_arguments(p) -> None:
                    help="continuous-time trajectories per chain, pooled over chains and ranked by residual chi^2: "
                         "the chains start from the best-fitting ones (default 4; with --warm-start-pool adaptive "
                         "the most per chain)")
-    g.add_argument("--warm-start-pool", choices=("full", "adaptive"), default=DEFAULTS.warm_start_pool,
+    g.add_argument("--warm-start-pool", choices=WARM_START_POOLS, default=DEFAULTS.warm_start_pool,
                    help="full (default): --warm-start-tries trajectories per chain; adaptive: with the lens "
                         "pre-fit's starts, one per chain at a time until every chain has its own start in the best "
                         "mode (2-4 instead of 8 trajectories, but measured less robust: docs/performance.md)")

@@ -21,7 +21,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SampleOptions", "DEFAULTS", "SOURCE_MOVES", "WARMUP_SOURCE_MOVES", "SOURCE_SHIFTS", "AUTO_SOURCE_SHIFT",
+__all__ = ["SampleOptions", "DEFAULTS", "SOURCE_MOVES", "WARM_START_POOLS", "WARMUP_SOURCE_MOVES", "SOURCE_SHIFTS", "AUTO_SOURCE_SHIFT",
            "AUTO_DESCENT_THRESHOLD", "source_shift", "source_move", "warmup_source_move", "warmup_source_threshold",
            "split_gibbs_config", "convergence_target", "observation_options"]
 
@@ -120,8 +120,8 @@ class SampleOptions:
         if self.source_move == "split-gibbs" and self.refresh_sigma != "auto":
             raise ValueError("--refresh-sigma sets the guided refresh (--source-move refresh); --source-move "
                              "split-gibbs replaces it: drop one.")
-        if self.warm_start_pool not in ("full", "adaptive"):
-            raise ValueError(f"--warm-start-pool must be full or adaptive, got {self.warm_start_pool!r}.")
+        if self.warm_start_pool not in WARM_START_POOLS:
+            raise ValueError(f"--warm-start-pool must be {' or '.join(WARM_START_POOLS)}, got {self.warm_start_pool!r}.")
         if self.warmup_source_move not in WARMUP_SOURCE_MOVES:
             raise ValueError(f"--warmup-source-move must be one of {', '.join(WARMUP_SOURCE_MOVES)}, "
                              f"got {self.warmup_source_move!r}.")
@@ -134,6 +134,11 @@ class SampleOptions:
         if self.lens_light not in ("none", "sersic"):
             raise ValueError(f"--lens-light must be 'none' or 'sersic', got {self.lens_light!r}.")
         convergence_target(self)
+
+
+WARM_START_POOLS = ("full", "adaptive")
+"""``--warm-start-pool`` (:data:`blindlens.gibbs_kernel.WARM_START_POOLS`, kept here so that the command
+line's options cost no import)."""
 
 
 SOURCE_MOVES = ("auto", "split-gibbs", "refresh")

@@ -32,7 +32,7 @@ import jax.random as jr
 import numpy as np
 
 from .._types import Array, Float, Int, PRNGKeyArray
-from .gibbs_kernel import BlindLensGibbs, lens_unconstrained
+from .gibbs_kernel import WARM_START_POOLS, BlindLensGibbs, lens_unconstrained
 from .gibbsddrm import GibbsDDRMConfig, sample_gibbsddrm
 from .lens_space import LensSpace as _LensSpace
 from .numpyro_model import SOURCE_SITE, lens_from_values, nuisance_site_names
@@ -47,12 +47,6 @@ __all__ = [
     "prefit_starts",
     "reset_worse_chains",
 ]
-
-
-WARM_START_POOLS = ("full", "adaptive")
-"""How the warm-start pool is sized (:func:`pooled_chain_starts`): ``full`` (the default) always runs
-``warm_start_tries`` per chain; ``adaptive`` grows it one try per chain at a time until every chain
-has its own start in the best mode (with pre-fit starts; faster, measured less robust)."""
 
 
 class ChainStarts(NamedTuple):

@@ -110,7 +110,14 @@ __all__ = [
     "BlindLensGibbs",
     "auto_refresh_sigma",
     "lens_unconstrained",
+    "WARM_START_POOLS",
 ]
+
+
+WARM_START_POOLS = ("full", "adaptive")
+"""How a pooled warm start is sized (:func:`blindlens.chain_starts.pooled_chain_starts`): ``full`` (the
+default) runs ``warm_start_tries`` per chain; ``adaptive`` grows the pool one try per chain at a time
+until every chain has its own start in the best mode (with pre-fit starts; faster, measured less robust)."""
 
 
 _SOURCE_STATE_KEY = "_source_state"
@@ -343,8 +350,8 @@ class BlindLensGibbs(Gibbs):
         if int(warm_start_tries) < 1:
             raise ValueError(f"warm_start_tries must be >= 1, got {warm_start_tries}.")
         self.warm_start_tries = int(warm_start_tries)
-        if warm_start_pool not in ("full", "adaptive"):  # (chain_starts.WARM_START_POOLS; it imports this module)
-            raise ValueError(f"warm_start_pool must be 'full' or 'adaptive', got {warm_start_pool!r}.")
+        if warm_start_pool not in WARM_START_POOLS:
+            raise ValueError(f"warm_start_pool must be one of {WARM_START_POOLS}, got {warm_start_pool!r}.")
         self.warm_start_pool = warm_start_pool
         self.joint_model = joint_model(
             lens_model,
