@@ -25,6 +25,9 @@ Usage::
 
     JAX_PLATFORMS=cpu python scripts/source_coverage_study.py --systems broad:0:20 xdf:0:4 \
         --out docs/source_coverage
+
+``results.json`` in ``--out`` is rewritten after every system; a rerun with the same settings skips
+the systems already there (a killed run resumes; more systems extend it) and tabulates them all.
 """
 
 from __future__ import annotations
@@ -203,9 +206,20 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="folder for the JSON and the Markdown table")
     args = p.parse_args(argv)
     prior = load_source_prior(args.prior)
-    results = []
+    results, path = [], None if args.out is None else args.out / "results.json"
+    if path is not None and path.exists():  # resume: keep the systems already done with the same settings
+        done = json.loads(path.read_text())
+        kept = {k: v for k, v in done["settings"].items() if k not in ("systems", "out")}
+        mine = {k: v for k, v in vars(args).items() if k not in ("systems", "out")}
+        if kept != mine:
+            raise SystemExit(f"{path} was made with other settings ({kept}); use another --out.")
+        results = done["systems"]
+        print(f"resuming {path}: {len(results)} systems done")
+    finished = {(r["population"], r["system"]) for r in results}
     t_start = time.time()
     for population, i in parse_systems(args.systems):
+        if (population, i) in finished:
+            continue
         r = run_system(population, i, prior, args)
         results.append(r)
         line = "  ".join(
@@ -214,12 +228,14 @@ def main(argv=None) -> int:
             f"nrmse {v['nrmse']:.3f} {v['seconds']:.0f}s"
             for m, v in r["methods"].items())
         print(f"{population}:{i} snr {r['peak_snr']:.0f}  {line}  [{(time.time() - t_start) / 60:.1f} min]", flush=True)
+        if path is not None:  # after every system, so that a killed run resumes
+            args.out.mkdir(parents=True, exist_ok=True)
+            systems = sorted({f"{r['population']}:{r['system']}" for r in results})
+            path.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out), "systems": systems},
+                                        "systems": results}, indent=1))
     table = summarise(results, args)
     print(table)
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)},
-                                                           "systems": results}, indent=1))
         (args.out / "table.md").write_text(table + "\n")
     return 0
 
