@@ -188,3 +188,34 @@ def test_a_chain_in_a_worse_mode_after_warmup_restarts_from_the_best_chain(probl
     # chains in the same mode are left alone
     same, reset, message = reset_worse_chains(kernel, state._replace(z={k: v[jnp.array([0, 2, 2])] for k, v in state.z.items()}))
     assert reset == [] and message == ""
+
+
+def test_chains_sharing_a_pooled_start_get_their_own_grid_placements(problem):
+    """A start repeated for several chains (here forced: tolerance 0 keeps only the best try) is
+    handed out at different grid placements with the source carried along, so the chains still
+    start from the same fit; the report says so."""
+    from blindlens import with_source_shift
+    from blindlens.inference.source_shift_model import translate_source
+
+    p = problem.source_grid.pixel_scale
+    exact = LowRankExactGuidance(basis=problem.basis)
+    kernel = BlindLensGibbs(
+        with_source_shift(problem.lens_model, p), problem.observation, problem.prior,
+        source_config=SourceSamplerConfig(guidance=exact, num_steps=20),
+        warm_start=GibbsDDRMConfig(guidance=exact, num_steps=60), source_grid=problem.source_grid,
+        warm_start_tries=1,
+    )
+    starts = pooled_chain_starts(kernel, jr.key(21), 3, tolerance=0.0)
+    assert starts.num_dominant == 1 and np.unique(np.asarray(starts.chosen)).size == 1
+    assert "2 chain(s) sharing a start moved to their own source grid placement" in starts.message
+    z = starts.init_params
+    alpha = np.stack([2 * p * jax.nn.sigmoid(np.asarray(z[n])) - p for n in ("alpha_x", "alpha_y")], -1)  # U(-p, p)
+    assert np.unique(np.round(np.mod(alpha, p) / p, 3), axis=0).shape[0] == 3, alpha  # three placements
+    for c in (1, 2):
+        np.testing.assert_allclose(np.asarray(z["theta_E"][c]), np.asarray(z["theta_E"][0]))
+        shift_yx = jnp.asarray((alpha[c] - alpha[0])[::-1] / p)
+        np.testing.assert_allclose(np.asarray(z["source"][c]), np.asarray(translate_source(z["source"][0], shift_yx)),
+                                   atol=1e-5)
+    chi2 = chain_chi2(kernel, z)
+    assert np.all(np.abs(chi2 - chi2[0]) < 0.1 * chi2[0]), chi2 / starts.num_pixels
+    print(starts.message, chi2 / starts.num_pixels)

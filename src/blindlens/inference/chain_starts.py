@@ -17,7 +17,10 @@ cannot represent, rough warm-start draws), so tries that fit like the best one a
 while the wrong modes above (110-250% worse than the right basin's fit) are dropped. The chains take the dominant tries in order of fit;
 when there are fewer dominant tries than chains, starts are repeated (each chain still has its own
 PRNG key, so they separate during warm-up) and :attr:`ChainStarts.message` says so, because
-repeated starts make R-hat less able to reveal a missed mode.
+repeated starts make R-hat less able to reveal a missed mode. Where the source grid's placement is
+sampled, a repeated start gets a placement of its own with the source carried along
+(:func:`~blindlens.source_shift_model.spread_shared_placements`), since the placement barely moves
+within a chain and the pooled chains should average over placements rather than share one.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from .gibbs_kernel import WARM_START_POOLS, BlindLensGibbs, lens_unconstrained
 from .gibbsddrm import GibbsDDRMConfig, sample_gibbsddrm
 from .lens_space import LensSpace as _LensSpace
 from .numpyro_model import SOURCE_SITE, lens_from_values, nuisance_site_names
+from .source_shift_model import spread_shared_placements
 
 __all__ = [
     "WARM_START_POOLS",
@@ -203,9 +207,11 @@ def pooled_chain_starts(
     draws = jax.tree_util.tree_map(lambda *parts: jnp.concatenate(parts), *rounds)
     chosen, num_dominant = dominant_mode_starts(fit, num_chains, tol)
     lens = {n: jnp.asarray(v)[chosen] for n, v in draws.lens.items()}
+    lens, source, spread = spread_shared_placements(lens, jnp.asarray(draws.source)[chosen], chosen,
+                                                    kernel.source_grid.pixel_scale)
     unconstrained = jax.vmap(lambda values: lens_unconstrained(jm.lens_model, values))(lens)
     init_params = {n: unconstrained[n] for n in kernel.lens_sites}
-    init_params[SOURCE_SITE] = jnp.asarray(draws.source)[chosen]
+    init_params[SOURCE_SITE] = source
     ran = fit.size
     best = float(np.min(np.where(np.isfinite(fit), fit, np.inf))) / num_pixels
     worst = float(np.max(np.where(np.isfinite(fit), fit, -np.inf))) / num_pixels
@@ -223,6 +229,9 @@ def pooled_chain_starts(
             f"; WARNING: fewer than {num_chains} chains' worth, so chains share starts and R-hat is less able to "
             "reveal a missed mode (raise --warm-start-tries)"
         )
+    if spread:
+        message += (f"; {spread} chain(s) sharing a start moved to their own source grid placement, the source "
+                    "carried along")
     return ChainStarts(init_params, jnp.asarray(fit), jnp.asarray(chosen), num_dominant, tol, num_pixels, message)
 
 

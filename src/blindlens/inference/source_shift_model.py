@@ -35,12 +35,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from .._types import Array, Float, SourceImage
 from ..physics.lens_models import AbstractLens, Shift
 
-__all__ = ["SOURCE_SHIFT_SITES", "with_source_shift"]
+__all__ = ["SOURCE_SHIFT_SITES", "spread_shared_placements", "translate_source", "with_source_shift"]
 
 SOURCE_SHIFT_SITES = ("alpha_x", "alpha_y")
 """The site names :func:`with_source_shift` adds (lenstronomy ``SHIFT``'s parameters), in order."""
@@ -98,3 +101,93 @@ def with_source_shift(lens_model: Callable, pixel_scale: float) -> Callable:
         raise ValueError(f"the lens model already has site(s) {clash}; with_source_shift adds alpha_x, alpha_y: "
                          "rename them in your model.")
     return _WithSourceShift(lens_model, pixel_scale)
+
+
+def translate_source(source: SourceImage, shift_yx) -> SourceImage:
+    """``s'(q) = s(q + shift)``: the source translated by ``-shift`` pixels, by a Fourier phase ramp.
+
+    The Nyquist row and column (even sizes) are left in place, so that the result is real and the
+    map exactly invertible (``translate_source(translate_source(s, d), -d) == s`` to round-off); the
+    field is treated as periodic, which is harmless for sources that fade to zero at the edges.
+
+    Parameters
+    ----------
+    source
+        ``(..., sy, sx)`` source images (surface brightness; conserved: the sum is unchanged).
+    shift_yx
+        ``(..., 2)`` shifts ``(dy, dx)`` in source pixels (broadcast against the leading axes).
+    """
+    source = jnp.asarray(source)
+    shift_yx = jnp.asarray(shift_yx, source.dtype)
+    ny, nx = source.shape[-2:]
+    fy = np.fft.fftfreq(ny)[:, None]
+    fx = np.fft.fftfreq(nx)[None, :]
+    if ny % 2 == 0:
+        fy[ny // 2] = 0.0
+    if nx % 2 == 0:
+        fx[:, nx // 2] = 0.0
+    phase = 2.0 * np.pi * (fy * shift_yx[..., 0, None, None] + fx * shift_yx[..., 1, None, None])
+    moved = jnp.fft.ifft2(jnp.fft.fft2(source) * jnp.exp(1j * phase))
+    return jnp.real(moved).astype(source.dtype)
+
+
+_R2 = (0.7548776662466927, 0.5698402909980532)
+"""Roberts' R2 sequence (the plastic number's inverse powers): low-discrepancy phases in the unit square."""
+
+
+def spread_shared_placements(
+    lens: dict[str, Float[Array, " chains"]],
+    source: Float[Array, "chains sy sx"],
+    chosen,
+    pixel_scale: float,
+) -> tuple[dict[str, Array], Float[Array, "chains sy sx"], int]:
+    """Give chains that share a start their own grid placements, the source carried along.
+
+    Chains started from the same warm-start trajectory (:func:`blindlens.chain_starts.dominant_mode_starts`
+    repeats starts when the dominant set is short) would also share its grid placement ``alpha``,
+    which moves only slowly within a chain, so the pooled chains would see one placement where the
+    posterior averages over all of them. The ``j``-th repeat of a start (``j = 1, 2, ...``; the
+    first keeps it) moves ``alpha`` by ``delta_j = p (u_j - round(u_j))``, ``u_j`` the ``j``-th
+    point of Roberts' R2 low-discrepancy sequence, wrapped back into the prior's ``[-p, p)`` by
+    whole pixels, and its source by :func:`translate_source` with the same displacement: since a
+    constant deflection ``alpha`` images ``S(beta - alpha)``, the source ``S'(u) = S(u + delta)``
+    on the moved grid images the same galaxy, so the start fits as well as the shared one (to the
+    bilinear interpolation's error). This only chooses starts; the chains' moves are unchanged.
+
+    Parameters
+    ----------
+    lens
+        Constrained lens-site values with a leading chain axis; unchanged when it has no
+        ``alpha_x, alpha_y`` (:data:`SOURCE_SHIFT_SITES`).
+    source
+        Each chain's starting source.
+    chosen
+        Index of the start each chain took (equal indices: a shared start).
+    pixel_scale
+        Source pixel scale [arcsec] (the period of the placement).
+
+    Returns
+    -------
+    lens, source, moved
+        The starts, and how many chains got a placement of their own.
+    """
+    if not all(n in lens for n in SOURCE_SHIFT_SITES):
+        return lens, source, 0
+    chosen = np.asarray(chosen)
+    p = float(pixel_scale)
+    delta = np.zeros((chosen.size, 2))  # (dx, dy) in arcsec
+    for c in range(chosen.size):
+        j = int(np.sum(chosen[:c] == chosen[c]))  # earlier chains with the same start
+        if j:
+            u = np.mod(j * np.asarray(_R2), 1.0)
+            delta[c] = p * (u - np.round(u))
+    alpha = np.stack([np.asarray(lens[n], float) for n in SOURCE_SHIFT_SITES], axis=-1)
+    new = alpha + delta
+    new = np.where(new >= p, new - p, np.where(new < -p, new + p, new))  # back into [-p, p) by a whole pixel
+    moved = np.any(delta != 0.0, axis=-1)
+    lens = dict(lens)
+    for i, n in enumerate(SOURCE_SHIFT_SITES):
+        lens[n] = jnp.asarray(new[:, i], jnp.asarray(lens[n]).dtype)
+    shift_yx = (new - alpha)[:, ::-1] / p  # (dy, dx) in pixels
+    source = jnp.where(moved[:, None, None], translate_source(source, shift_yx), jnp.asarray(source))
+    return lens, source, int(moved.sum())
