@@ -183,7 +183,10 @@ def test_translate_source_moves_by_the_shift_conserves_flux_and_inverts_exactly(
 
 
 def test_chains_sharing_a_start_get_their_own_placement_and_still_image_the_same_galaxy(x64):
-    from blindlens.inference.source_shift_model import spread_shared_placements, translate_source
+    from blindlens.inference.source_shift_model import (
+        spread_shared_placements,
+        translate_source,
+    )
 
     p = 0.05
     image_grid, source_grid = PixelGrid((48, 48), 0.05), PixelGrid((32, 32), p)
