@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from sweep_schedule import setup  # the benchmark's loader of a finished run
 
 from blindlens.inference.gibbs_core import GibbsCore
+from blindlens.inference.source_shift_model import translate_source
 from blindlens.source.split_gibbs import SplitGibbsConfig
 from blindlens.source_setup import load_source_prior
 
@@ -56,7 +57,7 @@ def _ramp(shape, shift_yx):
 
 def shifted(source, shift_yx, t=1.0):
     """``source(y - t dy, x - t dx)``: a Fourier translation by ``t * shift_yx`` pixels."""
-    return jnp.real(jnp.fft.ifft2(jnp.fft.fft2(source) * jnp.exp(t * _ramp(source.shape, shift_yx))))
+    return translate_source(source, -t * jnp.asarray(shift_yx))
 
 
 def ratio_along_shift(score, source, shift_yx, t_floor, nodes):

@@ -109,6 +109,9 @@ def translate_source(source: SourceImage, shift_yx) -> SourceImage:
     The Nyquist row and column (even sizes) are left in place, so that the result is real and the
     map exactly invertible (``translate_source(translate_source(s, d), -d) == s`` to round-off); the
     field is treated as periodic, which is harmless for sources that fade to zero at the edges.
+    (:func:`blindlens.results.source_frame.to_source_frame` moves draws by the model's bilinear
+    interpolant instead, to show what the model images; that smooths by up to half a pixel and is
+    not invertible, which a chain's start should not be.)
 
     Parameters
     ----------
