@@ -7,7 +7,9 @@ pipeline must add it where asked and nowhere else.
 
 import pickle
 
+import jax
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -221,3 +223,124 @@ def test_chains_sharing_a_start_get_their_own_placement_and_still_image_the_same
         shift_yx = jnp.asarray([ay[c] - ay[0], ax[c] - ax[0]]) / p
         wrong = np.max(np.abs(image(c, translate_source(sources[c], -shift_yx)) - reference))
         assert err < 0.02 * reference.max() and left > 5 * err and wrong > 10 * err, (c, err, left, wrong)
+
+
+def _tapered_galaxy(n=32):
+    """A smooth galaxy that is exactly zero on the field's outer two rows and columns."""
+    yy, xx = np.mgrid[:n, :n].astype(float)
+    galaxy = np.exp(-((xx - 15.2) ** 2 / 20.0 + (yy - 16.4) ** 2 / 12.0))
+    galaxy[:2], galaxy[-2:], galaxy[:, :2], galaxy[:, -2:] = 0.0, 0.0, 0.0, 0.0
+    return jnp.asarray(galaxy)
+
+
+def test_the_placement_wrap_images_the_same_galaxy_one_period_over(x64, getkey):
+    """The move's proposal (alpha one period over, the source rolled one pixel along) is the same
+    image where the source's edge is empty, so it is always accepted; rolling the other way, or
+    not rolling, misses the image by far more."""
+    from blindlens.inference.source_shift_model import wrap_placement
+
+    p = 0.05
+    image_grid, source_grid = PixelGrid((48, 48), 0.05), PixelGrid((32, 32), p)
+    psf = gaussian_psf(0.1, 0.05)
+    mass = {"theta_E": 0.8, "e1": 0.08, "e2": -0.04, "center_x": 0.01, "center_y": -0.02, "gamma1": 0.01,
+            "gamma2": 0.0}
+    model = with_source_shift(sie_shear, p)
+
+    def image(values, source):
+        return LensingOperator(lens_from_values(model, values), image_grid, source_grid, psf=psf)(source)
+
+    values = {**mass, "alpha_x": jnp.asarray(0.012), "alpha_y": jnp.asarray(-0.021)}
+    galaxy = _tapered_galaxy()
+    data = image(values, galaxy)
+
+    def log_likelihood(v, s):
+        return -0.5 * jnp.sum(((data - image(v, s)) / 1e-3) ** 2)
+
+    moved, source, accepted = wrap_placement(getkey(), values, galaxy, p, log_likelihood)
+    assert np.asarray(accepted).tolist() == [True, True]
+    np.testing.assert_allclose([float(moved["alpha_x"]), float(moved["alpha_y"])], [0.012 - p, -0.021 + p], atol=1e-15)
+    np.testing.assert_array_equal(np.asarray(source), np.roll(np.roll(np.asarray(galaxy), 1, axis=1), -1, axis=0))
+    peak = float(jnp.max(data))
+    assert float(jnp.max(jnp.abs(image(moved, source) - data))) < 1e-12 * peak
+    # broken variants: the source rolled the wrong way, or left where it was
+    wrong_way = np.roll(np.roll(np.asarray(galaxy), -1, axis=1), 1, axis=0)
+    assert float(jnp.max(jnp.abs(image(moved, wrong_way) - data))) > 0.1 * peak
+    assert float(jnp.max(jnp.abs(image(moved, galaxy) - data))) > 0.05 * peak
+
+
+def test_the_placement_wrap_accepts_with_the_likelihood_ratio(getkey):
+    """Known answer: a proposal whose likelihood is 0.3 of the current one is accepted in 30% of
+    keys (within Monte Carlo error), its reverse always, and one onto the prior's edge never;
+    an "always accept" variant would fail the first check."""
+    from blindlens.inference.source_shift_model import wrap_placement
+
+    p, n = 0.05, 4000
+    source = jnp.zeros((8, 8))
+
+    def log_likelihood(v, s):  # alpha_x < 0 is 0.3 times as likely; alpha_y is free
+        return jnp.where(v["alpha_x"] < 0.0, jnp.log(0.3), 0.0)
+
+    def accept_rate(alpha_x, alpha_y=0.01):
+        values = {"alpha_x": jnp.asarray(alpha_x), "alpha_y": jnp.asarray(alpha_y)}
+        keys = jr.split(getkey(), n)
+        accepted = jax.vmap(lambda k: wrap_placement(k, values, source, p, log_likelihood)[2])(keys)
+        return np.asarray(accepted).mean(axis=0)
+
+    down = accept_rate(0.02)  # to alpha_x = -0.03: ratio 0.3
+    assert abs(down[0] - 0.3) < 4 * np.sqrt(0.3 * 0.7 / n), down
+    assert down[1] == 1.0  # the y axis, ratio 1
+    np.testing.assert_array_equal(accept_rate(-0.03), [1.0, 1.0])  # the reverse: ratio 1 / 0.3
+    assert accept_rate(0.0, 0.01)[0] == 0.0  # 0 -> -p lies outside the open prior
+
+
+def test_the_warmup_fold_moves_only_chains_in_the_outer_halves(getkey):
+    """fold=True proposes only where |alpha| >= p/2 (into the central period), with the same likelihood ratio."""
+    from blindlens.inference.source_shift_model import wrap_placement
+
+    p, n = 0.05, 2000
+    source = jnp.zeros((8, 8))
+
+    def log_likelihood(v, s):
+        return jnp.where(v["alpha_x"] < 0.0, jnp.log(0.3), 0.0)
+
+    def accept_rate(alpha_x, alpha_y):
+        values = {"alpha_x": jnp.asarray(alpha_x), "alpha_y": jnp.asarray(alpha_y)}
+        keys = jr.split(getkey(), n)
+        accepted = jax.vmap(lambda k: wrap_placement(k, values, source, p, log_likelihood, fold=True)[2])(keys)
+        return np.asarray(accepted).mean(axis=0)
+
+    np.testing.assert_array_equal(accept_rate(0.02, -0.024), [0.0, 0.0])  # central period: left alone
+    outer = accept_rate(0.03, -0.026)  # x to -0.02 (ratio 0.3), y to +0.024 (ratio 1)
+    assert abs(outer[0] - 0.3) < 4 * np.sqrt(0.3 * 0.7 / n) and outer[1] == 1.0, outer
+
+
+def test_a_chain_pressed_against_the_placement_edge_is_folded_in_warmup(x64):
+    """In the kernel: a warm-up sweep of a chain at alpha_x = -0.97 p ends one period over, in the
+    central period, its source rolled along and the lens block's potential that of the new state;
+    with wrap_placement=False, or once warm-up is over, it stays at the edge."""
+    from blindlens.testing.gold_problem import Problem
+
+    from blindlens.gibbs_kernel import BlindLensGibbs, lens_unconstrained
+
+    problem = Problem()
+    p = problem.source_grid.pixel_scale
+    model = with_source_shift(problem.lens_model, p)
+    galaxy = jnp.zeros(problem.source_grid.shape).at[4:12, 4:12].set(problem.source[4:12, 4:12])
+
+    def one_sweep(wrap, num_warmup):
+        kernel = BlindLensGibbs(model, problem.observation, problem.prior, source_grid=problem.source_grid,
+                                source_sampler=lambda key, op, data, noise: galaxy, wrap_placement=wrap)
+        init = lens_unconstrained(model, {**problem.truth, "alpha_x": -0.97 * p, "alpha_y": 0.2 * p})
+        state = kernel.init(jr.key(3), num_warmup, {**init, "source": galaxy}, (), {})
+        state = kernel.sample(state, (), {})
+        alpha = float(2 * p * jax.nn.sigmoid(state.block_states[-1].z["alpha_x"]) - p)
+        return kernel, state, alpha
+
+    kernel, state, alpha = one_sweep(True, 5)
+    assert 0.0 < alpha < 0.5 * p, alpha  # folded: about -0.97 p + p
+    assert np.asarray(state.z["source"])[:, 3].any() and not np.asarray(state.z["source"])[:, 11].any()  # a column back
+    lens_state = state.block_states[-1]
+    fresh = kernel._kernels[-1].refresh(lens_state, (), {"_gibbs_sites": {"source": state.z["source"]}})
+    np.testing.assert_allclose(float(lens_state.potential_energy), float(fresh.potential_energy), rtol=1e-10)
+    assert one_sweep(False, 5)[2] < -0.5 * p
+    assert one_sweep(True, 0)[2] < -0.5 * p  # after warm-up the kept draws are left alone

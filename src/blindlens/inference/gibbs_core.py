@@ -16,7 +16,9 @@ Each sweep (1) moves the source by a ``p(s | theta, y)``-invariant move (by defa
 partial refresh, :func:`blindlens.source_posterior.source_refresh`, as in
 :class:`~blindlens.gibbs_kernel.BlindLensGibbs`), then (2) moves the lens by one Hamiltonian Monte
 Carlo transition on ``p(theta | s, y)`` in NumPyro's unconstrained lens coordinates
-(:class:`~blindlens.lens_space.LensSpace`). The lens move is the default lens block's
+(:class:`~blindlens.lens_space.LensSpace`); where the lens model samples the source grid's placement,
+(3) in warm-up the placement is folded into the central period of its prior
+(:func:`~blindlens.source_shift_model.wrap_placement`). The lens move is the default lens block's
 (:class:`~blindlens.lens_block.LensNUTS`) with one change for batches:
 
 * the metric is the same SoftAbs curvature ``M^{-1} = |H|^{-1}`` of the conditional, recomputed at
@@ -58,10 +60,14 @@ from .._types import Array, Float, Int, PRNGKeyArray, SourceImage
 from ..prior.source_prior import AbstractSourcePrior
 from .gibbsddrm import GibbsDDRMConfig, _metric, sample_gibbsddrm
 from .lens_space import LensSpace
-from .numpyro_model import JointModel, lens_site_names
+from .numpyro_model import JointModel, lens_from_values, lens_site_names
 from .source_moves import _staged, counted_move  # _staged: the noise map as a traced value
+from .source_shift_model import placement_period, wrap_placement
 
 __all__ = ["GibbsCore", "GibbsCoreState", "SweepInfo"]
+
+_PLACEMENT_SALT = 0x9A1D
+"""Folded into a sweep's key for the placement move (the source and lens moves' keys are unchanged)."""
 
 
 class GibbsCoreState(NamedTuple):
@@ -148,6 +154,11 @@ class GibbsCore(eqx.Module):
     lens_transitions
         HMC transitions of the lens per sweep (each with its own momentum and jitter; the step
         size adapts to their mean acceptance). They cost no network pass.
+    wrap_placement
+        With a sampled grid placement (:func:`~blindlens.source_shift_model.with_source_shift` in
+        ``lens_model``): end every warm-up sweep but the last by folding the placement into the
+        central period of its prior (:func:`~blindlens.source_shift_model.wrap_placement` with
+        ``fold=True``), as :class:`~blindlens.gibbs_kernel.BlindLensGibbs` does. Ignored without one.
     """
 
     lens_model: Callable = eqx.field(static=True)
@@ -163,6 +174,7 @@ class GibbsCore(eqx.Module):
     descent_fraction: float = eqx.field(static=True, default=0.5)
     space: LensSpace = eqx.field(static=True, default=None)
     lens_transitions: int = eqx.field(static=True, default=1)
+    wrap_placement: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self):
         if int(self.num_warmup) < 0:
@@ -351,6 +363,14 @@ class GibbsCore(eqx.Module):
             inverse_mass = self.curvature_inverse_mass(state.lens, source, model) if warmup else state.inverse_mass
         u, pe, accept, diverging, eps = self._lens_move(k_lens, state.lens, source, model, inverse_mass,
                                                         state.log_step_size)
+        period = placement_period(self.lens_model) if self.wrap_placement and warmup is not False else None
+        if period is not None:  # every warm-up sweep but the last (the metric then frozen is the central period's)
+            folding = state.iteration + 1 < self.num_warmup
+            u, source, pe = jax.lax.cond(
+                folding,
+                lambda: self._wrap_placement(jr.fold_in(key, _PLACEMENT_SALT), u, source, model, pe, period),
+                lambda: (u, source, pe),
+            )
         log_eps = state.log_step_size + (accept - self.target_accept_prob) / jnp.sqrt(state.iteration + 1.0)
         log_eps = jnp.clip(log_eps, jnp.log(1e-3), jnp.log(2.0))
         log_eps = jnp.where(warming, log_eps, state.log_step_size).astype(state.log_step_size.dtype)
@@ -365,6 +385,19 @@ class GibbsCore(eqx.Module):
             num_score_evals=new.num_score_evals,
         )
         return new, info
+
+    def _wrap_placement(self, key, u, source, model, pe, period):
+        """:func:`~blindlens.source_shift_model.wrap_placement` (``fold=True``) at ``u``: the new ``(u, source, potential)``."""
+        values = self.space.constrain(u)
+
+        def log_likelihood(v, s):
+            return model.log_likelihood(lens_from_values(self.lens_model, v), s)
+
+        moved, source, accepted = wrap_placement(key, values, source, period, log_likelihood, fold=True)
+        new_u = self.space.unconstrain(moved).astype(u.dtype)
+        moved_any = jnp.any(accepted)
+        pe = jnp.where(moved_any, self.potential(new_u, source, model), pe).astype(pe.dtype)
+        return jnp.where(moved_any, new_u, u), source, pe
 
     def _lens_move(self, key, u, source, model, inverse_mass, log_step_size):
         """``lens_transitions`` HMC transitions: the last one's state, mean acceptance, any divergence."""

@@ -64,7 +64,8 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from numpyro.infer.gibbs import Gibbs, GibbsState
+from numpyro.infer import HMC
+from numpyro.infer.gibbs import Gibbs, GibbsState, with_conditioning
 
 from .._types import Array, PRNGKeyArray
 from ..physics.grid import PixelGrid
@@ -95,6 +96,7 @@ from .source_moves import (  # the private adapters are re-exported too (old pic
     _staged,  # noqa: F401  (re-exported: scripts import it from here)
     auto_refresh_sigma,
 )
+from .source_shift_model import SOURCE_SHIFT_SITES, placement_period, wrap_placement
 
 if TYPE_CHECKING:
     from .lens_initialization import EvidenceSearchConfig
@@ -118,6 +120,10 @@ WARM_START_POOLS = ("full", "adaptive")
 """How a pooled warm start is sized (:func:`blindlens.chain_starts.pooled_chain_starts`): ``full`` (the
 default) runs ``warm_start_tries`` per chain; ``adaptive`` grows the pool one try per chain at a time
 until every chain has its own start in the best mode (with pre-fit starts; faster, measured less robust)."""
+
+
+_PLACEMENT_SALT = 0x9A1D
+"""Folded into the Gibbs state's key for the placement move (the blocks draw from keys of their own)."""
 
 
 _SOURCE_STATE_KEY = "_source_state"
@@ -297,6 +303,15 @@ class BlindLensGibbs(Gibbs):
         throughout. With ``chain_method="vectorized"`` both moves are computed in every sweep.
     warmup_source_fraction
         Fraction of the warm-up moved by ``warmup_source_move`` (default 0.5).
+    wrap_placement
+        With a sampled grid placement (:func:`~blindlens.source_shift_model.with_source_shift` in the
+        lens model) and an HMC/NUTS lens block: after every warm-up sweep but the last, a chain
+        whose placement lies in an outer half of its ``U(-p, p)`` prior is moved one grid period
+        over with its source rolled one pixel along, if that fits as well
+        (:func:`~blindlens.source_shift_model.wrap_placement` with ``fold=True``), so that no chain
+        stays pressed against an edge of the prior and sampling starts in the central period. Two
+        likelihood evaluations per warm-up sweep; the kept draws are untouched. Default ``True``;
+        ignored without a sampled placement.
     warmup_source_threshold
         ``None`` (default): every chain uses ``warmup_source_move``. A number ``k``: only chains
         whose start misfits, residual chi^2/N above ``1 + k sqrt(2/N)``, do; the others (a good
@@ -331,6 +346,7 @@ class BlindLensGibbs(Gibbs):
         target_accept_prob: float | None = None,
         max_tree_depth: int | tuple[int, int] | None = None,
         dense_mass: bool | None = None,
+        wrap_placement: bool = True,
     ):
         if not isinstance(prior, AbstractSourcePrior):
             raise ValueError(
@@ -423,9 +439,52 @@ class BlindLensGibbs(Gibbs):
         if init_strategy is not None and lens_search is not None:
             raise ValueError("init_strategy sets the starting lens; it cannot be combined with lens_search.")
         self.init_strategy = init_strategy
+        self.wrap_placement = bool(wrap_placement)
+        period = placement_period(lens_model) if self.wrap_placement and isinstance(lens_block, HMC) else None
+        if period is not None and abs(period - float(source_grid.pixel_scale)) > 1e-9 * period:
+            raise ValueError(
+                f"with_source_shift's pixel_scale {period:g} differs from the source grid's {source_grid.pixel_scale:g}; "
+                "give it the grid's pixel scale, or pass wrap_placement=False."
+            )
+        self._placement_period = period
+        self._placement_fold_sweeps = 0  # set by init: the warm-up's sweeps
         super().__init__([(self.source_block, [SOURCE_SITE]), (lens_block, None)])
 
     sample_field = "sites"
+
+    def sample(self, state, model_args, model_kwargs):
+        """One Gibbs sweep (source, then lens); in warm-up, then the placement fold where the placement is sampled."""
+        state = super().sample(state, model_args, model_kwargs)
+        if self._placement_period is None:
+            return state
+        # every warm-up sweep but the last, so that the metric frozen after warm-up is computed in the central period
+        folding = state.block_states[-1].i < self._placement_fold_sweeps
+        return jax.lax.cond(folding, lambda s: self._wrap_placement(s, model_args, model_kwargs), lambda s: s, state)
+
+    def _wrap_placement(self, state, model_args, model_kwargs):
+        """:func:`~blindlens.source_shift_model.wrap_placement` (``fold=True``) on the state, the lens block refreshed if it moved."""
+        source_state, lens_state = state.block_states
+        lens_kernel = self._kernels[-1]
+        jm = self.joint_model
+        space = _LensSpace(jm.lens_model)
+        values = {n: space.transforms[n](lens_state.z[n]) for n in space.names}
+
+        def log_likelihood(v, source):
+            return jm.log_likelihood(lens_from_values(jm.lens_model, v), source)
+
+        key = jr.fold_in(state.rng_key, _PLACEMENT_SALT)
+        moved, source, accepted = wrap_placement(key, values, source_state.z[SOURCE_SITE], self._placement_period,
+                                                 log_likelihood, fold=True)
+
+        def apply(states):
+            src, lens = states
+            z = {**lens.z, **{n: space.transforms[n].inv(moved[n]).astype(lens.z[n].dtype) for n in SOURCE_SHIFT_SITES}}
+            kwargs = with_conditioning(model_kwargs, {SOURCE_SITE: source})
+            lens = lens_kernel.refresh(lens._replace(z=z), model_args, kwargs)
+            return src._replace(z={SOURCE_SITE: source}), lens
+
+        blocks = jax.lax.cond(jnp.any(accepted), apply, lambda states: states, (source_state, lens_state))
+        return state._replace(z=self._merge_z(blocks), block_states=tuple(blocks))
 
     def postprocess_fn(self, model_args, model_kwargs):
         """Gibbs's postprocessing applied to the collected :attr:`BlindLensGibbsState.sites`."""
@@ -529,6 +588,7 @@ class BlindLensGibbs(Gibbs):
         return jax.tree.map(lambda v: v[best], draws)
 
     def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
+        self._placement_fold_sweeps = int(num_warmup)
         init_params = dict(init_params or {})
         given = [n for n in self.lens_sites if n in init_params]
         if given and len(given) != len(self.lens_sites):
