@@ -68,6 +68,7 @@ __all__ = [
     "lens_site_names",
     "nuisance_site_names",
     "without_nuisance",
+    "wrapper_chain",
     "lens_from_values",
     "lens_log_prior",
     "lens_init_values",
@@ -288,12 +289,19 @@ def nuisance_site_names(lens_model: Callable) -> tuple[str, ...]:
     -------
     The nuisance site names in wrapping order (outermost first); ``()`` for a plain model.
     """
-    names: list[str] = []
-    model, depth = lens_model, 0
-    while model is not None and depth < 64:  # (a depth bound: a wrapper that holds itself cannot hang this)
-        names.extend(getattr(model, "nuisance_sites", ()))
-        model, depth = getattr(model, "lens_model", None), depth + 1
+    names = [name for model in wrapper_chain(lens_model) for name in getattr(model, "nuisance_sites", ())]
     return tuple(dict.fromkeys(names))
+
+
+def wrapper_chain(lens_model: Callable):
+    """``lens_model``, the model it wraps (its ``lens_model`` attribute), and so on inwards.
+
+    Bounded at 64 levels, so that a wrapper that holds itself cannot hang a caller.
+    """
+    model, depth = lens_model, 0
+    while model is not None and depth < 64:
+        yield model
+        model, depth = getattr(model, "lens_model", None), depth + 1
 
 
 def without_nuisance(lens_model: Callable) -> Callable:

@@ -207,12 +207,10 @@ def spread_shared_placements(
 
 def placement_period(lens_model: Callable) -> float | None:
     """The pixel scale [arcsec] of the :func:`with_source_shift` wrapper in a lens model's chain, or ``None``."""
-    model, depth = lens_model, 0
-    while model is not None and depth < 64:  # (bounded like numpyro_model.nuisance_site_names)
-        if isinstance(model, _WithSourceShift):
-            return float(model.pixel_scale)
-        model, depth = getattr(model, "lens_model", None), depth + 1
-    return None
+    from .numpyro_model import wrapper_chain
+
+    shift = next((m for m in wrapper_chain(lens_model) if isinstance(m, _WithSourceShift)), None)
+    return None if shift is None else float(shift.pixel_scale)
 
 
 def wrap_placement(
