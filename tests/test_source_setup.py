@@ -1,5 +1,6 @@
 """How a run sets up its source: the prior chosen by the data's pixel scale, the grid centred on the source."""
 
+from pathlib import Path
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -169,3 +170,31 @@ def test_build_kernel_is_the_sampler_the_options_describe():
     assert kernel.split_gibbs is not None
     other = build_kernel(sie_shear, obs, prior, SampleOptions(supersampling=3, source_move="refresh"), center=(0, 0))
     assert other.joint_model.operator_factory.supersampling == 3 and other.split_gibbs is None
+
+
+def test_warm_start_tries_auto_keeps_a_pool_of_eight_whatever_the_chains():
+    """``--warm-start-tries auto`` (the default): ceil(8 / chains) per chain; two chains resolve to the
+    earlier default of 4, so the fingerprint of their checkpoints is unchanged."""
+    from blindlens.pipeline import sample_fingerprint, warm_start_tries
+
+    assert SampleOptions().warm_start_tries == "auto"
+    for chains, tries in ((1, 8), (2, 4), (3, 3), (4, 2), (8, 1), (12, 1)):
+        assert warm_start_tries(SampleOptions(chains=chains)) == tries
+    assert warm_start_tries(SampleOptions(chains=8, warm_start_tries=3)) == 3
+    prior_stub = ScorePrior.default()
+    obs = Path(__file__).resolve().parents[1] / "src" / "blindlens" / "data" / "example_hst.fits"
+    auto = sample_fingerprint(obs, SampleOptions(), prior_stub)
+    assert auto == sample_fingerprint(obs, SampleOptions(warm_start_tries=4), prior_stub)
+    assert auto != sample_fingerprint(obs, SampleOptions(warm_start_tries=3), prior_stub)
+    parser = cli.build_parser()
+    base = ["sample", "obs.fits", "--out", "post.nc"]
+    assert parser.parse_args(base).warm_start_tries == "auto"
+    assert parser.parse_args([*base, "--warm-start-tries", "AUTO"]).warm_start_tries == "auto"
+    assert parser.parse_args([*base, "--warm-start-tries", "2"]).warm_start_tries == 2
+    for bad in ("0", "two", "1.5"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, "--warm-start-tries", bad])
+    for bad in (0, "4", 1.5):
+        with pytest.raises(ValueError, match="--warm-start-tries"):
+            SampleOptions(warm_start_tries=bad).validate()
+    assert _cell("warm_start_tries", "auto") == "auto" and _cell("warm_start_tries", "3") == 3

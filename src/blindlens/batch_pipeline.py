@@ -84,6 +84,7 @@ def sample_observations_batch(
         resolve_prior_spec,
         run_lens_model,
         split_gibbs_config,
+        warm_start_tries,
         warmup_source_move,
     )
     from .results.batch_results import batch_inference_data
@@ -139,7 +140,7 @@ def sample_observations_batch(
         jax.random.key(options.seed), core, models, num_samples=300 if options.draws is None else options.draws,
         num_chains=options.chains, prior=prior, warm_start=GibbsDDRMConfig(guidance=guidance,
                                                                             num_steps=options.warm_start_steps),
-        warm_start_tries=options.warm_start_tries, batch_size=batch_size, first_index=first_index,
+        warm_start_tries=warm_start_tries(options), batch_size=batch_size, first_index=first_index,
     )
     wall = time.time() - t0
     results = []

@@ -155,6 +155,19 @@ def _refresh_sigma_arg(text: str):
     return value
 
 
+def _warm_start_tries_arg(text: str):
+    """``--warm-start-tries``: 'auto' or a positive integer."""
+    if text.lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of trajectories per chain, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--warm-start-tries must be >= 1, got {value}")
+    return value
+
+
 def _add_joint_sample_arguments(p) -> None:
     g = p.add_argument_group("joint lens + source inference (without --fixed-lens)")
     g.add_argument("--lens-model", default=DEFAULTS.lens_model,
@@ -198,10 +211,11 @@ def _add_joint_sample_arguments(p) -> None:
                         "'none' with the refresh or vectorized chains; warm-up draws are discarded")
     g.add_argument("--warm-start-steps", type=int, default=DEFAULTS.warm_start_steps,
                    help="reverse-SDE steps of the continuous-time GibbsDDRM draw that starts each chain")
-    g.add_argument("--warm-start-tries", type=int, default=DEFAULTS.warm_start_tries,
+    g.add_argument("--warm-start-tries", type=_warm_start_tries_arg, default=DEFAULTS.warm_start_tries,
+                   metavar="auto|N",
                    help="continuous-time trajectories per chain, pooled over chains and ranked by residual chi^2: "
-                        "the chains start from the best-fitting ones (default 4; with --warm-start-pool adaptive "
-                        "the most per chain)")
+                        "the chains start from the best-fitting ones; 'auto' (default): a pool of 8, i.e. "
+                        "ceil(8 / --chains) per chain (with --warm-start-pool adaptive the most per chain)")
     g.add_argument("--warm-start-pool", choices=WARM_START_POOLS, default=DEFAULTS.warm_start_pool,
                    help="full (default): --warm-start-tries trajectories per chain; adaptive: with the lens "
                         "pre-fit's starts, one per chain at a time until every chain has its own start in the best "

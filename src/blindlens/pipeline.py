@@ -23,6 +23,7 @@ from .sample_options import (  # re-exported: the CLI, catalogue, batch pipeline
     _RUN_LENGTH,
     AUTO_DESCENT_THRESHOLD,
     AUTO_SOURCE_SHIFT,
+    AUTO_WARM_START_POOL,
     DEFAULTS,
     SOURCE_MOVES,
     SOURCE_SHIFTS,
@@ -34,6 +35,7 @@ from .sample_options import (  # re-exported: the CLI, catalogue, batch pipeline
     source_move,
     source_shift,
     split_gibbs_config,
+    warm_start_tries,
     warmup_source_move,
     warmup_source_threshold,
 )
@@ -48,7 +50,7 @@ from .source_setup import (  # re-exported: the CLI, catalogue and batch pipelin
 
 __all__ = ["SampleOptions", "DEFAULTS", "sample_observation", "diagnose", "load_lens_model", "load_source_prior",
            "resolve_prior_spec", "is_prior_file", "source_grid_center", "run_lens_model", "sample_fingerprint",
-           "result_fingerprint", "AUTO_DESCENT_THRESHOLD", "AUTO_SOURCE_SHIFT", "SOURCE_MOVES", "SOURCE_SHIFTS",
+           "result_fingerprint", "AUTO_DESCENT_THRESHOLD", "AUTO_SOURCE_SHIFT", "AUTO_WARM_START_POOL", "SOURCE_MOVES", "SOURCE_SHIFTS",
            "WARMUP_SOURCE_MOVES", "build_kernel"]
 
 
@@ -172,6 +174,7 @@ def sample_fingerprint(observation, options, prior) -> dict:
             newer[f.name] = file_sha256(value) if _is_file_option(f.name) and value is not None else value
     settings = {name: getattr(options, name) for name in _CHECKPOINT_SETTINGS}
     settings["source_shift"] = source_shift(options)  # what ran, so that "auto" resumes a run of its meaning
+    settings["warm_start_tries"] = warm_start_tries(options)  # likewise (2 chains: 4, as before "auto")
     return {"observation": file_sha256(observation), "lens_model": lens, "prior": prior_fingerprint(prior),
             **settings, **newer, "blindlens": __version__}
 
@@ -289,7 +292,7 @@ def build_kernel(lens_model, observation, prior, options: SampleOptions, *, cent
         lens_model, observation, prior,
         source_config=SourceSamplerConfig(guidance=guidance, num_steps=options.steps, solver=options.solver),
         warm_start=GibbsDDRMConfig(guidance=guidance, num_steps=options.warm_start_steps),
-        warm_start_tries=options.warm_start_tries, warm_start_pool=options.warm_start_pool,
+        warm_start_tries=warm_start_tries(options), warm_start_pool=options.warm_start_pool,
         source_grid=PixelGrid(tuple(prior.shape), float(prior.pixel_scale), center),
         supersampling=options.supersampling, source_refresh_sigma=options.refresh_sigma,
         split_gibbs=split_gibbs_config(options), lens_prefit=prefit,

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["SampleOptions", "DEFAULTS", "SOURCE_MOVES", "WARM_START_POOLS", "WARMUP_SOURCE_MOVES", "SOURCE_SHIFTS", "AUTO_SOURCE_SHIFT",
-           "AUTO_DESCENT_THRESHOLD", "source_shift", "source_move", "warmup_source_move", "warmup_source_threshold",
-           "split_gibbs_config", "convergence_target", "observation_options"]
+           "AUTO_DESCENT_THRESHOLD", "AUTO_WARM_START_POOL", "source_shift", "source_move", "warmup_source_move",
+           "warmup_source_threshold", "warm_start_tries", "split_gibbs_config", "convergence_target", "observation_options"]
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class SampleOptions:
     source_move: str = "auto"
     warmup_source_move: str = "auto"
     warm_start_steps: int = 200
-    warm_start_tries: int = 4
+    warm_start_tries: Any = "auto"
     warm_start_pool: str = "full"
     lens_prefit: str = "sersic"
     checkpoint_every: int = 100
@@ -100,11 +100,14 @@ class SampleOptions:
     def validate(self) -> None:
         """Refuse out-of-range settings (``ValueError`` naming the option), before any work."""
         for name in ("chains", "draws", "thinning", "steps", "checkpoint_every", "warm_start_steps",
-                     "warm_start_tries", "lens_light_components"):
+                     "lens_light_components"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1.")
         if self.warmup < 0:
             raise ValueError("--warmup must be >= 0.")
+        if self.warm_start_tries != "auto" and (isinstance(self.warm_start_tries, (str, bool, float))
+                                                 or int(self.warm_start_tries) < 1):
+            raise ValueError(f"--warm-start-tries must be 'auto' or an integer >= 1, got {self.warm_start_tries!r}.")
         if (self.cutout_pixel is not None or self.cutout_sky is not None) != (self.cutout_size is not None):
             raise ValueError("a cut-out needs --cutout-size N and one centre, --cutout-pixel X Y or --cutout-sky RA DEC.")
         if self.cutout_pixel is not None and self.cutout_sky is not None:
@@ -234,6 +237,20 @@ def source_move(options: SampleOptions) -> str:
     if options.source_move != "auto":
         return options.source_move
     return "split-gibbs" if options.refresh_sigma == "auto" else "refresh"
+
+
+AUTO_WARM_START_POOL = 8
+"""Continuous-time trajectories in the chains' pool of warm starts with ``--warm-start-tries auto``
+(the default): ``ceil(8 / chains)`` per chain, so that more chains do not lengthen the start-up
+(2 chains: 4 each, the default before ``auto``; 8 chains: 1 each)."""
+
+
+def warm_start_tries(options: SampleOptions) -> int:
+    """Warm-start trajectories per chain: ``--warm-start-tries``, where ``auto`` (the default) is
+    ``ceil(AUTO_WARM_START_POOL / chains)`` (:data:`AUTO_WARM_START_POOL`)."""
+    if options.warm_start_tries == "auto":
+        return max(1, -(-AUTO_WARM_START_POOL // int(options.chains)))
+    return int(options.warm_start_tries)
 
 
 AUTO_DESCENT_THRESHOLD = 20.0
