@@ -59,7 +59,7 @@ class SampleOptions:
     lens_light: str = "none"
     lens_light_components: int = 1
     tie_light_center: bool = False
-    chains: int = 2
+    chains: int = 4
     warmup: int = 200
     draws: int | None = None
     target_ess: float | None = None
