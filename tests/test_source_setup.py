@@ -181,11 +181,11 @@ def test_warm_start_tries_auto_keeps_a_pool_of_eight_whatever_the_chains():
     for chains, tries in ((1, 8), (2, 4), (3, 3), (4, 2), (8, 1), (12, 1)):
         assert warm_start_tries(SampleOptions(chains=chains)) == tries
     assert warm_start_tries(SampleOptions(chains=8, warm_start_tries=3)) == 3
-    prior_stub = ScorePrior.default()
+    prior = ScorePrior.default()
     obs = Path(__file__).resolve().parents[1] / "src" / "blindlens" / "data" / "example_hst.fits"
-    auto = sample_fingerprint(obs, SampleOptions(chains=2), prior_stub)
-    assert auto == sample_fingerprint(obs, SampleOptions(chains=2, warm_start_tries=4), prior_stub)
-    assert auto != sample_fingerprint(obs, SampleOptions(chains=2, warm_start_tries=3), prior_stub)
+    auto = sample_fingerprint(obs, SampleOptions(chains=2), prior)
+    assert auto == sample_fingerprint(obs, SampleOptions(chains=2, warm_start_tries=4), prior)
+    assert auto != sample_fingerprint(obs, SampleOptions(chains=2, warm_start_tries=3), prior)
     parser = cli.build_parser()
     base = ["sample", "obs.fits", "--out", "post.nc"]
     assert parser.parse_args(base).warm_start_tries == "auto"

@@ -83,9 +83,9 @@ def _cell(name: str, text: str):
             raise ValueError(f"column {name}: expected numbers, got {text!r}.") from None
     if name == "refresh_sigma":
         return None if text.lower() == "none" else text if text.lower() == "auto" else float(text)
-    if name == "warm_start_tries" and text.strip().lower() == "auto":
-        return "auto"
-    if name == "warm_start_tries":
+    if name == "warm_start_tries":  # 'auto' or a number of trajectories per chain
+        if text.strip().lower() == "auto":
+            return "auto"
         kind = int
     try:
         return kind(text)
