@@ -17,7 +17,10 @@ which takes hours on a 2-core CPU)::
     JAX_PLATFORMS=cpu .venv/bin/python benchmarks/catalogue.py --json /tmp/catalogue.json
 
 ``--quick``: 2 lenses of 32x32 at 0.1"/pixel with the smallest sampler settings (a few minutes;
-a smoke test of the machinery, not a measurement of production runs).
+a smoke test of the machinery, not a measurement of production runs). On a GPU, lenses per hour
+against the batch size (the issue's 1, 8, 32, 128; the size that saturates the device)::
+
+    .venv/bin/python benchmarks/catalogue.py --modes c --batch-sizes 1 8 32 128 --json /tmp/gpu_batch.json
 """
 
 from __future__ import annotations
@@ -147,14 +150,14 @@ def mode_d(paths, out: Path, options: dict, workers: int = 2) -> dict:
             "statuses": table["status"].value_counts().to_dict()}
 
 
-def mode_c(paths, out: Path, options: dict) -> dict:
+def mode_c(paths, out: Path, options: dict, batch_size: int | None = None) -> dict:
     from blindlens import SampleOptions, sample_observations_batch
 
     _listen()
     before = _compiled()["seconds"]
     t0 = time.perf_counter()
     opts = {k: v for k, v in options.items() if k != "checkpoint_every"}
-    sample_observations_batch(paths, out, SampleOptions(**opts), batch_size=len(paths))
+    sample_observations_batch(paths, out, SampleOptions(**opts), batch_size=batch_size or len(paths))
     return {"wall": time.perf_counter() - t0, "compile": _compiled()["seconds"] - before}
 
 
@@ -168,8 +171,13 @@ def main() -> int:
     parser.add_argument("--modes", default="abcd", help="which modes to run (default abcd)")
     parser.add_argument("--workdir", default=None, help="keep observations and outputs here (default: a temp dir)")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                        help="mode (c) once per batch size (lenses lax.mapped in chunks of it; e.g. 1 8 32 128 on a "
+                             "GPU: the size that saturates the device); --lenses defaults to the largest")
     args = parser.parse_args()
-    lenses = args.lenses or (2 if args.quick else 8)
+    if args.batch_sizes and min(args.batch_sizes) < 1:
+        parser.error("--batch-sizes must be positive integers")
+    lenses = args.lenses or (max(args.batch_sizes) if args.batch_sizes else (2 if args.quick else 8))
     shape, scale = (32, 0.1) if args.quick else (96, 0.05)
     options = QUICK if args.quick else DEMO
     work = Path(args.workdir or tempfile.mkdtemp(prefix="blindlens_catalogue_bench_"))
@@ -180,15 +188,21 @@ def main() -> int:
     results = {}
     for key in args.modes:
         label, run = runs[key]
+        if key == "c" and args.batch_sizes:
+            for size in args.batch_sizes:
+                print(f"{label}, batch size {size} ...", flush=True)
+                results[f"{label}, batch {size}"] = run(paths, work / f"out_c{size}", options, batch_size=size)
+            continue
         print(f"{label} ...", flush=True)
         results[label] = run(paths, work / f"out_{key}", options)
     base = results.get("(a) one process per lens")
     print(f"\n{lenses} lenses of {shape}x{shape} at {scale}\"/pixel; settings {options}; "
           f"{os.cpu_count()} CPU cores\n")
-    print(f"{'mode':<32} {'wall [s]':>9} {'per lens [s]':>13} {'compile [s]':>12} {'x vs (a)':>9}")
+    print(f"{'mode':<32} {'wall [s]':>9} {'per lens [s]':>13} {'lenses / h':>11} {'compile [s]':>12} {'x vs (a)':>9}")
     for label, r in results.items():
         speed = f"{base['wall'] / r['wall']:.2f}" if base else "-"
-        print(f"{label:<32} {r['wall']:9.1f} {r['wall'] / lenses:13.1f} {r['compile']:12.1f} {speed:>9}")
+        print(f"{label:<32} {r['wall']:9.1f} {r['wall'] / lenses:13.1f} {3600 * lenses / r['wall']:11.1f} "
+              f"{r['compile']:12.1f} {speed:>9}")
     if args.json:
         Path(args.json).write_text(json.dumps({"lenses": lenses, "shape": shape, "pixel_scale": scale,
                                                "options": options, "results": results}, indent=1))

@@ -22,7 +22,7 @@ from blindlens.numpyro_model import joint_model
 from blindlens.observation import Observation
 from blindlens.run_diagnostics import check_run
 from blindlens.source_posterior import SourceSamplerConfig
-from test_gibbs_kernel import _mcse_sd, gold  # noqa: F401  (gold: fixture)
+from test_gibbs_kernel import _Constant, _mcse_sd, _PlusOne, empty_source_threshold, gold  # noqa: F401  (gold: fixture)
 
 from blindlens.results.batch_results import batch_inference_data
 from blindlens.testing.gold_problem import Z_99, LowRankExactGuidance, Problem
@@ -295,3 +295,71 @@ def test_observation_files_in_one_batch_write_one_netcdf_each(tmp_path, x64):
                                rtol=1e-4)
     with pytest.raises(ValueError, match="nothing is overwritten"):
         sample_observations_batch(paths, tmp_path / "out", options)
+
+
+def test_nuts_transition_samples_a_gaussian_under_matched_and_mismatched_metrics():
+    """``lens_block.nuts_transition`` (the core's NUTS move) leaves N(0, C) invariant whatever the metric;
+    a potential tempered by 1/2 (the broken variant) doubles the variance and fails the same check."""
+    from blindlens.lens_block import nuts_transition
+
+    cov = jnp.array([[1.0, 0.3], [0.3, 0.25]])
+    prec = jnp.linalg.inv(cov)
+
+    def chain(inverse_mass, scale=1.0):
+        def step(u, k):
+            t = nuts_transition(k, u, lambda v: scale * 0.5 * v @ prec @ v, inverse_mass, jnp.asarray(0.8), 6)
+            return t.u, t.u
+
+        return np.asarray(jax.jit(lambda k: jax.lax.scan(step, jnp.zeros(2), jr.split(k, 6000))[1])(jr.key(3)))
+
+    for inverse_mass in (cov, jnp.diag(jnp.diag(cov)) * 3.0):
+        draws = chain(inverse_mass)
+        ess = float(az.ess(draws[None, :, 0]))
+        var = draws[:, 0].var()
+        assert abs(var - 1.0) < 4.0 * np.sqrt(2.0 / ess), (var, ess)  # the variance's MC error at this ESS
+        assert abs(draws[:, 0].mean()) < 4.0 / np.sqrt(ess)
+    broken = chain(cov, scale=0.5)
+    assert abs(broken[:, 0].var() - 1.0) > 0.5
+
+
+def test_nuts_lens_move_keeps_the_exact_marginal(gold):  # noqa: F811
+    """``lens_move="nuts"`` (NumPyro's tree with the curvature metric, the kernel's lens move as a pure
+    function) reproduces the exact theta_E marginal; the tempered likelihood does not."""
+    problem, grid, cdf, mean, sd = gold
+    theta, draws = _batch_gold(problem, None, jr.key(13), num_samples=250, lens_move="nuts")
+    ess = float(az.ess(theta))
+    z_mean, z_sd, ks, ks_crit = _gold_check(theta, ess, _mcse_sd(theta), grid, cdf, mean, sd)
+    print(f"nuts: mean {theta.mean():.5f} vs {mean:.5f}, sd {theta.std():.5f} vs {sd:.5f}, ESS {ess:.0f}, "
+          f"z_mean {z_mean:.2f}, z_sd {z_sd:.2f}, KS {ks:.3f} (crit {ks_crit:.3f})")
+    assert ess > 60 and abs(z_mean) < Z_99 and abs(z_sd) < Z_99 and ks < ks_crit
+    assert np.all(np.isfinite(np.asarray(draws.info.energy)))
+    obs = problem.observation
+    tempered = Observation(obs.image, problem.noise / np.sqrt(2.0), obs.psf, problem.image_grid.pixel_scale)
+    theta_b, _ = _batch_gold(problem, tempered, jr.key(13), num_samples=250, lens_move="nuts")
+    z_mean_b, z_sd_b, ks_b, ks_crit_b = _gold_check(theta_b, float(az.ess(theta_b)), _mcse_sd(theta_b), grid, cdf,
+                                                    mean, sd)
+    assert abs(z_mean_b) > Z_99 or abs(z_sd_b) > Z_99 or ks_b > ks_crit_b
+    with pytest.raises(ValueError, match="lens_move"):
+        _core(problem, _model(problem), lens_move="mala")
+    with pytest.raises(ValueError, match="max_tree_depth"):
+        _core(problem, _model(problem), lens_move="nuts", max_tree_depth=(4, 0))
+
+
+def test_descent_threshold_lets_only_a_poorly_fitting_start_descend(gold):  # noqa: F811
+    """``descent_threshold=k``: a chain descends (fresh draws in the first warm-up sweeps) only if its start's
+    chi^2/N exceeds ``1 + k sqrt(2/N)``, decided at init; the static ``descend=True`` path obeys it too."""
+    problem = gold[0]
+    model = _model(problem)
+    zeros = jnp.zeros(problem.source_grid.shape)
+    boundary = empty_source_threshold(problem, model)
+    for k, descends in ((0.99 * boundary, True), (1.01 * boundary, False)):
+        core = GibbsCore(problem.lens_model, _Constant(), _PlusOne(), num_warmup=4, descent="draw",
+                         descent_threshold=float(k))
+        start = core.init(jr.key(0), model, {"theta_E": 1.0}, zeros)
+        assert bool(start.descends) == descends
+        for kwargs in ({}, {"warmup": True, "descend": True}):
+            assert float(core.sweep(jr.key(1), start, model, **kwargs)[0].source[0, 0]) == (7.0 if descends else 1.0)
+    without = GibbsCore(problem.lens_model, _Constant(), _PlusOne(), num_warmup=4, descent="draw")
+    assert bool(without.init(jr.key(0), model, {"theta_E": 1.0}, zeros).descends)
+    with pytest.raises(ValueError, match="descent_threshold"):
+        GibbsCore(problem.lens_model, _Constant(), _PlusOne(), descent="draw", descent_threshold=-1.0)

@@ -157,6 +157,16 @@ class _PlusOne:
         return current + 1.0
 
 
+def empty_source_threshold(problem, joint):
+    """The descent threshold ``k`` at which an empty source at theta_E = 1 just misfits: ``(chi^2/N - 1) / sqrt(2/N)``."""
+    zeros = jnp.zeros(problem.source_grid.shape)
+    n = float(np.sum(np.asarray(joint.mask)))
+    chi2n = float(joint.residual_chi2(lens_from_values(problem.lens_model, {"theta_E": 1.0}), zeros)) / n
+    boundary = (chi2n - 1.0) / np.sqrt(2.0 / n)
+    assert boundary > 10  # an empty source misfits the arcs
+    return boundary
+
+
 def test_warmup_descent_moves_the_first_half_of_warmup_then_hands_over(gold):
     problem, *_ = gold
     joint = _exact_kernel(problem).joint_model
@@ -179,10 +189,7 @@ def test_warmup_descent_moves_the_first_half_of_warmup_then_hands_over(gold):
         SourceBlock(joint, _Constant(), _PlusOne(), descent="draw", descent_fraction=1.5)
     # with a threshold, only a chain whose start misfits by more than k sd of chi^2/N descends
     zeros = jnp.zeros(problem.source_grid.shape)
-    n = float(np.sum(np.asarray(joint.mask)))
-    chi2n = float(joint.residual_chi2(lens_from_values(problem.lens_model, {"theta_E": 1.0}), zeros)) / n
-    boundary = (chi2n - 1.0) / np.sqrt(2.0 / n)
-    assert boundary > 10  # an empty source misfits the arcs
+    boundary = empty_source_threshold(problem, joint)
     for k, descends in ((0.99 * boundary, True), (1.01 * boundary, False)):
         block = SourceBlock(joint, _Constant(), _PlusOne(), descent="draw", descent_threshold=k)
         state = block.init(jr.key(0), 4, {"source": zeros}, (), kwargs)

@@ -56,15 +56,19 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from .._types import Array, Float, Int, PRNGKeyArray, SourceImage
+from .._types import Array, Bool, Float, Int, PRNGKeyArray, SourceImage
 from ..prior.source_prior import AbstractSourcePrior
-from .gibbsddrm import GibbsDDRMConfig, _metric, sample_gibbsddrm
+from .gibbsddrm import GibbsDDRMConfig, _metric, best_of_gibbsddrm
+from .lens_block import nuts_transition
 from .lens_space import LensSpace
 from .numpyro_model import JointModel, lens_from_values, lens_site_names
 from .source_moves import _staged, counted_move  # _staged: the noise map as a traced value
 from .source_shift_model import placement_period, wrap_placement
 
-__all__ = ["GibbsCore", "GibbsCoreState", "SweepInfo"]
+__all__ = ["GibbsCore", "GibbsCoreState", "SweepInfo", "LENS_MOVES"]
+
+LENS_MOVES = ("hmc", "nuts")
+"""The core's lens moves: fixed-length HMC (batches) and NUTS (the NumPyro kernel's)."""
 
 _PLACEMENT_SALT = 0x9A1D
 """Folded into a sweep's key for the placement move (the source and lens moves' keys are unchanged)."""
@@ -87,6 +91,9 @@ class GibbsCoreState(NamedTuple):
         Sweeps done so far (warm-up counts).
     num_score_evals
         Cumulative prior-score (network) evaluations of the source moves.
+    descends
+        Whether this chain's first warm-up sweeps use the core's ``descent`` move (``True``
+        unless a ``descent_threshold`` found its start fitting well).
     """
 
     lens: Float[Array, " d"]
@@ -95,6 +102,7 @@ class GibbsCoreState(NamedTuple):
     inverse_mass: Float[Array, "d d"]
     iteration: Int[Array, ""]
     num_score_evals: Int[Array, ""]
+    descends: Bool[Array, ""]
 
 
 class SweepInfo(NamedTuple):
@@ -103,8 +111,9 @@ class SweepInfo(NamedTuple):
     ``accept_prob`` (HMC acceptance probability), ``diverging`` (energy error > 1000 or
     non-finite), ``potential_energy`` (``-log p(theta, y | s)`` in unconstrained space after the
     move), ``step_size``, ``num_steps`` (leapfrog steps), ``chi2`` (residual
-    ``sum ((y - A s - light) / sigma)^2`` over unmasked pixels after the sweep) and
-    ``num_score_evals`` (cumulative).
+    ``sum ((y - A s - light) / sigma)^2`` over unmasked pixels after the sweep),
+    ``num_score_evals`` (cumulative) and ``energy`` (the Hamiltonian of the lens move's
+    outcome: ArviZ's ``energy``, for BFMI).
     """
 
     accept_prob: Float[Array, ""]
@@ -114,6 +123,7 @@ class SweepInfo(NamedTuple):
     num_steps: Int[Array, ""]
     chi2: Float[Array, ""]
     num_score_evals: Int[Array, ""]
+    energy: Float[Array, ""]
 
 
 class GibbsCore(eqx.Module):
@@ -159,6 +169,21 @@ class GibbsCore(eqx.Module):
         ``lens_model``): end every warm-up sweep but the last by folding the placement into the
         central period of its prior (:func:`~blindlens.source_shift_model.wrap_placement` with
         ``fold=True``), as :class:`~blindlens.gibbs_kernel.BlindLensGibbs` does. Ignored without one.
+    lens_move
+        ``"hmc"`` (default): ``num_leapfrog`` steps per transition with a jittered step size (the
+        batch move above); ``"nuts"``: a NUTS transition with the same metric and step-size
+        adaptation (:func:`~blindlens.lens_block.nuts_transition`, no jitter): the move of
+        :class:`~blindlens.gibbs_kernel.BlindLensGibbs`, whose trajectories vary in length.
+    max_tree_depth
+        Largest NUTS tree depth (``lens_move="nuts"``); a pair ``(warm-up, sampling)`` sets each
+        phase's own.
+    dense_metric
+        ``True`` (default): the full curvature metric; ``False``: its diagonal (the conditional's
+        marginal variances).
+    descent_threshold
+        ``None`` (default): every chain descends (``descent``). A number ``k``: only a chain whose
+        start misfits, residual chi^2/N above ``1 + k sqrt(2/N)`` (``N`` unmasked pixels), does; a
+        chain started at a good fit skips the descent's cost.
     """
 
     lens_model: Callable = eqx.field(static=True)
@@ -175,6 +200,10 @@ class GibbsCore(eqx.Module):
     space: LensSpace = eqx.field(static=True, default=None)
     lens_transitions: int = eqx.field(static=True, default=1)
     wrap_placement: bool = eqx.field(static=True, default=True)
+    lens_move: str = eqx.field(static=True, default="hmc")
+    max_tree_depth: int | tuple = eqx.field(static=True, default=8)
+    dense_metric: bool = eqx.field(static=True, default=True)
+    descent_threshold: float | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if int(self.num_warmup) < 0:
@@ -193,11 +222,20 @@ class GibbsCore(eqx.Module):
             raise ValueError(f"descent_fraction must lie in [0, 1], got {self.descent_fraction}.")
         if isinstance(self.descent, str) and self.descent != "draw":
             raise ValueError(f"descent must be a move, 'draw' or None, got {self.descent!r}.")
+        if self.lens_move not in LENS_MOVES:
+            raise ValueError(f"lens_move must be one of {LENS_MOVES}, got {self.lens_move!r}.")
+        depths = self.max_tree_depth if isinstance(self.max_tree_depth, tuple) else (self.max_tree_depth,)
+        if len(depths) not in (1, 2) or not all(isinstance(d, int) and d >= 1 for d in depths):
+            raise ValueError(f"max_tree_depth must be an int >= 1 or a pair of them, got {self.max_tree_depth!r}.")
+        if self.descent_threshold is not None and not float(self.descent_threshold) >= 0.0:
+            raise ValueError(f"descent_threshold must be >= 0 or None, got {self.descent_threshold}.")
         if self.descent is not None and self.source_move is None:
             raise ValueError("descent replaces source_move in warm-up; a core that draws afresh every sweep has "
                              "none to replace: leave descent=None.")
 
     def __post_init__(self):
+        if self.descent_threshold is not None:
+            self.descent_threshold = float(self.descent_threshold)
         if self.space is None:
             lens_site_names(self.lens_model)  # clear errors for a bad lens model
             self.space = LensSpace(self.lens_model)
@@ -261,7 +299,8 @@ class GibbsCore(eqx.Module):
     def curvature_inverse_mass(self, u, source, model) -> Float[Array, "d d"]:
         """``|H|^{-1}`` of the potential at ``u`` (SoftAbs, eigenvalues floored at ``metric_floor``)."""
         vec, lam = _metric(jax.hessian(self.potential)(u, source, model), self.metric_floor)
-        return (vec / lam) @ vec.T
+        inverse = (vec / lam) @ vec.T
+        return inverse if self.dense_metric else jnp.diag(jnp.diag(inverse))
 
     def lens_of(self, u: Float[Array, " d"]):
         """The lens Module at unconstrained coordinates ``u``."""
@@ -312,7 +351,16 @@ class GibbsCore(eqx.Module):
             inverse_mass=self.curvature_inverse_mass(u, source, model),
             iteration=jnp.zeros((), jnp.int32),
             num_score_evals=evals,
+            descends=self.starts_poorly(u, source, model),
         )
+
+    def starts_poorly(self, u: Float[Array, " d"], source: SourceImage, model: JointModel) -> Bool[Array, ""]:
+        """Whether a chain at ``(u, source)`` misfits by more than ``descent_threshold`` (``True`` without one)."""
+        if self.descent_threshold is None:
+            return jnp.asarray(True)
+        chi2 = model.residual_chi2(self.lens_of(u), source)
+        n = jnp.sum(model.mask).astype(chi2.dtype)  # unmasked pixels
+        return chi2 / n > 1.0 + float(self.descent_threshold) * jnp.sqrt(2.0 / n)
 
     def sweep(
         self,
@@ -338,10 +386,10 @@ class GibbsCore(eqx.Module):
             cost = int(getattr(self.source_draw, "num_score_evals", 0))
         elif self.descent is None or descend is False:
             source, cost = counted_move(self.source_move, k_src, op, data, noise, state.source)
-        elif descend:
+        elif descend and self.descent_threshold is None:
             source, cost = self._descend(k_src, op, data, noise, state.source)
         else:
-            descending = state.iteration < self.descent_sweeps()
+            descending = state.descends if descend else (state.iteration < self.descent_sweeps()) & state.descends
 
             def descend_move():
                 source, cost = self._descend(k_src, op, data, noise, state.source)
@@ -361,8 +409,9 @@ class GibbsCore(eqx.Module):
         else:
             warming = jnp.asarray(bool(warmup))
             inverse_mass = self.curvature_inverse_mass(state.lens, source, model) if warmup else state.inverse_mass
-        u, pe, accept, diverging, eps = self._lens_move(k_lens, state.lens, source, model, inverse_mass,
-                                                        state.log_step_size)
+        u, pe, accept, diverging, eps, steps, energy = self._lens_move(
+            k_lens, state.lens, source, model, inverse_mass, state.log_step_size, warming
+        )
         period = placement_period(self.lens_model) if self.wrap_placement and warmup is not False else None
         if period is not None:  # every warm-up sweep but the last (the metric then frozen is the central period's)
             folding = state.iteration + 1 < self.num_warmup
@@ -374,15 +423,17 @@ class GibbsCore(eqx.Module):
         log_eps = state.log_step_size + (accept - self.target_accept_prob) / jnp.sqrt(state.iteration + 1.0)
         log_eps = jnp.clip(log_eps, jnp.log(1e-3), jnp.log(2.0))
         log_eps = jnp.where(warming, log_eps, state.log_step_size).astype(state.log_step_size.dtype)
-        new = GibbsCoreState(u, source, log_eps, inverse_mass, state.iteration + 1, state.num_score_evals + cost)
+        new = GibbsCoreState(u, source, log_eps, inverse_mass, state.iteration + 1, state.num_score_evals + cost,
+                             state.descends)
         info = SweepInfo(
             accept_prob=accept,
             diverging=diverging,
             potential_energy=pe,
             step_size=eps,
-            num_steps=jnp.asarray(self.num_leapfrog * self.lens_transitions, jnp.int32),
+            num_steps=steps,
             chi2=model.residual_chi2(self.lens_of(u), source),
             num_score_evals=new.num_score_evals,
+            energy=energy,
         )
         return new, info
 
@@ -399,19 +450,31 @@ class GibbsCore(eqx.Module):
         pe = jnp.where(moved_any, self.potential(new_u, source, model), pe).astype(pe.dtype)
         return jnp.where(moved_any, new_u, u), source, pe
 
-    def _lens_move(self, key, u, source, model, inverse_mass, log_step_size):
-        """``lens_transitions`` HMC transitions: the last one's state, mean acceptance, any divergence."""
+    def _lens_move(self, key, u, source, model, inverse_mass, log_step_size, warming):
+        """``lens_transitions`` transitions: the last one's state, mean acceptance, any divergence, total steps."""
+        move = self._nuts if self.lens_move == "nuts" else self._hmc
         if int(self.lens_transitions) == 1:
-            return self._hmc(key, u, source, model, inverse_mass, log_step_size)
+            return move(key, u, source, model, inverse_mass, log_step_size, warming)
 
         def one(u, k):
-            u, pe, accept, diverging, eps = self._hmc(k, u, source, model, inverse_mass, log_step_size)
-            return u, (pe, accept, diverging, eps)
+            u, *rest = move(k, u, source, model, inverse_mass, log_step_size, warming)
+            return u, tuple(rest)
 
-        u, (pe, accept, diverging, eps) = jax.lax.scan(one, u, jr.split(key, int(self.lens_transitions)))
-        return u, pe[-1], jnp.mean(accept), jnp.any(diverging), eps[-1]
+        u, (pe, accept, diverging, eps, steps, energy) = jax.lax.scan(
+            one, u, jr.split(key, int(self.lens_transitions))
+        )
+        return u, pe[-1], jnp.mean(accept), jnp.any(diverging), eps[-1], jnp.sum(steps), energy[-1]
 
-    def _hmc(self, key, u, source, model, inverse_mass, log_step_size):
+    def _nuts(self, key, u, source, model, inverse_mass, log_step_size, warming):
+        """One NUTS transition of ``u`` (:func:`~blindlens.lens_block.nuts_transition`)."""
+        depths = self.max_tree_depth if isinstance(self.max_tree_depth, tuple) else (self.max_tree_depth,) * 2
+        current = jnp.where(warming, depths[0], depths[1]) if depths[0] != depths[1] else depths[0]
+        eps = jnp.exp(log_step_size)
+        t = nuts_transition(key, u, lambda v: self.potential(v, source, model), inverse_mass, eps,
+                            max_tree_depth=(current, max(depths)))
+        return t.u, t.potential_energy, t.accept_prob, t.diverging, eps, t.num_steps, t.energy
+
+    def _hmc(self, key, u, source, model, inverse_mass, log_step_size, warming=None):
         """One Metropolis-corrected HMC transition of ``u`` with metric ``inverse_mass``."""
         k_eps, k_p, k_acc = jr.split(key, 3)
         jitter = jr.uniform(k_eps, (), u.dtype, 1.0 - self.step_jitter, 1.0 + self.step_jitter)
@@ -446,6 +509,8 @@ class GibbsCore(eqx.Module):
             accept_prob,
             delta > 1000.0,
             eps,
+            jnp.asarray(self.num_leapfrog, jnp.int32),
+            jnp.where(accept, pe1 + kinetic(p1), pe0 + kinetic(p)),
         )
 
     # ---- chain starts ------------------------------------------------------------------------
@@ -462,12 +527,8 @@ class GibbsCore(eqx.Module):
         The same start as :meth:`blindlens.gibbs_kernel.BlindLensGibbs.warm_start_draw` without
         a given lens: each try starts from its own prior draw of the lens. Pure (``vmap``-able).
         """
-        if int(tries) < 1:
-            raise ValueError(f"tries must be >= 1, got {tries}.")
-        draws = jax.lax.map(lambda k: sample_gibbsddrm(k, model, prior, config), jr.split(key, int(tries)))
-        fit = jax.vmap(lambda v, s: model.residual_chi2(self.lens_from_values(v), s))(draws.lens, draws.source)
-        best = jnp.argmin(jnp.where(jnp.isfinite(fit), fit, jnp.inf))
-        return {n: v[best] for n, v in draws.lens.items()}, draws.source[best]
+        draw = best_of_gibbsddrm(key, model, prior, config, tries)
+        return dict(draw.lens), draw.source
 
     def lens_from_values(self, values: Mapping[str, Array]):
         """The lens Module of constrained site values."""

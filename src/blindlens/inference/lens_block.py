@@ -14,23 +14,95 @@ Manifold HMC" (SoftAbs). Andrieu & Thoms 2008, Stat. Comput. 18, 343 (Robbins-Mo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 from jax.flatten_util import ravel_pytree
 from numpyro.infer import NUTS
 from numpyro.infer.gibbs import GIBBS_SITES_KWARG
 from numpyro.infer.hmc_util import (
     _initialize_mass_matrix,  # NumPyro's own (inverse, sqrt, sqrt_inv) triple
 )
+from numpyro.infer.hmc_util import build_tree, euclidean_kinetic_energy, velocity_verlet
 
-from .._types import Array, Float, SourceImage
+from .._types import Array, Float, Int, PRNGKeyArray, SourceImage
 from .gibbsddrm import _metric
 from .lens_space import LensSpace as _LensSpace
 from .numpyro_model import SOURCE_SITE, JointModel
 
-__all__ = ["LensNUTS"]
+__all__ = ["LensNUTS", "NUTSTransition", "nuts_transition"]
+
+
+class NUTSTransition(NamedTuple):
+    """One NUTS transition of the lens (:func:`nuts_transition`).
+
+    ``u`` (new position), ``potential_energy`` (at ``u``), ``energy`` (Hamiltonian of the
+    proposal: ArviZ's ``energy`` for BFMI), ``accept_prob`` (mean Metropolis acceptance over the
+    tree), ``diverging`` and ``num_steps`` (leapfrog steps, ``2^depth - 1`` for a full tree).
+    """
+
+    u: Float[Array, " d"]
+    potential_energy: Float[Array, ""]
+    energy: Float[Array, ""]
+    accept_prob: Float[Array, ""]
+    diverging: Array
+    num_steps: Int[Array, ""]
+
+
+def nuts_transition(
+    key: PRNGKeyArray,
+    u: Float[Array, " d"],
+    potential: Callable[[Array], Array],
+    inverse_mass: Float[Array, "d d"],
+    step_size: Float[Array, ""],
+    max_tree_depth: int | tuple,
+    max_delta_energy: float = 1000.0,
+) -> NUTSTransition:
+    """One NUTS transition of a flat position ``u`` under ``potential`` with a dense metric: a pure function.
+
+    The momentum is drawn ``p ~ N(0, M)`` with ``M = inverse_mass^{-1}``, and NumPyro's
+    multinomial NUTS tree (``numpyro.infer.hmc_util.build_tree``, Hoffman & Gelman 2014 with
+    Betancourt 2017's multinomial sampling) is built with velocity-Verlet steps of ``step_size``.
+    The same transition :class:`LensNUTS` makes inside NumPyro's kernel, without a NumPyro
+    state: :class:`~blindlens.gibbs_core.GibbsCore`'s ``lens_move="nuts"`` calls it with the
+    lens conditional of the current source and observation, both traced data.
+
+    Parameters
+    ----------
+    key
+        PRNG key (momentum and tree).
+    u
+        Current position ``(d,)`` (unconstrained lens coordinates).
+    potential
+        ``potential(u) -> -log p`` (scalar, differentiable).
+    inverse_mass
+        ``M^{-1}``, ``(d, d)``, symmetric positive definite.
+    step_size
+        Leapfrog step size.
+    max_tree_depth
+        Largest tree depth; or ``(current, largest)`` with a traced ``current`` (NumPyro's form).
+    max_delta_energy
+        Energy error above which a trajectory counts as divergent.
+    """
+    k_p, k_tree = jr.split(key)
+    mass = jnp.linalg.inv(inverse_mass)
+    chol = jnp.linalg.cholesky(0.5 * (mass + mass.T))
+    p = chol @ jr.normal(k_p, u.shape, u.dtype)
+    vv_init, vv_update = velocity_verlet(potential, euclidean_kinetic_energy)
+    state = vv_init(u, p)
+    tree = build_tree(vv_update, euclidean_kinetic_energy, state, inverse_mass, step_size, k_tree,
+                      max_delta_energy=max_delta_energy, max_tree_depth=max_tree_depth)
+    return NUTSTransition(
+        u=tree.z_proposal,
+        potential_energy=tree.z_proposal_pe,
+        energy=tree.z_proposal_energy,
+        accept_prob=tree.sum_accept_probs / tree.num_proposals,
+        diverging=tree.diverging,
+        num_steps=jnp.asarray(tree.num_proposals, jnp.int32),
+    )
 
 
 class LensNUTS(NUTS):
