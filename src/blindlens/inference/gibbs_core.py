@@ -62,7 +62,7 @@ from .gibbsddrm import GibbsDDRMConfig, _metric, best_of_gibbsddrm
 from .lens_block import nuts_transition
 from .lens_space import LensSpace
 from .numpyro_model import JointModel, lens_from_values, lens_site_names
-from .source_moves import _staged, counted_move  # _staged: the noise map as a traced value
+from .source_moves import _staged, counted_move, misfits  # _staged: the noise map as a traced value
 from .source_shift_model import placement_period, wrap_placement
 
 __all__ = ["GibbsCore", "GibbsCoreState", "SweepInfo", "LENS_MOVES"]
@@ -358,9 +358,7 @@ class GibbsCore(eqx.Module):
         """Whether a chain at ``(u, source)`` misfits by more than ``descent_threshold`` (``True`` without one)."""
         if self.descent_threshold is None:
             return jnp.asarray(True)
-        chi2 = model.residual_chi2(self.lens_of(u), source)
-        n = jnp.sum(model.mask).astype(chi2.dtype)  # unmasked pixels
-        return chi2 / n > 1.0 + float(self.descent_threshold) * jnp.sqrt(2.0 / n)
+        return misfits(model, self.lens_of(u), source, self.descent_threshold)
 
     def sweep(
         self,

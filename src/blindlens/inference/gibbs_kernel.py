@@ -70,7 +70,7 @@ from numpyro.infer.gibbs import Gibbs, GibbsState, with_conditioning
 from .._types import Array, PRNGKeyArray
 from ..physics.grid import PixelGrid
 from ..prior.source_prior import AbstractSourcePrior
-from .gibbsddrm import GibbsDDRMConfig, GibbsDDRMResult, sample_gibbsddrm
+from .gibbsddrm import GibbsDDRMConfig, GibbsDDRMResult, best_of_gibbsddrm, sample_gibbsddrm
 from .lens_block import LensNUTS
 from .lens_space import LensSpace as _LensSpace  # (its old name here)
 from .lens_space import lens_unconstrained  # noqa: F401  (re-exported: part of this module's API)
@@ -566,26 +566,7 @@ class BlindLensGibbs(Gibbs):
         repeating it cannot rescue a bad guess, while the chi^2 selection keeps a good one.
         """
         config = self.warm_start if self.warm_start is not None else GibbsDDRMConfig()
-        if self.warm_start_tries == 1:
-            return sample_gibbsddrm(key, self.joint_model, self.prior, config, init_lens)
-        jm = self.joint_model
-        keys = jr.split(key, self.warm_start_tries)
-        if init_lens is None:
-            draws = jax.lax.map(lambda k: sample_gibbsddrm(k, jm, self.prior, config), keys)
-        else:
-            space = _LensSpace(jm.lens_model)
-            given = space.complete(init_lens)
-            starts = jax.vmap(lambda k: space.prior_draw(jr.fold_in(k, 1)))(keys)
-            starts = {n: starts[n].at[0].set(given[n].astype(starts[n].dtype)) for n in space.names}
-            draws = jax.lax.map(lambda a: sample_gibbsddrm(a[0], jm, self.prior, config, a[1]), (keys, starts))
-
-        def chi2(lens_values, source):
-            lens = lens_from_values(jm.lens_model, lens_values)
-            return -2.0 * jm.log_likelihood(lens, source)  # up to a lens-free constant
-
-        fit = jax.vmap(chi2)(draws.lens, draws.source)
-        best = jnp.argmin(jnp.where(jnp.isfinite(fit), fit, jnp.inf))
-        return jax.tree.map(lambda v: v[best], draws)
+        return best_of_gibbsddrm(key, self.joint_model, self.prior, config, self.warm_start_tries, init_lens)
 
     def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
         self._placement_fold_sweeps = int(num_warmup)

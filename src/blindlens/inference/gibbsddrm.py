@@ -376,7 +376,6 @@ def sample_gibbsddrm(
     )
 
 
-
 def best_of_gibbsddrm(
     key: PRNGKeyArray,
     model,

@@ -153,6 +153,13 @@ def _descent_move(warmup_source_move: str | None, prior: AbstractSourcePrior, co
     return "draw"
 
 
+def misfits(model: JointModel, lens, source, threshold: float) -> Array:
+    """Whether ``(lens, source)`` misfits: residual chi^2/N above ``1 + threshold sqrt(2/N)`` (N unmasked pixels)."""
+    chi2 = model.residual_chi2(lens, source)
+    n = jnp.sum(model.mask).astype(chi2.dtype)
+    return chi2 / n > 1.0 + threshold * jnp.sqrt(2.0 / n)
+
+
 def auto_refresh_sigma(model: JointModel, prior: AbstractSourcePrior) -> float | None:
     """Default partial-refresh level: ``3 x`` the median noise sd of the unmasked pixels.
 
@@ -295,10 +302,8 @@ class SourceBlock(MCMCKernel):
         (``True`` without a threshold)."""
         if self._descent_threshold is None:
             return jnp.asarray(True)
-        lens = lens_from_values(self._joint.lens_model, lens_values)
-        chi2 = self._joint.residual_chi2(lens, source)
-        n = jnp.sum(self._joint.mask).astype(chi2.dtype)  # unmasked pixels
-        return chi2 / n > 1.0 + self._descent_threshold * jnp.sqrt(2.0 / n)
+        return misfits(self._joint, lens_from_values(self._joint.lens_model, lens_values), source,
+                       self._descent_threshold)
 
     def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
         if not init_params or SOURCE_SITE not in init_params:
