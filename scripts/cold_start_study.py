@@ -53,6 +53,7 @@ from lenstronomy_systems import (  # noqa: E402
     LENS_RANGES,
     PIXEL_SCALE,
     POPULATIONS,
+    mirror_system,
     simulate_system,
     write_system,
 )
@@ -237,6 +238,8 @@ def run_system(i: int, args, jsonl: Path) -> dict:
     with _LOCK:  # simulation is quick; GalSim/lenstronomy need not be thread-safe
         system = simulate_system(i, args.population, args.seed, lens_light=args.lens_light,
                                  source_oversample=args.source_oversample)
+        if args.mirror:
+            system = mirror_system(system)
         if not (obs.exists() and truth_path.exists()):
             write_system(system, folder)
     out = folder / "post.nc"
@@ -258,7 +261,7 @@ def run_system(i: int, args, jsonl: Path) -> dict:
     warnings = [ln.strip() for ln in text.splitlines()
                 if re.match(r"\s*(WARNING|blindlens:)", ln) or re.search(r"\bwrong mode|exclud|restart", ln, re.I)]
     record = {
-        "system": i, "population": args.population, "seed": args.seed, "name": args.name,
+        "system": i, "population": args.population, "seed": args.seed, "name": args.name, "mirror": args.mirror,
         "command": (["blindlens"] + cmd[1:]) if cmd[0].endswith("blindlens") else cmd, "returncode": rc,
         "wall_s": round(wall, 1), "lens_truth": system["lens"], "source_info": system["source_info"],
         "source_center": list(system["source_center"]), "peak_snr": system["peak_snr"],
@@ -512,6 +515,9 @@ def main(argv=None) -> int:
     p.add_argument("--source-oversample", type=int, default=1,
                    help="draw the procedural galaxies k times finer than 0.05\" (same field), so that no 0.05\" "
                         "source grid is theirs (default 1: the galaxies are bilinear images on a 0.05\" grid)")
+    p.add_argument("--mirror", action="store_true",
+                   help="reflect each system across x = y (lenstronomy_systems.mirror_system): a symmetry check; "
+                        "an inference with no preferred axis flips the sign of e1's and gamma1's z")
     p.add_argument("--sample-args", default="", help="further blindlens sample options, verbatim (quoted string)")
     p.add_argument("--jobs", type=int, default=1, help="systems run at the same time")
     p.add_argument("--mode-tol", type=float, default=0.05,

@@ -98,6 +98,7 @@ __all__ = [
     "draw_lens",
     "draw_source",
     "psf_kernel",
+    "mirror_system",
     "lenstronomy_image",
     "xdf_stamps",
     "write_markdown",
@@ -323,6 +324,30 @@ def simulate_system(i: int, population: str = "broad", seed: int = 0, lens_light
         "psf": kernel, "noiseless": noiseless, "image": image, "true_chi2_per_n": true_chi2, "lens_light": light,
         "source_scale": source_scale,
     }
+
+
+def mirror_system(system: dict) -> dict:
+    """The same system reflected across the line x = y (a symmetry check of the inference).
+
+    Swapping the axes maps every image to its transpose, ``(x, y) -> (y, x)``, and the lens to
+    ``e1 -> -e1``, ``gamma1 -> -gamma1``, ``center_x <-> center_y`` (``e2``, ``gamma2``, ``theta_E``
+    unchanged: a position angle ``phi`` becomes ``pi/2 - phi``). The noise realisation is transposed
+    with the image, so the mirrored system's exact posterior is the original's, reflected: an inference
+    with no preferred axis gives z-scores of ``e1`` and ``gamma1`` of the opposite sign, the others equal.
+    """
+    out = dict(system)
+    for key in ("image", "noiseless", "psf", "source"):
+        out[key] = np.ascontiguousarray(np.asarray(system[key]).T)
+    lens = dict(system["lens"])
+    lens.update(e1=-lens["e1"], gamma1=-lens["gamma1"], center_x=lens["center_y"], center_y=lens["center_x"])
+    out["lens"] = lens
+    out["source_center"] = (system["source_center"][1], system["source_center"][0])
+    if system.get("lens_light") is not None:
+        light = dict(system["lens_light"])
+        light.update(e1=-light["e1"], center_x=light["center_y"], center_y=light["center_x"])
+        out["lens_light"] = light
+    out["source_info"] = {**system["source_info"], "mirrored": True}
+    return out
 
 
 def write_system(system: dict, folder) -> tuple[Path, Path]:
