@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from blindlens.gibbs_kernel import _LensSpace
+from blindlens.lens_space import LensSpace as _LensSpace
 from blindlens.grid import PixelGrid
 from blindlens.image_sets import load_image_set
 from blindlens.lens_initialization import (

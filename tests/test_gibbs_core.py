@@ -363,3 +363,29 @@ def test_descent_threshold_lets_only_a_poorly_fitting_start_descend(gold):  # no
     assert bool(without.init(jr.key(0), model, {"theta_E": 1.0}, zeros).descends)
     with pytest.raises(ValueError, match="descent_threshold"):
         GibbsCore(problem.lens_model, _Constant(), _PlusOne(), descent="draw", descent_threshold=-1.0)
+
+
+def test_frozen_metric_is_the_inverse_mean_curvature_of_the_warmup_window(x64):
+    """The metric of a warm-up sweep is the local SoftAbs curvature before the window and the inverse of
+    the window's running mean curvature in it; sampling keeps the last one. Each sweep's curvature is
+    taken at its starting lens and its new source, so it can be recomputed from the recorded states."""
+    problem = Problem()
+    model = _model(problem)
+    for window, start in ((0.5, 3), (0.0, 6)):
+        core = _core(problem, model, num_warmup=6, metric_window=window)
+        assert core.metric_window_start() == start
+        states = [core.init(jr.key(0), model, problem.truth)]
+        for k in range(8):
+            states.append(core.sweep(jr.fold_in(jr.key(1), k), states[-1], model)[0])
+        local = [core.curvature_mass(states[k].lens, states[k + 1].source, model) for k in range(6)]
+        for k in range(start):  # before the window: the local curvature of the sweep
+            np.testing.assert_allclose(states[k + 1].inverse_mass, np.linalg.inv(local[k]), rtol=1e-8)
+        if start < 6:
+            mean = np.mean(np.stack(local[start:]), axis=0)
+            np.testing.assert_allclose(states[6].mass, mean, rtol=1e-10)
+            np.testing.assert_allclose(states[6].inverse_mass, np.linalg.inv(mean), rtol=1e-8)
+            assert not np.allclose(states[6].inverse_mass, np.linalg.inv(local[5]), rtol=1e-3)  # not the last local one
+        for k in (7, 8):  # sampling sweeps keep the frozen metric
+            np.testing.assert_array_equal(states[k].inverse_mass, states[6].inverse_mass)
+    with pytest.raises(ValueError, match="metric_window must lie in"):
+        _core(problem, model, num_warmup=6, metric_window=1.5)

@@ -27,6 +27,7 @@ from numpyro.infer import MCMC
 from numpyro.infer.gibbs import GIBBS_SITES_KWARG, conditioned, with_conditioning
 from numpyro.infer.util import potential_energy
 
+from blindlens.gibbs_core import GibbsCore
 from blindlens.gibbs_kernel import (
     BlindLensGibbs,
     GibbsDDRMConfig,
@@ -52,7 +53,7 @@ def gold():
     return (problem, *exact_theta_e_marginal(problem))
 
 
-def _exact_kernel(problem, observation=None, steps=40, lens_kernel=None, refresh_sigma="auto", tries=4):
+def _exact_kernel(problem, observation=None, steps=40, refresh_sigma="auto", tries=4, **kwargs):
     exact = LowRankExactGuidance(basis=problem.basis)
     return BlindLensGibbs(
         problem.lens_model,
@@ -61,9 +62,9 @@ def _exact_kernel(problem, observation=None, steps=40, lens_kernel=None, refresh
         source_config=SourceSamplerConfig(guidance=exact, num_steps=steps),
         warm_start=GibbsDDRMConfig(guidance=exact, num_steps=steps),
         source_grid=problem.source_grid,
-        lens_kernel=lens_kernel,
         source_refresh_sigma=refresh_sigma,
         warm_start_tries=tries,
+        **kwargs,
     )
 
 
@@ -72,8 +73,8 @@ def _mcse_sd(draws):
     return mcse_sd(draws, az.ess)
 
 
-def _run_gold(problem, observation, key, grid, cdf, mean, sd, lens_kernel=None, refresh_sigma="auto"):
-    kernel = _exact_kernel(problem, observation, lens_kernel=lens_kernel, refresh_sigma=refresh_sigma)
+def _run_gold(problem, observation, key, grid, cdf, mean, sd, refresh_sigma="auto", **kwargs):
+    kernel = _exact_kernel(problem, observation, refresh_sigma=refresh_sigma, **kwargs)
     mcmc = MCMC(kernel, num_warmup=100, num_samples=250, num_chains=2, chain_method=jax.vmap, progress_bar=False)
     mcmc.run(key)
     idata = az.from_numpyro(mcmc, log_likelihood=False)
@@ -128,7 +129,7 @@ def test_split_gibbs_source_move_is_wired_and_refuses_a_refresh_level(gold):
     problem, *_ = gold
     kernel = _split_gibbs_kernel(problem, SplitGibbsConfig(num_moves=2, denoise_steps=3))
     assert kernel.source_refresh_sigma is None
-    assert kernel.source_block._refresher.num_score_evals == 2 * 3 * 2  # moves x steps x Heun's two passes
+    assert kernel.core.source_move.num_score_evals == 2 * 3 * 2  # moves x steps x Heun's two passes
     mcmc = MCMC(kernel, num_warmup=3, num_samples=4, num_chains=1, progress_bar=False)
     mcmc.run(jr.key(1))
     stats = mcmc.get_extra_fields()
@@ -195,6 +196,13 @@ def test_warmup_descent_moves_the_first_half_of_warmup_then_hands_over(gold):
         state = block.init(jr.key(0), 4, {"source": zeros}, (), kwargs)
         assert int(state.descent_left) == (2 if descends else 0)
         assert float(block.sample(state, (), kwargs).z["source"][0, 0]) == (7.0 if descends else 1.0)
+        # the core (what BlindLensGibbs runs) decides the same per chain, at init
+        core = GibbsCore(problem.lens_model, _Constant(), _PlusOne(), num_warmup=4, descent="draw", descent_threshold=k)
+        start = core.init(jr.key(0), joint, {"theta_E": 1.0}, zeros)
+        assert bool(start.descends) == descends
+        assert float(core.sweep(jr.key(1), start, joint)[0].source[0, 0]) == (7.0 if descends else 1.0)
+        assert float(core.sweep(jr.key(1), start, joint, warmup=True, descend=True)[0].source[0, 0]) == (
+            7.0 if descends else 1.0)
 
 
 def test_warmup_source_move_runs_in_a_split_gibbs_kernel_and_is_refused_without_a_sweep_move(gold):
@@ -232,36 +240,29 @@ def test_auto_refresh_level_follows_the_noise_and_falls_back_to_full_draws(gold)
         _exact_kernel(problem, refresh_sigma="sometimes")
 
 
-class _StaleNUTS(LensNUTS):
-    """A deliberately broken lens block (the default one, minus the refresh): it keeps the potential
-    energy and gradient computed with the previous source after the source moved."""
-
-    def refresh(self, state, model_args, model_kwargs):
-        return state
-
-
-def test_gold_standard_fails_without_potential_refresh(gold):
+def test_gold_standard_with_the_fixed_length_hmc_lens_move(gold):
+    """``lens_move="hmc"`` (the batch move: two leapfrog steps, jittered step size) in the NumPyro
+    kernel matches the exact marginal too; the same move with the likelihood tempered by 2 fails."""
     problem, grid, cdf, mean, sd = gold
-
-    def stale(model):
-        return _StaleNUTS(model, target_accept_prob=0.8, max_tree_depth=8)
-
-    _, (z_mean, z_sd, ks, ks_crit), ess = _run_gold(problem, None, jr.key(7), grid, cdf, mean, sd, lens_kernel=stale)
-    print(f"no refresh: ESS {ess:.1f}, z_mean {z_mean:.2f}, z_sd {z_sd:.2f}, KS {ks:.3f} (crit {ks_crit:.3f})")
-    # the gold-standard check (ESS > 60 and all three statistics inside their bands) must fail; with
-    # LensNUTS the stale energies make the chain stick (ESS ~2.5), with identity-metric NUTS they bias sd
-    assert not (ess > 60 and abs(z_mean) < Z_99 and abs(z_sd) < Z_99 and ks < ks_crit)
+    idata, (z_mean, z_sd, ks, ks_crit), ess = _run_gold(problem, None, jr.key(7), grid, cdf, mean, sd, lens_move="hmc")
+    print(f"hmc lens move: ESS {ess:.0f}, z_mean {z_mean:.2f}, z_sd {z_sd:.2f}, KS {ks:.3f} (crit {ks_crit:.3f})")
+    assert ess > 60 and abs(z_mean) < Z_99 and abs(z_sd) < Z_99 and ks < ks_crit
+    assert np.all(idata.sample_stats["n_steps"].values == 2)
+    obs = problem.observation
+    tempered = Observation(obs.image, problem.noise / np.sqrt(2.0), obs.psf, problem.image_grid.pixel_scale)
+    _, (z_mean_b, z_sd_b, ks_b, ks_crit_b), _ = _run_gold(problem, tempered, jr.key(7), grid, cdf, mean, sd,
+                                                          lens_move="hmc")
+    assert abs(z_mean_b) > Z_99 or abs(z_sd_b) > Z_99 or ks_b > ks_crit_b
 
 
 def test_lens_nuts_metric_is_the_inverse_hessian_of_numpyros_own_potential(x64):
-    """LensNUTS's curvature metric must be built from exactly the potential NumPyro's NUTS samples
-    (same bijections, Jacobians and likelihood): compare with the Hessian of
-    ``numpyro.infer.util.potential_energy`` of the conditioned joint model (float64, exact to
-    rounding)."""
+    """The kernel's lens potential and curvature metric (the core's) and LensNUTS's must be built
+    from exactly the potential NumPyro would sample (same bijections, Jacobians and likelihood):
+    compare with ``numpyro.infer.util.potential_energy`` of the conditioned joint model and its
+    Hessian (float64, exact to rounding)."""
     problem = Problem(free=("theta_E", "center_x"))
     kernel = _exact_kernel(problem)
-    lens_nuts = kernel.blocks[1][0]
-    assert isinstance(lens_nuts, LensNUTS)
+    lens_nuts = LensNUTS(kernel.joint_model)
     source = jnp.asarray(problem.source, jnp.float64)
     z = lens_unconstrained(problem.lens_model, {"theta_E": 0.79, "center_x": 0.02})
     z = {k: jnp.asarray(v, jnp.float64) for k, v in z.items()}
@@ -276,6 +277,10 @@ def test_lens_nuts_metric_is_the_inverse_hessian_of_numpyros_own_potential(x64):
     assert bool(jnp.all(jnp.linalg.eigvalsh(hess) > 1e-2))  # convex here: SoftAbs is the identity map
     ours = lens_nuts.curvature_inverse_mass(z, source)
     np.testing.assert_allclose(ours, jnp.linalg.inv(hess), rtol=1e-8, atol=0)
+    core = kernel.core.curvature_inverse_mass(flat, source, kernel.joint_model)  # the core's flat order is by name
+    np.testing.assert_allclose(core, jnp.linalg.inv(hess), rtol=1e-8, atol=0)
+    np.testing.assert_allclose(float(kernel.core.potential(flat, source, kernel.joint_model)),
+                               float(numpyro_potential(flat)), rtol=1e-12)
     # a deliberately wrong potential (NumPyro's scaled by 1/2) is far from it
     tempered = jnp.linalg.inv(jax.hessian(lambda f: 0.5 * numpyro_potential(f))(flat))
     assert not np.allclose(ours, tempered, rtol=0.1)
@@ -286,7 +291,7 @@ def test_lens_nuts_freezes_its_metric_after_warmup_and_refuses_conflicting_optio
     kernel = _exact_kernel(problem, steps=20)
     mcmc = MCMC(kernel, num_warmup=6, num_samples=5, num_chains=1, progress_bar=False)
     mcmc.run(jr.key(3), extra_fields=("adapt_state.inverse_mass_matrix", "adapt_state.step_size"))
-    inv = mcmc.get_extra_fields()["adapt_state.inverse_mass_matrix"][("theta_E",)]
+    inv = mcmc.get_extra_fields()["adapt_state.inverse_mass_matrix"]
     steps = np.asarray(mcmc.get_extra_fields()["adapt_state.step_size"])
     assert inv.shape == (5, 1, 1)
     assert np.all(np.asarray(inv) == np.asarray(inv)[0]) and np.all(steps == steps[0])  # frozen while sampling
@@ -315,10 +320,10 @@ def test_kernel_output_structure_and_chain_methods(gold):
         mcmc = MCMC(kernel, num_warmup=2, num_samples=2, num_chains=2, chain_method="parallel", progress_bar=False)
     mcmc.run(jr.key(2))
     assert mcmc.get_samples(group_by_chain=True)["theta_E"].shape == (2, 2)
-    # "vectorized" is rejected by NumPyro's Gibbs with a clear message
+    # "vectorized" (which NumPyro's Gibbs refused) runs the chains in one program
     mcmc = MCMC(kernel, num_warmup=2, num_samples=2, num_chains=2, chain_method="vectorized", progress_bar=False)
-    with pytest.raises(ValueError, match="jax.vmap"):
-        mcmc.run(jr.key(3))
+    mcmc.run(jr.key(3))
+    assert mcmc.get_samples(group_by_chain=True)["source"].shape == (2, 2, *problem.source_grid.shape)
 
 
 def test_resume_from_post_warmup_state(gold, tmp_path):
@@ -484,9 +489,9 @@ def _tiny_kernel(**kwargs):
 
 
 def test_numpyro_init_strategy_and_nuts_settings_are_accepted_and_used():
-    """``init_strategy=init_to_value(...)`` starts the chain at those values (it was rejected), an init
-    strategy given through ``lens_kernel`` is used (it was silently ignored), and ``target_accept_prob``,
-    ``max_tree_depth`` and ``dense_mass`` reach the lens NUTS block."""
+    """``init_strategy=init_to_value(...)`` starts the chain at those values (it was rejected);
+    ``target_accept_prob``, ``max_tree_depth`` and ``dense_mass`` reach the lens move; ``lens_kernel``
+    (removed) is refused with the advice."""
     from numpyro.infer import init_to_value
 
     source = np.zeros((8, 8), np.float32)  # given too, so init skips the source draw
@@ -494,23 +499,23 @@ def test_numpyro_init_strategy_and_nuts_settings_are_accepted_and_used():
         init_strategy=init_to_value(values={"theta_E": 0.77, "source": source}),
         target_accept_prob=0.7, max_tree_depth=3, dense_mass=False,
     )
-    nuts = kernel.blocks[1][0]
-    assert isinstance(nuts, LensNUTS)
-    assert nuts._target_accept_prob == 0.7 and nuts._max_tree_depth == 3 and not nuts._dense_mass
+    core = kernel.core
+    assert core.target_accept_prob == 0.7 and core.max_tree_depth == 3 and not core.dense_metric
+    assert core.lens_move == "nuts"
     state = kernel.init(jr.key(0), 5, None, (), {})
     theta = float(jax.nn.sigmoid(state.z["theta_E"]) * 0.7 + 0.5)  # Uniform(0.5, 1.2) support
     assert theta == pytest.approx(0.77, rel=1e-5)
     np.testing.assert_array_equal(np.asarray(state.z["source"]), source)
-    assert state.adapt_state.inverse_mass_matrix[("theta_E",)].shape == (1,)  # dense_mass=False: diagonal
-    # through lens_kernel: the block's init strategy is the chain's start
-    _, via_block = _tiny_kernel(
-        lens_kernel=lambda m: LensNUTS(m, init_strategy=init_to_value(values={"theta_E": 0.9, "source": source}))
-    )
-    state = via_block.init(jr.key(0), 5, None, (), {})
-    assert float(jax.nn.sigmoid(state.z["theta_E"]) * 0.7 + 0.5) == pytest.approx(0.9, rel=1e-5)
-    assert via_block.blocks[1][0]._max_tree_depth == 10  # NumPyro's default: the user's kernel is kept as given
-    with pytest.raises(ValueError, match="with lens_kernel"):
-        _tiny_kernel(lens_kernel=lambda m: LensNUTS(m), max_tree_depth=4)
+    two = Problem(source_shape=(8, 8), image_shape=(10, 10), rank=20, free=("theta_E", "center_x"))
+    diag = _exact_kernel(two, steps=5, tries=1, dense_mass=False)
+    inv = np.asarray(diag.init(jr.key(0), 5, None, (), {}).adapt_state.inverse_mass_matrix)
+    assert inv.shape == (2, 2) and inv[0, 1] == 0.0 and inv[1, 0] == 0.0  # dense_mass=False: the diagonal
+    assert not np.allclose(np.asarray(_exact_kernel(two, steps=5, tries=1).init(jr.key(0), 5, None, (), {})
+                                      .adapt_state.inverse_mass_matrix)[0, 1], 0.0)
+    with pytest.raises(ValueError, match="lens_kernel was removed"):
+        _tiny_kernel(lens_kernel=lambda m: LensNUTS(m))
+    with pytest.raises(ValueError, match="lens_move"):
+        _tiny_kernel(lens_move="mala")
     with pytest.raises(ValueError, match="lens_search"):
         from blindlens.lens_initialization import EvidenceSearchConfig
 
@@ -535,3 +540,42 @@ def test_mcmc_pickles_and_print_summary_lists_only_lens_parameters(capsys):
     restored.post_warmup_state = restored.last_state  # and it continues sampling
     restored.run(jr.key(1))
     assert restored.get_samples()["source"].shape == (4, 8, 8)
+
+
+class _CountingDraw:
+    """A fake source step that counts its traces and returns the mean of the data it is given."""
+
+    traces = 0
+    num_score_evals = 0
+
+    def __call__(self, key, operator, data, noise):
+        _CountingDraw.traces += 1
+        return jnp.zeros(operator.source_shape) + jnp.mean(data)
+
+
+def test_the_observation_passed_as_model_data_reuses_one_compiled_sweep():
+    """``mcmc.run(key, joint_model=...)`` runs the kernel's sweep on another observation of the same
+    shape; with ``jit_model_args=True`` the second observation compiles nothing and its data are read."""
+    from blindlens.numpyro_model import joint_model
+
+    problem = Problem(source_shape=(8, 8), image_shape=(10, 10), rank=20, free=("theta_E",))
+    kernel = BlindLensGibbs(problem.lens_model, problem.observation, problem.prior, source_grid=problem.source_grid,
+                            source_sampler=_CountingDraw(), warm_start=None)
+    obs = problem.observation
+    models = [joint_model(problem.lens_model, Observation(obs.image * f, problem.noise, obs.psf,
+                                                          problem.image_grid.pixel_scale), problem.source_grid)
+              for f in (1.0, 3.0)]
+    start = {**lens_unconstrained(problem.lens_model, {"theta_E": 0.8}), "source": jnp.zeros((8, 8))}
+    mcmc = MCMC(kernel, num_warmup=2, num_samples=3, progress_bar=True, jit_model_args=True)
+    means = []
+    for i, model in enumerate(models):
+        mcmc.run(jr.key(0), init_params=start, joint_model=model)
+        if i == 0:
+            traced = _CountingDraw.traces
+        means.append(float(np.asarray(mcmc.get_samples()["source"])[-1, 0, 0]))
+    assert traced >= 1 and _CountingDraw.traces == traced  # the second observation reused the compiled sweep
+    assert means[1] > 2.0 * means[0] > 0.0  # and its own (three times brighter) data were read
+    small = Problem(source_shape=(8, 8), image_shape=(12, 12), rank=20, free=("theta_E",))
+    other = joint_model(problem.lens_model, small.observation, problem.source_grid)
+    with pytest.raises(ValueError, match="joint_model differs"):
+        kernel.init(jr.key(0), 1, start, (), {"joint_model": other})

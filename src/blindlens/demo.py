@@ -96,7 +96,7 @@ def run_demo(out_dir, prior, *, chains=2, warmup=60, draws=60, steps=40, seed=0,
         lens_model, obs, prior,
         source_config=SourceSamplerConfig(guidance=guidance, num_steps=steps),
         warm_start=GibbsDDRMConfig(guidance=guidance, num_steps=max(steps, 50)),
-        # curvature-metric NUTS (LensNUTS); a shallow tree bounds the cost of a sweep early in warm-up
+        # curvature-metric NUTS (the core's lens move); a shallow tree bounds the cost of a sweep early in warm-up
         target_accept_prob=0.8, max_tree_depth=max_tree_depth,
     )
     print(f"demo: {chains} chains x ({warmup} warm-up + {draws} draws) Gibbs sweeps, {steps} reverse-SDE steps "

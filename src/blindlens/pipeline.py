@@ -366,7 +366,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
             which = "" if threshold is None else (
                 f" in chains whose start misfits (chi^2/N above 1 + {threshold:g} sqrt(2/N) = "
                 f"{1 + threshold * (2 / n) ** 0.5:.3f})")
-            print(f"first {kernel.source_block.descent_sweeps(options.warmup)} warm-up sweeps: {what} instead"
+            print(f"first {kernel.descent_sweeps(options.warmup)} warm-up sweeps: {what} instead"
                   f"{which} (--warmup-source-move {options.warmup_source_move})", flush=True)
     truth = truth_file = None
     if options.truth:

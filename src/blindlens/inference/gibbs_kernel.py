@@ -1,43 +1,33 @@
-"""Blind joint inference of lens and source: the NumPyro Gibbs kernel.
+"""Blind joint inference of lens and source: the NumPyro kernel, a thin shell over the pure Gibbs core.
 
 :class:`BlindLensGibbs` samples the joint posterior ``p(theta, s | y)`` of lens parameters
 ``theta`` (a NumPyro lens model, :mod:`blindlens.numpyro_model`) and a pixelated source ``s``
-with a score-based diffusion prior. It is a NumPyro MCMC kernel. Each sweep (1) moves the source
-by a ``p(s | theta, y)``-invariant guided reverse-SDE move (by default a partial refresh: the
-current source noised to ``sigma_r`` and denoised with prior score + likelihood score,
-:mod:`blindlens.source_posterior`; or a full trajectory from ``t = 1``), then (2) moves the lens
-with NumPyro's NUTS on ``p(theta | s, y)`` (:class:`~blindlens.lens_block.LensNUTS`: the dense
-metric is the local curvature of that conditional, recomputed through warm-up and frozen after
-it), whose potential energy and gradient are refreshed after the source moved. Every chain is
-warm-started by the continuous-time GibbsDDRM sampler (:func:`~blindlens.gibbsddrm.sample_gibbsddrm`).
+with a score-based diffusion prior, as a NumPyro MCMC kernel. Each MCMC iteration is one sweep of
+:class:`~blindlens.gibbs_core.GibbsCore`: (1) a ``p(s | theta, y)``-invariant guided reverse-SDE
+move of the source (by default a partial refresh: the current source noised to ``sigma_r`` and
+denoised with prior score + likelihood score, :mod:`blindlens.source_posterior`; or a full
+trajectory from ``t = 1``, or exact split-Gibbs moves), then (2) one NUTS transition of the lens on
+``p(theta | s, y)`` with the curvature of that conditional as its metric (recomputed through
+warm-up, averaged over its second half and frozen after it;
+:func:`~blindlens.lens_block.nuts_transition`), and in warm-up (3) the placement fold where the
+lens model samples the source grid's placement. Every chain is warm-started by the continuous-time GibbsDDRM sampler (:func:`~blindlens.gibbsddrm.sample_gibbsddrm`).
 Use it with ``numpyro.infer.MCMC`` and ``arviz.from_numpyro``.
 
-The parts live in their own modules and are re-exported here: the continuous-time sampler
-(:mod:`blindlens.gibbsddrm`: :func:`~blindlens.gibbsddrm.sample_gibbsddrm`,
-:class:`~blindlens.gibbsddrm.GibbsDDRMConfig`, :class:`~blindlens.gibbsddrm.GibbsDDRMResult`),
-the lens block (:mod:`blindlens.lens_block`: :class:`~blindlens.lens_block.LensNUTS`) and the
-source block with its source moves (:mod:`blindlens.source_moves`:
-:class:`~blindlens.source_moves.SourceBlock`, :class:`~blindlens.source_moves.SourceBlockState`,
-:func:`~blindlens.source_moves.auto_refresh_sigma`). This module holds the kernel and its state
-(:class:`BlindLensGibbsState`).
-
-Design: why :class:`numpyro.infer.Gibbs`
-----------------------------------------
-:class:`BlindLensGibbs` *is* a ``numpyro.infer.Gibbs`` (NumPyro >= 0.22) with two blocks,
-``[(source block, ["source"]), (LensNUTS(joint_model), None)]``, rather than a kernel written on
-``MCMCKernel`` from scratch, because ``Gibbs`` already provides exactly the delicate parts:
-conditioning each block on the others through the model (``_gibbs_sites``), refreshing the
-NUTS block's cached potential energy and gradient when the source changed
-(``HMC.refresh``, under ``lax.cond``), keeping NUTS's warm-up adaptation (dual-averaging step
-size, windowed mass matrix) across sweeps, init-time validation of the site partition, model
-replay for deterministic sites, pickling and every ``chain_method`` except ``"vectorized"``
-(``Gibbs`` rejects batched keys; ``jax.vmap`` works). The source block is a small
-``MCMCKernel`` (``init``/``sample``/``refresh``/``get_constrain_fn``). Two things are added on
-top: the state class exposes the NUTS block's statistics under NumPyro's plain names, so that
+Design: a shell over the core
+-----------------------------
+The sweep is the core's pure ``sweep(key, state, model)``, where ``model`` (the
+:class:`~blindlens.numpyro_model.JointModel`) holds the observation as array leaves; the same
+function, compiled once, runs batches of lenses (:mod:`blindlens.lens_batch`). This module adds
+only what NumPyro's ``MCMC`` needs: ``init`` (the chain starts: warm start, lens search, NumPyro
+init strategies and ``init_params``), ``sample`` (one core sweep and a fresh key), a state
+(:class:`BlindLensGibbsState`) that exposes the sweep's statistics under NumPyro's names, so that
 ``arviz.from_numpyro`` renames them to ArviZ's vocabulary (``lp``, ``diverging``,
-``acceptance_rate``, ``step_size``, ``n_steps``, ``tree_depth``; with a plain ``Gibbs`` they
-arrive as ``block_states.1.*`` and are not renamed), and :meth:`BlindLensGibbs.init`
-warm-starts each chain from a continuous-time joint draw.
+``acceptance_rate``, ``step_size``, ``n_steps``, ``tree_depth``, ``energy``), and
+``postprocess_fn`` (NumPyro's bijections back to the lens sites, deterministic sites replayed).
+Until 2026-12 the kernel was a ``numpyro.infer.Gibbs`` of a source block and a NumPyro NUTS block
+(:class:`~blindlens.lens_block.LensNUTS`, kept for custom Gibbs schemes); the move is the same
+(curvature metric, Robbins-Monro step size, NumPyro's NUTS tree), its random numbers are not, and
+``chain_method="vectorized"``, which ``Gibbs`` refused, now works.
 
 Correctness of the Gibbs sweep rests on the source step drawing from ``p(s | theta, y)``; with
 an exact Gaussian likelihood score and a Gaussian prior this holds up to the integrator error,
@@ -53,32 +43,35 @@ Murata et al. 2023, "GibbsDDRM: A Partially Collapsed Gibbs Sampler for Solving 
 Problems with Denoising Diffusion Restoration", ICML.
 Barco et al. 2025, arXiv:2511.04792 (continuous-time variant with a score-based source prior).
 Hoffman & Gelman 2014, JMLR 15, 1593 (NUTS).
+Cabezas et al. 2024, arXiv:2402.10797 (BlackJAX: the init/step design of the core).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from numpyro.infer import HMC
-from numpyro.infer.gibbs import Gibbs, GibbsState, with_conditioning
+from jax.flatten_util import ravel_pytree
+from numpyro.infer.mcmc import MCMCKernel
+from numpyro.infer.util import constrain_fn
 
 from .._types import Array, PRNGKeyArray
 from ..physics.grid import PixelGrid
 from ..prior.source_prior import AbstractSourcePrior
+from .gibbs_core import GibbsCore, GibbsCoreState, SweepInfo
 from .gibbsddrm import GibbsDDRMConfig, GibbsDDRMResult, best_of_gibbsddrm, sample_gibbsddrm
 from .lens_block import LensNUTS
-from .lens_space import LensSpace as _LensSpace  # (its old name here)
 from .lens_space import lens_unconstrained  # noqa: F401  (re-exported: part of this module's API)
 from .numpyro_model import (
     SOURCE_SITE,
-    is_default_init_strategy,
+    JointModel,
     joint_model,
-    lens_from_values,
     lens_init_values,
     lens_site_names,
 )
@@ -96,7 +89,7 @@ from .source_moves import (  # the private adapters are re-exported too (old pic
     _staged,  # noqa: F401  (re-exported: scripts import it from here)
     auto_refresh_sigma,
 )
-from .source_shift_model import SOURCE_SHIFT_SITES, placement_period, wrap_placement
+from .source_shift_model import placement_period
 
 if TYPE_CHECKING:
     from .lens_initialization import EvidenceSearchConfig
@@ -122,32 +115,44 @@ default) runs ``warm_start_tries`` per chain; ``adaptive`` grows the pool one tr
 until every chain has its own start in the best mode (with pre-fit starts; faster, measured less robust)."""
 
 
-_PLACEMENT_SALT = 0x9A1D
-"""Folded into the Gibbs state's key for the placement move (the blocks draw from keys of their own)."""
-
-
 _SOURCE_STATE_KEY = "_source_state"
 """Key of the source in :attr:`BlindLensGibbsState.sites` (renamed back to ``"source"`` on collection)."""
 
 
-def _sites_postprocess(constrain, sites):
-    """``BlindLensGibbs.postprocess_fn``: the collected view back to site names, then constrained."""
+def _sites_postprocess(model, sites):
+    """``BlindLensGibbs.postprocess_fn``: the collected view back to site names, constrained, deterministic sites replayed."""
     z = {k: v for k, v in sites.items() if k != _SOURCE_STATE_KEY}
     z[SOURCE_SITE] = sites[_SOURCE_STATE_KEY]
-    return constrain(z)
+    return constrain_fn(model, (), {}, z, return_deterministic=True)
 
 
-class BlindLensGibbsState(GibbsState):
-    """:class:`numpyro.infer.gibbs.GibbsState` exposing the lens-NUTS block's statistics.
+def _batched(key) -> bool:
+    """Whether ``key`` is one key per chain (NumPyro's ``chain_method="vectorized"``), typed or raw."""
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    return key.ndim > (0 if typed else 1)
 
-    ``potential_energy`` (``-log p(theta, y | s)`` in unconstrained space, ArviZ's ``lp`` with
-    the sign flipped), ``diverging``, ``accept_prob``, ``mean_accept_prob``, ``num_steps``,
-    ``adapt_state`` and ``i`` come from the NUTS block; ``num_score_evals`` from the source
-    block. ``z`` is the usual ``{site: value}`` of the Gibbs state (lens sites unconstrained, the
-    ``source``); :attr:`sites` is the kernel's ``sample_field`` (see :class:`BlindLensGibbs`).
+
+class _AdaptView(NamedTuple):
+    """NumPyro's ``adapt_state`` names for the core's adapted step size and metric."""
+
+    step_size: Array
+    inverse_mass_matrix: Array
+
+
+class BlindLensGibbsState(NamedTuple):
+    """State of one :class:`BlindLensGibbs` chain: the core's state, the last sweep's info and a key.
+
+    ``z`` is NumPyro's ``{site: value}`` (lens sites unconstrained, and the ``source``);
+    :attr:`sites` is the kernel's ``sample_field``. The sweep's statistics are exposed under
+    NumPyro's names (``potential_energy``, ``energy``, ``diverging``, ``accept_prob``,
+    ``num_steps``, ``adapt_state.step_size``, ``i``, ``num_score_evals``), so ``MCMC``'s
+    ``extra_fields`` and ``arviz.from_numpyro`` find them.
     """
 
-    __slots__ = ()
+    z: dict
+    core: GibbsCoreState
+    info: SweepInfo
+    rng_key: PRNGKeyArray
 
     @property
     def sites(self) -> dict:
@@ -163,21 +168,20 @@ class BlindLensGibbsState(GibbsState):
         return z
 
     @property
-    def lens_state(self):
-        return self.block_states[-1]
+    def adapt_state(self) -> _AdaptView:
+        return _AdaptView(jnp.exp(self.core.log_step_size), self.core.inverse_mass)
 
-    potential_energy = property(lambda self: self.block_states[-1].potential_energy)
-    energy = property(lambda self: self.block_states[-1].energy)  # Hamiltonian: ArviZ plot_energy / BFMI
-    diverging = property(lambda self: self.block_states[-1].diverging)
-    accept_prob = property(lambda self: self.block_states[-1].accept_prob)
-    mean_accept_prob = property(lambda self: self.block_states[-1].mean_accept_prob)
-    num_steps = property(lambda self: self.block_states[-1].num_steps)
-    adapt_state = property(lambda self: self.block_states[-1].adapt_state)
-    i = property(lambda self: self.block_states[-1].i)
-    num_score_evals = property(lambda self: self.block_states[0].num_score_evals)
+    potential_energy = property(lambda self: self.info.potential_energy)
+    energy = property(lambda self: self.info.energy)  # Hamiltonian: ArviZ plot_energy / BFMI
+    diverging = property(lambda self: self.info.diverging)
+    accept_prob = property(lambda self: self.info.accept_prob)
+    num_steps = property(lambda self: self.info.num_steps)
+    chi2 = property(lambda self: self.info.chi2)
+    i = property(lambda self: self.core.iteration)
+    num_score_evals = property(lambda self: self.core.num_score_evals)
 
 
-class BlindLensGibbs(Gibbs):
+class BlindLensGibbs(MCMCKernel):
     """Blind lens + source inference as a NumPyro MCMC kernel (Gibbs: diffusion source step, NUTS lens).
 
     Usage::
@@ -195,7 +199,7 @@ class BlindLensGibbs(Gibbs):
     ``num_score_evals`` (cumulative score-network evaluations).
 
     NumPyro conventions: ``init_strategy`` (e.g. ``init_to_value(values={...})``) starts the
-    lens; ``target_accept_prob``, ``max_tree_depth`` and ``dense_mass`` go to the lens NUTS block;
+    lens; ``target_accept_prob``, ``max_tree_depth`` and ``dense_mass`` set the lens NUTS move;
     the kernel and a finished ``MCMC`` pickle; ``mcmc.print_summary()`` lists the lens parameters
     only (the source is collected like a deterministic site, so
     ``print_summary(exclude_deterministic=False)`` adds its pixels). To drop the source draws
@@ -203,10 +207,10 @@ class BlindLensGibbs(Gibbs):
 
     Each MCMC iteration is one Gibbs sweep: a guided reverse-SDE move of the source given the
     current lens (a partial refresh by default, see ``source_refresh_sigma``), then one NUTS
-    transition of the lens given the source (:class:`LensNUTS`; potential refreshed after the
-    source moved; during ``num_warmup`` its metric follows the local curvature and its step size
-    adapts, both frozen afterwards).
-    See the module docstring for why this subclasses ``numpyro.infer.Gibbs``.
+    transition of the lens given the source (its potential that of the moved source; during
+    ``num_warmup`` its metric follows the curvature, averaged over the second half of warm-up,
+    and its step size adapts, both frozen afterwards). The sweep is :attr:`core`'s
+    (:class:`~blindlens.gibbs_core.GibbsCore`); see the module docstring.
 
     Parameters
     ----------
@@ -255,44 +259,38 @@ class BlindLensGibbs(Gibbs):
         shapelet pre-fit instead of prior draws (:mod:`blindlens.parametric_prefit`). A finished
         :class:`~blindlens.parametric_prefit.SersicPrefitResult` is used as it is (the pipeline
         runs the pre-fit first to centre the source grid on it).
+    lens_move
+        ``"nuts"`` (default): one NUTS transition per sweep with the curvature metric (as
+        :class:`LensNUTS`); ``"hmc"``: fixed-length HMC of ``num_leapfrog`` steps with a jittered
+        step size (the batch move of :class:`~blindlens.gibbs_core.GibbsCore`).
+    num_leapfrog
+        Leapfrog steps of ``lens_move="hmc"`` (default 2).
     lens_kernel
-        ``lens_kernel(joint_model) -> HMC/NUTS kernel`` for the lens block (default
-        ``LensNUTS(model, target_accept_prob=0.8, max_tree_depth=8)``, NUTS with the curvature
-        metric; ``NUTS(model, ...)`` gives NumPyro's identity-metric NUTS with windowed
-        adaptation, which Gibbs warm-ups are usually too short for); keep
-        ``find_heuristic_step_size=False``. An ``init_strategy`` given to that kernel (other than
-        NumPyro's default ``init_to_uniform``) is used like the ``init_strategy`` argument.
+        Removed: the lens move is the core's (``lens_move``). Passing one is refused with that advice.
     init_strategy
         A NumPyro init strategy for the lens (``init_to_value(values=...)``, ``init_to_median``,
         ...), applied to the lens model; chains then start there (no warm start, no lens search)
         with a source drawn given that lens, or the ``"source"`` of ``init_to_value``'s values.
         ``init_params`` given to ``mcmc.run`` take precedence. ``None`` (default): the warm start.
     target_accept_prob, max_tree_depth, dense_mass
-        NUTS settings of the default lens block (:class:`LensNUTS`; defaults 0.8, 8 and ``True``:
-        the full curvature metric, ``False`` its diagonal). Not with ``lens_kernel``.
+        Settings of the lens move (defaults 0.8, 8 and ``True``: the full curvature metric,
+        ``False`` its diagonal); ``max_tree_depth`` may be a pair ``(warm-up, sampling)``.
     source_refresh_sigma
         A noise level ``sigma_r`` (image units): every sweep noises the current source to
         ``sigma_r`` and runs the guided reverse diffusion from there
-        (:func:`blindlens.source_posterior.source_refresh`), an exact Gibbs move of the augmented
-        posterior that costs only the steps below ``sigma_r`` and skips the high-noise steps where
-        the guidance errs most; the first source is still a full draw. ``"auto"`` (default):
-        :func:`auto_refresh_sigma`, three times the median noise sd (ignored with a custom
-        ``source_sampler``). ``None``: a full reverse trajectory from ``t = 1`` every sweep.
-        Measured (docs/joint_inference.md): the gold standard passes with it at 117 instead of
-        150 score evaluations per effective sample; on the study systems a sweep costs 2-4x less
-        at the same effective samples per sweep.
+        (:func:`blindlens.source_posterior.source_refresh`): only the steps below ``sigma_r``; the
+        first source is still a full draw. ``"auto"`` (default): :func:`auto_refresh_sigma`, three
+        times the median noise sd (ignored with a custom ``source_sampler``). ``None``: a full
+        reverse trajectory from ``t = 1`` every sweep. Measured: docs/joint_inference.md.
     split_gibbs
         A :class:`~blindlens.split_gibbs.SplitGibbsConfig`: every sweep moves the source by exact
         split-Gibbs moves (an exact Gaussian data step and an unguided denoise from a noise level
         set by the operator's spectrum, :func:`blindlens.split_gibbs.split_gibbs_move`) instead of
         the guided partial refresh; no guidance approximation, so the source conditional is exact
         for the prior at its noise floor. The first source is still a guided draw. Not with
-        ``source_refresh_sigma`` set to a number or a custom ``source_sampler``. Measured on the
-        gold standard (docs/source_posterior.md): the moves are local, so theta_E carries slow
-        components the ESS does not see (four moves per sweep, 2 x 1000 sweeps: the mean is
-        -2.5, +6.0 and -0.2 of its estimated MCSE off the exact value for three seeds) at ~450
-        network passes per (nominal) effective sample against 117 for the refresh: keep the
-        default refresh for joint runs.
+        ``source_refresh_sigma`` set to a number or a custom ``source_sampler``. Measured
+        (docs/source_posterior.md): exact but local moves, costlier per effective sample on the
+        gold standard than the refresh.
     warmup_source_move
         ``"draw"`` (a fresh guided draw every sweep) or ``"refresh"`` (the guided partial refresh
         at :func:`auto_refresh_sigma`'s level): moves the source in the first
@@ -318,7 +316,7 @@ class BlindLensGibbs(Gibbs):
         warm start) skip its cost. ``blindlens sample`` uses 20.
     """
 
-    _state_cls = BlindLensGibbsState
+    sample_field = "sites"
 
     def __init__(
         self,
@@ -334,6 +332,8 @@ class BlindLensGibbs(Gibbs):
         source_grid: PixelGrid | None = None,
         supersampling: int = 1,
         operator_factory: Callable | None = None,
+        lens_move: str = "nuts",
+        num_leapfrog: int = 2,
         lens_kernel: Callable | None = None,
         lens_search: EvidenceSearchConfig | None = None,
         lens_prefit=None,
@@ -352,6 +352,12 @@ class BlindLensGibbs(Gibbs):
             raise ValueError(
                 f"prior must be an AbstractSourcePrior (ScorePrior, GaussianSourcePrior, ...), got "
                 f"{type(prior).__name__}."
+            )
+        if lens_kernel is not None:
+            raise ValueError(
+                "lens_kernel was removed: BlindLensGibbs runs the pure core's lens move; choose it with "
+                "lens_move='nuts' (default, curvature-metric NUTS) or 'hmc', and target_accept_prob, "
+                "max_tree_depth, dense_mass."
             )
         if source_grid is None:
             source_grid = PixelGrid(tuple(prior.shape), float(prior.pixel_scale))
@@ -414,25 +420,9 @@ class BlindLensGibbs(Gibbs):
         if descent is not None and refresher is None:
             raise ValueError("warmup_source_move replaces the sweep's source move in warm-up; a run that draws "
                              "afresh every sweep has none to replace: leave warmup_source_move=None.")
+        if warmup_source_threshold is not None and not float(warmup_source_threshold) >= 0.0:
+            raise ValueError(f"warmup_source_threshold must be >= 0 or None, got {warmup_source_threshold}.")
         self.warmup_source_move = warmup_source_move
-        self.source_block = SourceBlock(
-            self.joint_model, source_sampler, refresher, descent, warmup_source_fraction, warmup_source_threshold
-        )
-        nuts = {"target_accept_prob": target_accept_prob, "max_tree_depth": max_tree_depth, "dense_mass": dense_mass}
-        nuts = {k: v for k, v in nuts.items() if v is not None}
-        if lens_kernel is None:
-            lens_block = LensNUTS(self.joint_model, **{"target_accept_prob": 0.8, "max_tree_depth": 8, **nuts})
-        else:
-            if nuts:
-                raise ValueError(
-                    f"{sorted(nuts)} configure the default lens block; with lens_kernel give them to your kernel."
-                )
-            lens_block = lens_kernel(self.joint_model)
-            block_init = getattr(lens_block, "_init_strategy", None)
-            if block_init is not None and not is_default_init_strategy(block_init):
-                if init_strategy is not None and init_strategy is not block_init:
-                    raise ValueError("init_strategy is given both to BlindLensGibbs and to the lens_kernel; give one.")
-                init_strategy = block_init
         if init_strategy is not None and not callable(init_strategy):
             raise ValueError(f"init_strategy must be a NumPyro init strategy (e.g. init_to_value(values=...)), "
                              f"got {init_strategy!r}.")
@@ -440,55 +430,122 @@ class BlindLensGibbs(Gibbs):
             raise ValueError("init_strategy sets the starting lens; it cannot be combined with lens_search.")
         self.init_strategy = init_strategy
         self.wrap_placement = bool(wrap_placement)
-        period = placement_period(lens_model) if self.wrap_placement and isinstance(lens_block, HMC) else None
+        period = placement_period(lens_model) if self.wrap_placement else None
         if period is not None and abs(period - float(source_grid.pixel_scale)) > 1e-9 * period:
             raise ValueError(
                 f"with_source_shift's pixel_scale {period:g} differs from the source grid's {source_grid.pixel_scale:g}; "
                 "give it the grid's pixel scale, or pass wrap_placement=False."
             )
-        self._placement_period = period
-        self._placement_fold_sweeps = 0  # set by init: the warm-up's sweeps
-        super().__init__([(self.source_block, [SOURCE_SITE]), (lens_block, None)])
+        if dense_mass is not None and not isinstance(dense_mass, bool):
+            raise ValueError(f"dense_mass must be True (the full curvature metric) or False (its diagonal), "
+                             f"got {dense_mass!r}.")
+        depth = 8 if max_tree_depth is None else max_tree_depth
+        self.core = GibbsCore(
+            lens_model,
+            source_sampler,
+            refresher,
+            num_warmup=0,  # set by init
+            num_leapfrog=int(num_leapfrog),
+            target_accept_prob=0.8 if target_accept_prob is None else float(target_accept_prob),
+            descent=descent,
+            descent_fraction=float(warmup_source_fraction),
+            descent_threshold=None if warmup_source_threshold is None else float(warmup_source_threshold),
+            wrap_placement=self.wrap_placement,
+            lens_move=lens_move,
+            max_tree_depth=tuple(depth) if isinstance(depth, list) else depth,
+            dense_metric=True if dense_mass is None else dense_mass,
+        )
 
-    sample_field = "sites"
+    # ---- what NumPyro's MCMC calls -----------------------------------------------------------
+    @property
+    def model(self):
+        return self.joint_model
+
+    def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
+        """A chain's first state (the warm start unless ``init_params`` or ``init_strategy`` give the lens).
+
+        With ``chain_method="vectorized"`` NumPyro passes one key per chain (and ``init_params``
+        batched alike): the chains' starts are then made under ``jax.vmap``.
+        """
+        self.core = dataclasses.replace(self.core, num_warmup=int(num_warmup))
+        if _batched(rng_key):
+            return jax.vmap(lambda k, p: self._init_chain(k, p, model_kwargs))(rng_key, init_params or {})
+        return self._init_chain(rng_key, init_params, model_kwargs)
+
+    def _init_chain(self, rng_key, init_params, model_kwargs):
+        init_params = dict(init_params or {})
+        given = [n for n in self.lens_sites if n in init_params]
+        if given and len(given) != len(self.lens_sites):
+            missing = [n for n in self.lens_sites if n not in init_params]
+            raise ValueError(f"init_params gives some lens sites but not {missing}; give all or none.")
+        model = self._model(model_kwargs)
+        rng_key, k_warm, k_src = jr.split(rng_key, 3)
+        space = self.core.space
+        source = init_params.get(SOURCE_SITE)
+        if given:
+            lens_values = {n: space.transforms[n](jnp.asarray(init_params[n])) for n in self.lens_sites}
+        elif self.init_strategy is not None:
+            lens_values = lens_init_values(self.joint_model.lens_model, self.init_strategy, k_warm)
+            values = (getattr(self.init_strategy, "keywords", None) or {}).get("values") or {}
+            if SOURCE_SITE in values and source is None:  # init_to_value(values={"source": ...})
+                source = values[SOURCE_SITE]
+        else:
+            found = None
+            if self.lens_search is not None:  # (keys of runs without a search stay as they were)
+                k_search, k_warm = jr.split(k_warm)
+                found = self.search_lens(k_search).lens
+            if self.warm_start is not None:
+                draw = self.warm_start_draw(k_warm, init_lens=found, model=model)
+                lens_values, source = draw.lens, draw.source
+            else:
+                lens_values = space.prior_draw(k_warm) if found is None else found
+        core = self.core.init(k_src, model, lens_values, None if source is None else jnp.asarray(source))
+        if given:  # keep the given coordinates exactly (no constrain/unconstrain round trip)
+            exact, _ = ravel_pytree({n: jnp.asarray(init_params[n], core.lens.dtype) for n in space.names})
+            core = core._replace(lens=exact)
+        info = self._first_info(core, model)
+        return BlindLensGibbsState(self._z(core), core, info, rng_key)
 
     def sample(self, state, model_args, model_kwargs):
-        """One Gibbs sweep (source, then lens); in warm-up, then the placement fold where the placement is sampled."""
-        state = super().sample(state, model_args, model_kwargs)
-        if self._placement_period is None:
-            return state
-        # every warm-up sweep but the last, so that the metric frozen after warm-up is computed in the central period
-        folding = state.block_states[-1].i < self._placement_fold_sweeps
-        return jax.lax.cond(folding, lambda s: self._wrap_placement(s, model_args, model_kwargs), lambda s: s, state)
-
-    def _wrap_placement(self, state, model_args, model_kwargs):
-        """:func:`~blindlens.source_shift_model.wrap_placement` (``fold=True``) on the state, the lens block refreshed if it moved."""
-        source_state, lens_state = state.block_states
-        lens_kernel = self._kernels[-1]
-        jm = self.joint_model
-        space = _LensSpace(jm.lens_model)
-        values = {n: space.transforms[n](lens_state.z[n]) for n in space.names}
-
-        def log_likelihood(v, source):
-            return jm.log_likelihood(lens_from_values(jm.lens_model, v), source)
-
-        key = jr.fold_in(state.rng_key, _PLACEMENT_SALT)
-        moved, source, accepted = wrap_placement(key, values, source_state.z[SOURCE_SITE], self._placement_period,
-                                                 log_likelihood, fold=True)
-
-        def apply(states):
-            src, lens = states
-            z = {**lens.z, **{n: space.transforms[n].inv(moved[n]).astype(lens.z[n].dtype) for n in SOURCE_SHIFT_SITES}}
-            kwargs = with_conditioning(model_kwargs, {SOURCE_SITE: source})
-            lens = lens_kernel.refresh(lens._replace(z=z), model_args, kwargs)
-            return src._replace(z={SOURCE_SITE: source}), lens
-
-        blocks = jax.lax.cond(jnp.any(accepted), apply, lambda states: states, (source_state, lens_state))
-        return state._replace(z=self._merge_z(blocks), block_states=tuple(blocks))
+        """One Gibbs sweep of the core (source, then lens; in warm-up the placement fold)."""
+        if _batched(state.rng_key):  # chain_method="vectorized": one state per chain
+            return jax.vmap(lambda st: self.sample(st, model_args, model_kwargs))(state)
+        rng_key, key = jr.split(state.rng_key)
+        core, info = self.core.sweep(key, state.core, self._model(model_kwargs))
+        return BlindLensGibbsState(self._z(core), core, info, rng_key)
 
     def postprocess_fn(self, model_args, model_kwargs):
-        """Gibbs's postprocessing applied to the collected :attr:`BlindLensGibbsState.sites`."""
-        return partial(_sites_postprocess, super().postprocess_fn(model_args, model_kwargs))
+        """The collected :attr:`BlindLensGibbsState.sites` back to constrained site values."""
+        return partial(_sites_postprocess, self._model(model_kwargs))
+
+    def _model(self, model_kwargs) -> JointModel:
+        """The observation as data: ``mcmc.run(key, joint_model=...)``'s model, else the kernel's own.
+
+        A :class:`~blindlens.numpyro_model.JointModel` passed this way (``joint_model(lens_model,
+        other_observation, kernel.source_grid, ...)``) must match the kernel's in lens model, image
+        shape, grids and PSF size; with ``MCMC(..., jit_model_args=True)`` one compiled sweep then
+        serves every such observation. The warm start uses it too; a lens search, the lens pre-fit
+        and pooled chain starts (:mod:`blindlens.chain_starts`) use the kernel's own observation.
+        """
+        given = (model_kwargs or {}).get("joint_model")
+        if given is None:
+            return self.joint_model
+        if not isinstance(given, JointModel):
+            raise ValueError(f"joint_model must be a blindlens JointModel (numpyro_model.joint_model), got "
+                             f"{type(given).__name__}.")
+        ours, theirs = eqx.partition(self.joint_model, eqx.is_array), eqx.partition(given, eqx.is_array)
+        same = (jax.tree.structure(ours[0]) == jax.tree.structure(theirs[0]) and ours[1] == theirs[1]
+                and [a.shape for a in jax.tree.leaves(ours[0])] == [a.shape for a in jax.tree.leaves(theirs[0])])
+        if not same:
+            raise ValueError(
+                f"joint_model differs from the kernel's in lens model, image shape, grids, PSF size or mask (image "
+                f"{tuple(given.image.shape)} vs {tuple(self.joint_model.image.shape)}); build a kernel for it instead."
+            )
+        return given
+
+    def get_diagnostics_str(self, state) -> str:
+        return (f"{int(state.num_steps)} steps of size {float(state.adapt_state.step_size):.2e}. "
+                f"acc. prob={float(state.accept_prob):.2f}")
 
     @property
     def default_fields(self) -> tuple[str, ...]:
@@ -502,55 +559,51 @@ class BlindLensGibbs(Gibbs):
             "num_score_evals",
         )
 
-    def _evidence_search_model(self, lens_model, observation, source_grid, supersampling, operator_factory, config):
-        from ..prior.gaussian_prior import GaussianSourcePrior
+    # ---- helpers -----------------------------------------------------------------------------
+    def _z(self, core: GibbsCoreState) -> dict:
+        """NumPyro's ``{site: value}`` of a core state (lens sites unconstrained)."""
+        z = dict(self.core.space._unravel(core.lens))
+        z[SOURCE_SITE] = core.source
+        return z
 
-        if isinstance(self.prior, GaussianSourcePrior):
-            return self.joint_model
-        if operator_factory is not None:
-            raise ValueError(
-                "lens_search builds its own coarse lensing operator and cannot use a custom "
-                "operator_factory; pass lens_search=None or a GaussianSourcePrior."
-            )
-        p = config.source_pixels
-        field = source_grid.shape[0] * source_grid.pixel_scale
-        coarse = PixelGrid((p, p), field / p, tuple(source_grid.center))
-        return joint_model(lens_model, observation, coarse, supersampling=supersampling)
+    def _first_info(self, core: GibbsCoreState, jm: JointModel) -> SweepInfo:
+        """The statistics of a state no sweep has made yet (zero steps, the start's potential)."""
+        pe = self.core.potential(core.lens, core.source, jm)
+        zero = jnp.zeros((), pe.dtype)
+        return SweepInfo(
+            accept_prob=zero,
+            diverging=jnp.asarray(False),
+            potential_energy=pe,
+            step_size=jnp.exp(core.log_step_size),
+            num_steps=jnp.zeros((), jnp.int32),
+            chi2=jm.residual_chi2(self.core.lens_of(core.lens), core.source),
+            num_score_evals=core.num_score_evals,
+            energy=pe,
+        )
+
+    def draw_source(self, key: PRNGKeyArray, lens_values: Mapping[str, Array]) -> Array:
+        """A source draw of the kernel's source step given constrained ``lens_values``."""
+        op, data, noise = self.core._source_inputs(self.core.space.unconstrain(lens_values), self.joint_model)
+        return self.core.source_draw(key, op, data, noise)
+
+    def descent_sweeps(self, num_warmup: int) -> int:
+        """Warm-up sweeps moved by ``warmup_source_move`` (0 without one)."""
+        return self.core.descent_sweeps(num_warmup)
+
+    def _evidence_search_model(self, lens_model, observation, source_grid, supersampling, operator_factory, config):
+        from .lens_initialization import evidence_search_model
+
+        return evidence_search_model(self.prior, self.joint_model, lens_model, observation, source_grid,
+                                     supersampling, operator_factory, config)
 
     def search_lens(self, key: PRNGKeyArray):
-        """The multi-start evidence search of ``lens_search`` (see :mod:`blindlens.lens_initialization`)."""
-        from ..prior.gaussian_prior import GaussianSourcePrior
-        from .lens_initialization import (
-            EvidenceSearchConfig,
-            default_search_basis,
-            search_lens_by_evidence,
-        )
+        """The multi-start evidence search of ``lens_search`` (:func:`~blindlens.lens_initialization.search_kernel_lens`)."""
+        from .lens_initialization import search_kernel_lens
 
-        config = self.lens_search if self.lens_search is not None else EvidenceSearchConfig()
-        model = getattr(self, "_search_model", None) or self._evidence_search_model(
-            self.joint_model.lens_model, self.observation, self.source_grid, 1, None, config
-        )
-        k_search, k_select = jr.split(key)
-        basis = default_search_basis(self.prior, model, config)
-        gaussian = isinstance(self.prior, GaussianSourcePrior)
-        found = search_lens_by_evidence(k_search, model, basis, config, mean=self.prior.mean if gaussian else None)
-        if gaussian or config.num_starts == 1:  # the evidence is exact: its best run is the answer
-            return found
-        # a Gaussian stand-in's evidence can favour unphysical lenses: rank the runs by the residual
-        # chi^2 of one source draw from the kernel's own source step (the score prior) at each lens
-        jm = self.joint_model
+        return search_kernel_lens(self, key)
 
-        def chi2_of_run(values, k):
-            source = self.source_block.draw(k, values)
-            return jm.residual_chi2(lens_from_values(jm.lens_model, values), source)
-
-        chi2 = jax.lax.map(
-            lambda a: chi2_of_run(a[0], a[1]), (found.runs, jr.split(k_select, config.num_starts))
-        )
-        best = jnp.argmin(jnp.where(jnp.isfinite(chi2), chi2, jnp.inf))
-        return found._replace(lens={n: v[best] for n, v in found.runs.items()})
-
-    def warm_start_draw(self, key: PRNGKeyArray, init_lens: Mapping[str, Array] | None = None) -> GibbsDDRMResult:
+    def warm_start_draw(self, key: PRNGKeyArray, init_lens: Mapping[str, Array] | None = None,
+                        model: JointModel | None = None) -> GibbsDDRMResult:
         """The chain initialisation: the best of ``warm_start_tries`` continuous-time joint draws.
 
         Each try is one :func:`sample_gibbsddrm` trajectory from its own prior draw of the lens; the
@@ -564,45 +617,8 @@ class BlindLensGibbs(Gibbs):
         the others still start from prior draws: trajectories from one far start all end at the same
         wrong, self-consistent lens (gold problem: 16 of 16 from ``theta_E`` 1.15, truth 0.80), so
         repeating it cannot rescue a bad guess, while the chi^2 selection keeps a good one.
+        ``model``: another observation's joint model of the same shape (default: the kernel's).
         """
         config = self.warm_start if self.warm_start is not None else GibbsDDRMConfig()
-        return best_of_gibbsddrm(key, self.joint_model, self.prior, config, self.warm_start_tries, init_lens)
-
-    def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
-        self._placement_fold_sweeps = int(num_warmup)
-        init_params = dict(init_params or {})
-        given = [n for n in self.lens_sites if n in init_params]
-        if given and len(given) != len(self.lens_sites):
-            missing = [n for n in self.lens_sites if n not in init_params]
-            raise ValueError(f"init_params gives some lens sites but not {missing}; give all or none.")
-        rng_key, k_warm, k_src = jr.split(rng_key, 3)
-        space = _LensSpace(self.joint_model.lens_model)
-        if not given and self.init_strategy is not None:
-            lens_values = lens_init_values(self.joint_model.lens_model, self.init_strategy, k_warm)
-            u = space._unravel(space.unconstrain(lens_values))
-            init_params.update({n: u[n] for n in self.lens_sites})
-            source = None
-            values = (getattr(self.init_strategy, "keywords", None) or {}).get("values") or {}
-            if SOURCE_SITE in values and SOURCE_SITE not in init_params:  # init_to_value(values={"source": ...})
-                init_params[SOURCE_SITE] = jnp.asarray(values[SOURCE_SITE])
-        elif not given:
-            found = None
-            if self.lens_search is not None:  # (keys of runs without a search stay as they were)
-                k_search, k_warm = jr.split(k_warm)
-                found = self.search_lens(k_search).lens
-            if self.warm_start is not None:
-                draw = self.warm_start_draw(k_warm, init_lens=found)
-                lens_values, source = draw.lens, draw.source
-            else:
-                lens_values = space.prior_draw(k_warm) if found is None else found
-                source = None
-            u = space._unravel(space.unconstrain(lens_values))
-            init_params.update({n: u[n] for n in self.lens_sites})
-        else:
-            lens_values = {n: space.transforms[n](jnp.asarray(init_params[n])) for n in self.lens_sites}
-            source = None
-        if SOURCE_SITE not in init_params:
-            if source is None:
-                source = self.source_block.draw(k_src, lens_values)
-            init_params[SOURCE_SITE] = source
-        return super().init(rng_key, num_warmup, init_params, model_args, model_kwargs)
+        jm = self.joint_model if model is None else model
+        return best_of_gibbsddrm(key, jm, self.prior, config, self.warm_start_tries, init_lens)

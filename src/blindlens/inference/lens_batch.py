@@ -19,6 +19,7 @@ would make every lane wait for the longest tree of any lens.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -98,6 +99,8 @@ def run_chain(
     keep_source: bool = True,
 ):
     """Warm-up then sampling sweeps of one chain from ``state``: ``(lens draws, sources, infos, final state)``."""
+    if int(num_warmup) != core.num_warmup:  # the metric window sits at the end of this run's warm-up
+        core = dataclasses.replace(core, num_warmup=int(num_warmup))
     k_warm, k_sample = jr.split(key)
 
     def warm(descend):

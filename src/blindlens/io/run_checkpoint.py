@@ -63,7 +63,9 @@ __all__ = [
 ]
 
 FORMAT = "blindlens-run-checkpoint"
-VERSION = 1
+VERSION = 2
+"""2 (2026-12-06): the kernel's state is the pure core's (``BlindLensGibbsState``); version 1 held NumPyro
+Gibbs block states, which this kernel cannot continue."""
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 _HINT = "pass --no-resume to start afresh (or delete the file)"
 
