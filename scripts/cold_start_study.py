@@ -334,6 +334,22 @@ def latest_rows(path: Path) -> dict[int, dict]:
     return {r["system"]: r for r in read_jsonl(path)}
 
 
+def pooled_rows(paths: list[Path]) -> dict[int, dict]:
+    """The latest line per system over several JSONL files (later files win), tagged ``_run``.
+
+    Every row must come from one population: a ``broad`` system 3 and an ``xdf`` system 3 are
+    different lenses, so mixing populations is refused.
+    """
+    merged: dict[int, dict] = {}
+    for path in paths:
+        for k, r in latest_rows(path).items():
+            merged[k] = {**r, "_run": path.stem}
+    populations = sorted({r.get("population", "?") for r in merged.values()})
+    if len(populations) > 1:
+        raise SystemExit(f"error: the pooled files mix populations {populations}; report each population on its own.")
+    return merged
+
+
 def run_study(args) -> int:
     jsonl = Path(args.jsonl) if args.jsonl else CALIBRATION / f"{args.name}.jsonl"
     jsonl.parent.mkdir(parents=True, exist_ok=True)
@@ -389,12 +405,21 @@ def report(args) -> int:
     from blindlens.validation import tarp_coverage
 
     jsonl = Path(args.jsonl) if args.jsonl else CALIBRATION / f"{args.name}.jsonl"
-    latest = latest_rows(jsonl)
+    sources = [Path(f) for f in (args.pool or [])] + [jsonl]
+    missing = [str(f) for f in sources[:-1] if not f.exists()]
+    if missing:
+        raise SystemExit(f"error: --pool file(s) not found: {', '.join(missing)}; pass existing JSONL files.")
+    latest = pooled_rows(sources)
     rows = [latest[k] for k in sorted(latest)]
     ok = [r for r in rows if r.get("status") == "ok"]
     failed = [r for r in rows if r.get("status") != "ok"]
+    pooled = len(sources) > 1
     out = Path(args.out) if args.out else CALIBRATION / f"{args.name}_tables.md"
-    lines = [f"# Cold-start study `{args.name}`: {len(ok)} systems from `{jsonl.name}`", ""]
+    lines = [f"# Cold-start study `{args.name}`: {len(ok)} systems from "
+             f"{', '.join(f'`{f.name}`' for f in sources)}", ""]
+    if pooled:
+        lines += ["Pooled from several runs of the same population (the `run` column names each system's file; "
+                  "a system in several files is taken from the last one listed).", ""]
     if rows:
         r0 = rows[0]
         lines += [
@@ -417,7 +442,8 @@ def report(args) -> int:
 
     lines += ["## Per system", ""]
     head = ("| system | theta_E true | peak SNR | chains in dominant mode | chain chi^2/N | truth chi^2/N | "
-            "dominant - truth | max R-hat (CLI) | max abs z (mass) | CLI flagged the fit | wall min |")
+            "dominant - truth | max R-hat (CLI) | max abs z (mass) | CLI flagged the fit | wall min |"
+            + (" run |" if pooled else ""))
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for r in ok:
         zmax = max(abs(r["params"][n]["z"]) for n in names) if names else float("nan")
@@ -428,6 +454,7 @@ def report(args) -> int:
             f"{', '.join(f'{c:.3f}' for c in r['chain_chi2'])} | {r['true_chi2']:.3f} | "
             f"{r['chi2_dominant'] - r['true_chi2']:+.3f} | {_fmt(lens_max_rhat(r))} ({_fmt(r.get('cli_max_rhat'))}) | "
             f"{_fmt(zmax, '.1f')} | {'yes' if r.get('cli_flagged_fit') else 'no'} | {r['wall_s'] / 60:.1f} |"
+            + (f" {r['_run']} |" if pooled else "")
         )
     lines.append("")
 
@@ -530,6 +557,8 @@ def main(argv=None) -> int:
                    help="rebuild the lines of --systems from the posteriors and logs already in --work (no sampling)")
     p.add_argument("--report", action="store_true", help="write docs/calibration/<name>_tables.md from the JSONL")
     p.add_argument("--out", default=None, help="report path (default docs/calibration/<name>_tables.md)")
+    p.add_argument("--pool", nargs="+", default=None, metavar="JSONL",
+                   help="with --report: also pool these results files (same population; --jsonl's rows win)")
     args = p.parse_args(argv)
     args.name = args.name or f"cold_start_{args.population}"
     return report(args) if args.report else run_study(args)
