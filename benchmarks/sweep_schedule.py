@@ -42,8 +42,10 @@ import numpy as np
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 
 from blindlens.inference.gibbs_core import GibbsCore
+from blindlens.inference.ncmc_move import ncmc_lens_move
 from blindlens.inference.numpyro_model import lens_site_names, nuisance_site_names
 from blindlens.io.observation import load_observation
+from blindlens.io.simulation import load_truth
 from blindlens.pipeline import DEFAULTS, build_kernel, load_lens_model, run_lens_model
 from blindlens.source.split_gibbs import SplitGibbsConfig
 from blindlens.source_setup import load_source_prior
@@ -57,8 +59,28 @@ def _carried(source, alpha_x, alpha_y, pixel_scale):
     return np.real(np.fft.ifft2(np.fft.fft2(source) * phase)).astype(source.dtype)
 
 
-def setup(folder: Path, prior, chains: int, shift: str = "auto"):
+def _truth_setup(folder, obs, lens_model, sites, prior, options, chains):
+    """Every chain at the true lens (placement 0) and source, the grid centred on the true source."""
+    truth = load_truth(folder / "truth.npz")
+    if tuple(truth["source"].shape) != tuple(prior.shape) or float(truth["source_pixel_scale"]) != float(prior.pixel_scale):
+        raise SystemExit(f"--from-truth needs the true source on the prior's grid {prior.shape} at "
+                         f"{prior.pixel_scale}\"; {folder / 'truth.npz'} has {truth['source'].shape} at "
+                         f"{float(truth['source_pixel_scale'])}\".")
+    center = tuple(float(v) for v in truth["source_center"])
+    model = build_kernel(lens_model, obs, prior, options, center=center).joint_model
+    values = {}
+    for profile in getattr(truth["lens"], "components", (truth["lens"],)):
+        values.update({k: float(getattr(profile, k)) for k in sites if hasattr(profile, k)})
+    values.update({k: 0.0 for k in sites if k not in values})  # the grid placement
+    start = {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
+    source = jnp.asarray(truth["source"], jnp.float32)
+    return model, sites, [start] * chains, jnp.stack([source] * chains)
+
+
+def setup(folder: Path, prior, chains: int, shift: str = "auto", from_truth: bool = False):
     """The CLI's joint model of a finished run's system, and ``chains`` starts from its last draws.
+
+    ``from_truth``: every chain at the true lens and source instead (``truth.npz``; no run needed).
 
     ``shift="none"`` drops the grid placement (``--source-shift none``); the starting sources are then
     moved by the run's placement, so that they still fit.
@@ -67,6 +89,8 @@ def setup(folder: Path, prior, chains: int, shift: str = "auto"):
     obs = load_observation(str(folder / "obs.fits"))
     lens_model = run_lens_model(load_lens_model("sie+shear"), options, obs, prior)
     sites = lens_site_names(lens_model)
+    if from_truth:
+        return _truth_setup(folder, obs, lens_model, sites, prior, options, chains)
     post = az.from_netcdf(min(glob.glob(str(folder / "*.nc")))).posterior
     center = (float(post["source_x"].values.mean()), float(post["source_y"].values.mean()))
     model = build_kernel(lens_model, obs, prior, options, center=center).joint_model
@@ -89,7 +113,7 @@ class _Held:
         return current
 
 
-def run_schedule(model, prior, sites, starts, sources, k_src: int, k_lens: int, args):
+def run_schedule(model, prior, sites, starts, sources, k_src: int, k_lens: int, args, ncmc=None):
     if k_src == 0:
         core = GibbsCore(model.lens_model, None, _Held(), num_warmup=args.warmup, lens_transitions=k_lens)
     else:
@@ -99,25 +123,46 @@ def run_schedule(model, prior, sites, starts, sources, k_src: int, k_lens: int, 
     states = [core.init(k, model, v, s) for k, v, s in zip(keys, starts, sources, strict=True)]
     state = jax.tree.map(lambda *x: jnp.stack(x), *states)
 
+    def one(kk, ss, cov, warmup):
+        ss, info = core.sweep(kk, ss, model, warmup=warmup, descend=False)
+        if ncmc is None or warmup:
+            return ss, info, jnp.zeros(())
+        cov = ss.inverse_mass if ncmc[2] == "metric" else cov
+        r = ncmc_lens_move(jr.fold_in(kk, 7), core, ss.lens, ss.source, model, cov, ncmc[0], ncmc[1])
+        ss = ss._replace(lens=r.lens, source=r.source, num_score_evals=ss.num_score_evals + r.num_score_evals)
+        return ss, info, r.accept_prob
+
     def make(warmup):
-        def step(k, s):
-            return jax.vmap(lambda kk, ss: core.sweep(kk, ss, model, warmup=warmup, descend=False))(
-                jr.split(k, len(starts)), s)
+        def step(k, s, cov):
+            return jax.vmap(lambda kk, ss, cc: one(kk, ss, cc, warmup))(jr.split(k, len(starts)), s, cov)
         return jax.jit(step)
 
     warm, sample = make(True), make(False)
     key = jr.key(args.seed + 1)
+    cov = jnp.zeros_like(state.inverse_mass)
+    warm_lens = []
     for i in range(args.warmup):
-        state, _ = warm(jr.fold_in(key, i), state)
+        state, _, _ = warm(jr.fold_in(key, i), state, cov)
+        warm_lens.append(state.lens)
     jax.block_until_ready(state)
-    state, info = sample(jr.fold_in(key, 10**6), state)  # compile (and one kept sweep)
+    if ncmc is not None and ncmc[2] != "metric":
+        # the warm-up's second half: each chain's own lens covariance ("emp") or all chains' ("pool"),
+        # plus a tenth of the frozen metric so that no direction is left out; frozen for sampling
+        half = np.asarray(jnp.stack(warm_lens[len(warm_lens) // 2:], 1), np.float64)  # (chain, draw, d)
+        if ncmc[2] == "emp":
+            emp = np.stack([np.cov(h, rowvar=False) for h in half])
+        else:
+            emp = np.broadcast_to(np.cov(half.reshape(-1, half.shape[-1]), rowvar=False), state.inverse_mass.shape)
+        cov = jnp.asarray(emp + 0.1 * np.asarray(state.inverse_mass), state.inverse_mass.dtype)
+    state, info, acc = sample(jr.fold_in(key, 10**6), state, cov)  # compile (and one kept sweep)
     jax.block_until_ready(state)
-    lens, passes0, divergent = [state.lens], state.num_score_evals, [info.diverging]
+    lens, passes0, divergent, accepts = [state.lens], state.num_score_evals, [info.diverging], [acc]
     t0 = time.perf_counter()
     for i in range(1, args.sweeps):
-        state, info = sample(jr.fold_in(key, 10**6 + i), state)
+        state, info, acc = sample(jr.fold_in(key, 10**6 + i), state, cov)
         lens.append(state.lens)
         divergent.append(info.diverging)
+        accepts.append(acc)
     jax.block_until_ready(state)
     seconds = time.perf_counter() - t0
     u = np.asarray(jnp.stack(lens, 1))  # (chain, draw, d)
@@ -139,7 +184,8 @@ def run_schedule(model, prior, sites, starts, sources, k_src: int, k_lens: int, 
     passes = float(np.sum(np.asarray(state.num_score_evals - passes0)))
     draws = u.shape[0] * u.shape[1]
     return {
-        "schedule": f"{k_src}:{k_lens}",
+        "schedule": f"{k_src}:{k_lens}" + (f" + NCMC T={ncmc[0]}, c={ncmc[1]:g}, {ncmc[2]}" if ncmc else ""),
+        "ncmc_accept": float(np.mean(np.asarray(jnp.stack(accepts)))),
         "s_per_sweep": seconds / (args.sweeps - 1),
         "min_ess": ess[worst],
         "worst": worst,
@@ -162,28 +208,43 @@ def main():
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--sweeps", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--from-truth", action="store_true",
+                        help="start every chain at truth.npz's lens and source (grid on the true source), no run needed")
+    parser.add_argument("--ncmc", nargs="*", default=[],
+                        help="T:c[:cov] specs: also run schedule 1:1 with an NCMC lens move after each kept sweep "
+                             "(blindlens.inference.ncmc_move: T path steps, displacement N(0, c^2 C) with C the "
+                             "frozen metric (cov 'metric', default), each chain's warm-up lens covariance "
+                             "('emp') or all chains' ('pool'))")
     parser.add_argument("--save", type=Path, help="write each schedule's draws to SAVE.K_L.npz")
     parser.add_argument("--source-shift", default="auto", choices=("auto", "sampled", "none"),
                         help="the grid placement, as blindlens sample's option (none: the starts carry it)")
     args = parser.parse_args()
     prior = load_source_prior(args.prior)
-    model, sites, starts, sources = setup(args.system, prior, args.chains, args.source_shift)
+    model, sites, starts, sources = setup(args.system, prior, args.chains, args.source_shift, args.from_truth)
     rows = []
     for schedule in args.schedules:
         k_src, k_lens = (int(v) for v in schedule.split(":"))
         row = run_schedule(model, prior, sites, starts, sources, k_src, k_lens, args)
         print(row, flush=True)
         rows.append(row)
+    for spec in args.ncmc:
+        t, c, *cov = spec.split(":")
+        row = run_schedule(model, prior, sites, starts, sources, 1, 1, args,
+                           ncmc=(int(t), float(c), cov[0] if cov else "metric"))
+        print(row, flush=True)
+        rows.append(row)
     print(f"\n{args.system}: {args.chains} chains x {args.sweeps} kept sweeps after {args.warmup} warm-up, "
           f"--source-shift {args.source_shift}\n")
     print("| source moves : lens transitions | s per sweep (all chains) | min bulk ESS (param) | sweeps / ESS | "
-          "network passes / ESS | s / ESS | max R-hat | max autocorrelation, lag 1 / 10 / 50 | divergent |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "network passes / ESS | s / ESS | max R-hat | max autocorrelation, lag 1 / 10 / 50 | divergent | "
+          "NCMC acceptance |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         acf = " / ".join(f"{r['acf'][lag]:.2f}" for lag in (1, 10, 50))
+        accept = f"{r['ncmc_accept']:.2f}" if "NCMC" in r["schedule"] else "-"
         print(f"| {r['schedule']} | {r['s_per_sweep']:.3f} | {r['min_ess']:.1f} ({r['worst']}) | "
               f"{r['sweeps_per_ess']:.0f} | {r['passes_per_ess']:.0f} | {r['seconds_per_ess']:.1f} | "
-              f"{r['max_rhat']:.3f} | {acf} | {r['divergent']:.3f} |")
+              f"{r['max_rhat']:.3f} | {acf} | {r['divergent']:.3f} | {accept} |")
 
 
 if __name__ == "__main__":
