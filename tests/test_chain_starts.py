@@ -13,6 +13,7 @@ from blindlens.chain_starts import (
     chain_chi2,
     default_mode_tolerance,
     dominant_mode_starts,
+    gross_misfit_warning,
     pooled_chain_starts,
     reset_worse_chains,
 )
@@ -72,7 +73,40 @@ def test_pooled_starts_on_the_gold_problem_start_every_chain_at_the_mode(problem
     # every chain starts in the dominant mode (wrong lenses here fit at chi^2/N ~ 19)
     assert np.all(fit[np.asarray(starts.chosen)] <= fit.min() + starts.tolerance)
     assert np.all(np.abs(np.asarray(theta) - problem.truth["theta_E"]) < 0.02)
+    assert "basin was probably not found" not in starts.message  # the right basin: no gross-misfit warning
     print(starts.message, np.sort(fit / starts.num_pixels).round(2))
+
+
+def test_gross_misfit_warning_threshold_and_a_pool_that_never_finds_the_basin(problem):
+    """Above ``1 + 50 sqrt(2/N)`` the report warns that the basin was not found (lenstronomy system
+    19's chains sat at chi^2/N 7-9 for 80 minutes otherwise unannounced until the end); a lens prior
+    that excludes the true lens makes every try misfit, and the pool's report says so."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    from blindlens.lens_models import SIS
+
+    n = 96 * 96
+    level = 1.0 + 50.0 * np.sqrt(2.0 / n)
+    assert gross_misfit_warning(0.999 * level * n, n) == ""
+    assert "chi^2/N 8.69" in gross_misfit_warning(8.69 * n, n) and "--lens-model" in gross_misfit_warning(8.69 * n, n)
+    assert gross_misfit_warning(float("nan"), n) == ""
+
+    def wrong_range():  # the truth (0.8) is outside: every warm start misfits
+        return SIS(theta_E=numpyro.sample("theta_E", dist.Uniform(1.1, 1.2)), center_x=problem.truth["center_x"])
+
+    exact = LowRankExactGuidance(basis=problem.basis)
+    kernel = BlindLensGibbs(
+        wrong_range, problem.observation, problem.prior,
+        source_config=SourceSamplerConfig(guidance=exact, num_steps=20),
+        warm_start=GibbsDDRMConfig(guidance=exact, num_steps=60), source_grid=problem.source_grid,
+        warm_start_tries=1,
+    )
+    starts = pooled_chain_starts(kernel, jr.key(21), 2)
+    best = float(np.min(np.asarray(starts.chi2))) / starts.num_pixels
+    print(starts.message)
+    assert best > 1.0 + 50.0 * np.sqrt(2.0 / starts.num_pixels)
+    assert "the lens's basin was probably not found" in starts.message
 
 
 def test_pooled_starts_from_a_lens_prefit_start_the_trajectories_at_its_lenses(problem, monkeypatch):
