@@ -78,17 +78,17 @@ def test_pooled_starts_on_the_gold_problem_start_every_chain_at_the_mode(problem
 
 
 def test_gross_misfit_warning_threshold_and_a_pool_that_never_finds_the_basin(problem):
-    """Above ``1 + 50 sqrt(2/N)`` the report warns that the basin was not found (lenstronomy system
-    19's chains sat at chi^2/N 7-9 for 80 minutes otherwise unannounced until the end); a lens prior
-    that excludes the true lens makes every try misfit, and the pool's report says so."""
+    """Above chi^2/N 5 the report warns that the basin was not found (lenstronomy system 19's chains
+    sat at chi^2/N 7-9 for 84 minutes, unannounced until the end), not at the bundled HST example's
+    3.10 (right basin, bright deflector); a lens prior that excludes the true lens makes every try
+    misfit, and the pool's report says so."""
     import numpyro
     import numpyro.distributions as dist
 
     from blindlens.lens_models import SIS
 
     n = 96 * 96
-    level = 1.0 + 50.0 * np.sqrt(2.0 / n)
-    assert gross_misfit_warning(0.999 * level * n, n) == ""
+    assert gross_misfit_warning(3.10 * 4087, 4087) == "" and gross_misfit_warning(4.99 * n, n) == ""
     assert "chi^2/N 8.69" in gross_misfit_warning(8.69 * n, n) and "--lens-model" in gross_misfit_warning(8.69 * n, n)
     assert gross_misfit_warning(float("nan"), n) == ""
 
@@ -105,7 +105,7 @@ def test_gross_misfit_warning_threshold_and_a_pool_that_never_finds_the_basin(pr
     starts = pooled_chain_starts(kernel, jr.key(21), 2)
     best = float(np.min(np.asarray(starts.chi2))) / starts.num_pixels
     print(starts.message)
-    assert best > 1.0 + 50.0 * np.sqrt(2.0 / starts.num_pixels)
+    assert best > 5.0
     assert "the lens's basin was probably not found" in starts.message
 
 
