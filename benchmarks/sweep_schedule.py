@@ -22,6 +22,10 @@ autocorrelation time).
 
 Usage:
     python benchmarks/sweep_schedule.py /tmp/ttp/system_0 --schedules 1:1 4:1 1:4 --sweeps 1000
+    python benchmarks/sweep_schedule.py WORK/system_019 --from-truth --schedules 1:1 --ncmc 1:1 4:1 --sweeps 200 --warmup 40
+(``--ncmc T:c[:cov]`` adds schedule 1:1 with one NCMC lens proposal after each kept sweep,
+:func:`blindlens.inference.ncmc_move.ncmc_lens_move`; ``--from-truth`` starts every chain at the
+folder's ``truth.npz`` instead of a finished run's last draws.)
 Prints a markdown table (recorded in docs/performance.md with the command).
 """
 
