@@ -18,6 +18,8 @@ pre-fit exactly as ``blindlens sample obs.fits --lens-light sersic`` does (its l
 light sites and the sampled grid placement, its key, the CLI's pre-fit settings but for
 ``--tied-fraction``, the share of starts that hold the mass centre on the light's); the line then
 also records the best run's mass-to-light centre distance and the mass centre's error.
+``--robust-fraction`` sets the share of the starts whose Sérsic stage uses the Cauchy loss
+(default: the pre-fit's, 0.5; ``0`` is the chi^2-only pre-fit of 2026-12-06 and before).
 
     JAX_PLATFORMS=cpu .venv/bin/python scripts/prefit_study.py --lens-light --systems 1:11 --tied-fraction 0 \
         --name prefit_light_free
@@ -47,7 +49,7 @@ def in_true_basin(lens: dict, truth: dict) -> bool:
                 and abs(lens["e1"] - truth["e1"]) < 0.1 and abs(lens["e2"] - truth["e2"]) < 0.1)
 
 
-def run_light_system(i: int, population: str, seed: int, tied_fraction: float) -> dict:
+def run_light_system(i: int, population: str, seed: int, tied_fraction: float, robust_fraction: float) -> dict:
     """The CLI's own pre-fit (``blindlens sample --lens-light sersic``) on a lens-light system."""
     import jax
 
@@ -62,7 +64,7 @@ def run_light_system(i: int, population: str, seed: int, tied_fraction: float) -
     options = SampleOptions(lens_light="sersic")
     prior = load_source_prior(resolve_prior_spec(options.prior, obs))
     lens_model = run_lens_model(load_lens_model(options.lens_model), options, obs, prior)
-    config = SersicPrefitConfig(tied_fraction=tied_fraction)
+    config = SersicPrefitConfig(tied_fraction=tied_fraction, robust_fraction=robust_fraction)
     t0 = time.time()
     _, found = source_grid_center(options, lens_model, obs, prefit_config=config)
     jax.block_until_ready(found.chi2)
@@ -78,6 +80,7 @@ def run_light_system(i: int, population: str, seed: int, tied_fraction: float) -
     centre_error = float(np.hypot(best["center_x"] - s["lens"]["center_x"], best["center_y"] - s["lens"]["center_y"]))
     return {
         "system": i, "population": population, "seed": seed, "lens_light": True, "tied_fraction": tied_fraction,
+        "robust_fraction": robust_fraction,
         "truth": s["lens"], "peak_snr": float(s["peak_snr"]),
         "best": {k: best[k] for k in LENS_NAMES}, "best_in_true_basin": basin[0], "runs_in_true_basin": int(sum(basin)),
         "num_starts": starts, "num_steps": config.num_steps, "best_chi2_per_n": float(chi2[0]),
@@ -88,7 +91,7 @@ def run_light_system(i: int, population: str, seed: int, tied_fraction: float) -
     }
 
 
-def run_system(i: int, population: str, seed: int, starts: int, steps: int) -> dict:
+def run_system(i: int, population: str, seed: int, starts: int, steps: int, robust_fraction: float) -> dict:
     import jax
     import jax.numpy as jnp
     import jax.random as jr
@@ -101,7 +104,8 @@ def run_system(i: int, population: str, seed: int, starts: int, steps: int) -> d
     obs = Observation(s["image"], np.full_like(s["image"], s["noise_sigma"]), s["psf"], 0.05)
     t0 = time.time()
     found = prefit_lens_with_sersic(jr.key(i), sie_shear, obs,
-                                    SersicPrefitConfig(num_starts=starts, num_steps=steps, refine_steps=steps))
+                                    SersicPrefitConfig(num_starts=starts, num_steps=steps, refine_steps=steps,
+                                                       robust_fraction=robust_fraction))
     jax.block_until_ready(found.chi2)
     wall = time.time() - t0
     n = found.num_pixels
@@ -112,7 +116,8 @@ def run_system(i: int, population: str, seed: int, starts: int, steps: int) -> d
     return {
         "system": i, "population": population, "seed": seed, "truth": s["lens"], "peak_snr": float(s["peak_snr"]),
         "best": runs[0], "best_in_true_basin": basin[0], "runs_in_true_basin": int(sum(basin)),
-        "num_starts": starts, "num_steps": steps, "best_chi2_per_n": float(chi2[0]),
+        "num_starts": starts, "num_steps": steps, "robust_fraction": robust_fraction,
+        "best_chi2_per_n": float(chi2[0]),
         "best_wrong_chi2_per_n": float(min(wrong)) if wrong else None,
         "true_chi2_per_n": float(s["true_chi2_per_n"]), "num_refined": int(found.num_refined),
         "error": {k: runs[0][k] - s["lens"][k] for k in LENS_NAMES}, "wall_seconds": wall,
@@ -150,7 +155,13 @@ def main() -> None:
     p.add_argument("--report", action="store_true")
     p.add_argument("--lens-light", action="store_true", help="deflector light, the CLI's own pre-fit")
     p.add_argument("--tied-fraction", type=float, default=0.5, help="with --lens-light: held starts' share")
+    p.add_argument("--robust-fraction", type=float, default=None,
+                   help="share of the starts on the Cauchy loss (default: the pre-fit's; 0 = the chi^2 alone)")
     args = p.parse_args()
+    if args.robust_fraction is None:
+        from blindlens.inference.parametric_prefit import SersicPrefitConfig
+
+        args.robust_fraction = SersicPrefitConfig().robust_fraction
     name = args.name or f"prefit_{args.population}" + ("_light" if args.lens_light else "")
     path = CALIBRATION / f"{name}.jsonl"
     if args.report:
@@ -170,9 +181,9 @@ def main() -> None:
         if i in done:
             continue
         if args.lens_light:
-            line = run_light_system(i, args.population, args.seed, args.tied_fraction)
+            line = run_light_system(i, args.population, args.seed, args.tied_fraction, args.robust_fraction)
         else:
-            line = run_system(i, args.population, args.seed, args.starts, args.steps)
+            line = run_system(i, args.population, args.seed, args.starts, args.steps, args.robust_fraction)
         with path.open("a") as f:
             f.write(json.dumps(line) + "\n")
         print(f"system {i}: best in true basin {line['best_in_true_basin']}, {line['runs_in_true_basin']}/"
