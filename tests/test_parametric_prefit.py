@@ -289,3 +289,19 @@ def test_cauchy_starts_find_the_lens_of_a_knotty_source_where_the_chi2_does_not(
     assert offset < 0.1 and radius < 0.05, (offset, radius)
     offset_chi2, _ = centre_and_radius_error(0.0)
     assert offset_chi2 > 0.3, offset_chi2
+
+
+def test_the_two_groups_are_spread_and_refined_in_turn():
+    """``robust_fraction`` of the starts, spread evenly (run 0, the ``init_lens`` run, on the chi^2);
+    the refinement order takes each group's best by its own loss, in turn."""
+    from blindlens.inference.parametric_prefit import _interleaved_order, _spread_flags
+
+    flags = np.asarray(_spread_flags(8, 0.5))
+    np.testing.assert_array_equal(flags, [False, True] * 4)
+    assert int(np.sum(_spread_flags(48, 0.5))) == 24 and not np.any(_spread_flags(5, 0.0))
+    assert np.all(_spread_flags(4, 1.0)) and int(np.sum(_spread_flags(7, 0.5))) == 3
+    # chi^2 group (0, 2, 4, 6) with losses 5, 3, 4, 0; Cauchy group (1, 3, 5, 7) with 1, 2, 9, 7 (not comparable)
+    order = np.asarray(_interleaved_order(jnp.array([5.0, 1, 3, 2, 4, 9, 0, 7]), jnp.asarray(flags)))
+    np.testing.assert_array_equal(order, [6, 1, 2, 3, 4, 7, 0, 5])
+    # one group only: the plain ranking
+    np.testing.assert_array_equal(np.asarray(_interleaved_order(jnp.array([3.0, 1, 2]), jnp.zeros(3, bool))), [1, 2, 0])

@@ -458,7 +458,7 @@ def _linear_amplitudes(design, image, weight, nonnegative: bool = True):
 
 
 def _spread_flags(n: int, fraction: float) -> Array:
-    """``n`` booleans, ``round(fraction n)`` of them true, spread evenly, the first false unless ``fraction == 1``."""
+    """``n`` booleans, ``floor(fraction n)`` of them true, spread evenly, the first false unless ``fraction == 1``."""
     i = jnp.arange(n)
     return jnp.floor((i + 1) * fraction + 1e-9) > jnp.floor(i * fraction + 1e-9)
 
