@@ -300,6 +300,8 @@ def test_the_two_groups_are_spread_and_refined_in_turn():
     np.testing.assert_array_equal(flags, [False, True] * 4)
     assert int(np.sum(_spread_flags(48, 0.5))) == 24 and not np.any(_spread_flags(5, 0.0))
     assert np.all(_spread_flags(4, 1.0)) and int(np.sum(_spread_flags(7, 0.5))) == 3
+    for n, f in ((48, 0.5), (7, 0.5), (5, 0.4), (3, 0.999), (10, 0.3)):  # the count the CLI prints
+        assert int(np.sum(_spread_flags(n, f))) == SersicPrefitConfig(num_starts=n, robust_fraction=f).num_robust
     # chi^2 group (0, 2, 4, 6) with losses 5, 3, 4, 0; Cauchy group (1, 3, 5, 7) with 1, 2, 9, 7 (not comparable)
     order = np.asarray(_interleaved_order(jnp.array([5.0, 1, 3, 2, 4, 9, 0, 7]), jnp.asarray(flags)))
     np.testing.assert_array_equal(order, [6, 1, 2, 3, 4, 7, 0, 5])

@@ -103,7 +103,7 @@ def source_grid_center(options, lens_model, observation, *, prefit_config=None, 
     if prefit is None:
         return (0.0, 0.0), None
     if verbose:
-        robust = int(prefit.robust_fraction * prefit.num_starts + 1e-9)  # as the pre-fit spreads them
+        robust = prefit.num_robust
         print(f"lens pre-fit: {prefit.num_starts} Sérsic + shapelet fits from prior draws"
               f"{f' ({robust} on a loss that tolerates compact knots)' if robust else ''}, to place the source "
               "grid (--source-center auto) ...", flush=True)

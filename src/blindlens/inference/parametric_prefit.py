@@ -120,6 +120,11 @@ class SersicPrefitConfig(eqx.Module):
     robust_fraction: float = eqx.field(static=True, default=0.5)
     robust_scale: float = eqx.field(static=True, default=3.0)
 
+    @property
+    def num_robust(self) -> int:
+        """How many starts fit the Sérsic stage on the Cauchy loss: ``floor(robust_fraction num_starts)``."""
+        return int(self.robust_fraction * self.num_starts + 1e-9)
+
     def __check_init__(self):
         if self.num_starts < 1 or self.num_steps < 0 or self.supersampling < 1:
             raise ValueError("SersicPrefitConfig needs num_starts >= 1, num_steps >= 0 and supersampling >= 1.")
@@ -295,7 +300,7 @@ def prefit_lens_with_sersic(
         coef, chi2 = _linear_amplitudes(design, image, weight)
         loss = chi2
         if config.robust_fraction:  # the Cauchy runs' amplitudes and loss
-            coef_r, loss_r = _robust_amplitudes(design, image, weight, config.robust_scale)
+            coef_r, loss_r = _robust_amplitudes(design, image, weight, config.robust_scale, coef)
             coef, loss = jnp.where(robust, coef_r, coef), jnp.where(robust, loss_r, chi2)
         return log_prior + log_prior_source - 0.5 * loss, chi2, coef, shape, loss
 
@@ -376,9 +381,7 @@ def prefit_lens_with_sersic(
 
     u, chi2, loss = run(jr.split(key, config.num_starts))
     chi2 = jnp.where(jnp.isfinite(chi2), chi2, jnp.inf)
-    refined = min(config.refine_runs, config.num_starts) if config.num_steps > 0 else 0
-    if not config.refine_steps:
-        refined = 0
+    refined = min(config.refine_runs, config.num_starts) if config.num_steps and config.refine_steps else 0
     # the runs to refine: the best of each group by its own loss, in turn; the rest by chi^2
     order = _interleaved_order(jnp.where(jnp.isfinite(loss), loss, jnp.inf), robust)
     rest = order[refined:][jnp.argsort(chi2[order[refined:]])]
@@ -474,9 +477,10 @@ def _interleaved_order(loss, flags) -> Array:
     return jnp.lexsort((flags, quantile))
 
 
-def _robust_amplitudes(design, image, weight, scale: float, iterations: int = 4):
+def _robust_amplitudes(design, image, weight, scale: float, start=None, iterations: int = 4):
     """Amplitudes and loss of a Cauchy fit: ``sum c^2 log(1 + r^2 / c^2)`` over the whitened residuals ``r``
-    (``c = scale``), the amplitudes by iteratively reweighted least squares from the Gaussian fit's."""
+    (``c = scale``), the amplitudes by iteratively reweighted least squares from ``start`` (default:
+    the Gaussian fit's, which the caller usually has already)."""
     wflat = weight.reshape(-1)
     flat = design.reshape(design.shape[0], -1)
     data = image.reshape(-1)
@@ -486,7 +490,9 @@ def _robust_amplitudes(design, image, weight, scale: float, iterations: int = 4)
         r2 = wflat * (data - coef @ flat) ** 2
         return _linear_amplitudes(design, image, weight / (1.0 + r2.reshape(weight.shape) / c2))[0], None
 
-    coef, _ = jax.lax.scan(step, _linear_amplitudes(design, image, weight)[0], None, length=iterations)
+    if start is None:
+        start = _linear_amplitudes(design, image, weight)[0]
+    coef, _ = jax.lax.scan(step, start, None, length=iterations)
     r2 = wflat * (data - coef @ flat) ** 2
     return coef, jnp.sum(c2 * jnp.log1p(r2 / c2))
 
