@@ -49,7 +49,8 @@ def in_true_basin(lens: dict, truth: dict) -> bool:
                 and abs(lens["e1"] - truth["e1"]) < 0.1 and abs(lens["e2"] - truth["e2"]) < 0.1)
 
 
-def run_light_system(i: int, population: str, seed: int, tied_fraction: float, robust_fraction: float) -> dict:
+def run_light_system(i: int, population: str, seed: int, tied_fraction: float, robust_fraction: float,
+                     search_supersampling: int | None = None) -> dict:
     """The CLI's own pre-fit (``blindlens sample --lens-light sersic``) on a lens-light system."""
     import jax
 
@@ -64,7 +65,8 @@ def run_light_system(i: int, population: str, seed: int, tied_fraction: float, r
     options = SampleOptions(lens_light="sersic")
     prior = load_source_prior(resolve_prior_spec(options.prior, obs))
     lens_model = run_lens_model(load_lens_model(options.lens_model), options, obs, prior)
-    config = SersicPrefitConfig(tied_fraction=tied_fraction, robust_fraction=robust_fraction)
+    config = SersicPrefitConfig(tied_fraction=tied_fraction, robust_fraction=robust_fraction,
+                                search_supersampling=search_supersampling)
     t0 = time.time()
     _, found = source_grid_center(options, lens_model, obs, prefit_config=config)
     jax.block_until_ready(found.chi2)
@@ -80,7 +82,7 @@ def run_light_system(i: int, population: str, seed: int, tied_fraction: float, r
     centre_error = float(np.hypot(best["center_x"] - s["lens"]["center_x"], best["center_y"] - s["lens"]["center_y"]))
     return {
         "system": i, "population": population, "seed": seed, "lens_light": True, "tied_fraction": tied_fraction,
-        "robust_fraction": robust_fraction,
+        "robust_fraction": robust_fraction, "search_supersampling": search_supersampling,
         "truth": s["lens"], "peak_snr": float(s["peak_snr"]),
         "best": {k: best[k] for k in LENS_NAMES}, "best_in_true_basin": basin[0], "runs_in_true_basin": int(sum(basin)),
         "num_starts": starts, "num_steps": config.num_steps, "best_chi2_per_n": float(chi2[0]),
@@ -91,7 +93,8 @@ def run_light_system(i: int, population: str, seed: int, tied_fraction: float, r
     }
 
 
-def run_system(i: int, population: str, seed: int, starts: int, steps: int, robust_fraction: float) -> dict:
+def run_system(i: int, population: str, seed: int, starts: int, steps: int, robust_fraction: float,
+               search_supersampling: int | None = None) -> dict:
     import jax
     import jax.numpy as jnp
     import jax.random as jr
@@ -105,7 +108,8 @@ def run_system(i: int, population: str, seed: int, starts: int, steps: int, robu
     t0 = time.time()
     found = prefit_lens_with_sersic(jr.key(i), sie_shear, obs,
                                     SersicPrefitConfig(num_starts=starts, num_steps=steps, refine_steps=steps,
-                                                       robust_fraction=robust_fraction))
+                                                       robust_fraction=robust_fraction,
+                                                       search_supersampling=search_supersampling))
     jax.block_until_ready(found.chi2)
     wall = time.time() - t0
     n = found.num_pixels
@@ -117,6 +121,7 @@ def run_system(i: int, population: str, seed: int, starts: int, steps: int, robu
         "system": i, "population": population, "seed": seed, "truth": s["lens"], "peak_snr": float(s["peak_snr"]),
         "best": runs[0], "best_in_true_basin": basin[0], "runs_in_true_basin": int(sum(basin)),
         "num_starts": starts, "num_steps": steps, "robust_fraction": robust_fraction,
+        "search_supersampling": search_supersampling,
         "best_chi2_per_n": float(chi2[0]),
         "best_wrong_chi2_per_n": float(min(wrong)) if wrong else None,
         "true_chi2_per_n": float(s["true_chi2_per_n"]), "num_refined": int(found.num_refined),
@@ -157,11 +162,16 @@ def main() -> None:
     p.add_argument("--tied-fraction", type=float, default=0.5, help="with --lens-light: held starts' share")
     p.add_argument("--robust-fraction", type=float, default=None,
                    help="share of the starts on the Cauchy loss (default: the pre-fit's; 0 = the chi^2 alone)")
+    p.add_argument("--search-supersampling", type=int, default=None,
+                   help="rays per pixel per axis in the Sérsic stage (default: the pre-fit's)")
     args = p.parse_args()
-    if args.robust_fraction is None:
-        from blindlens.inference.parametric_prefit import SersicPrefitConfig
+    from blindlens.inference.parametric_prefit import SersicPrefitConfig
 
-        args.robust_fraction = SersicPrefitConfig().robust_fraction
+    defaults = SersicPrefitConfig()
+    if args.robust_fraction is None:
+        args.robust_fraction = defaults.robust_fraction
+    if args.search_supersampling is None:
+        args.search_supersampling = defaults.search_supersampling
     name = args.name or f"prefit_{args.population}" + ("_light" if args.lens_light else "")
     path = CALIBRATION / f"{name}.jsonl"
     if args.report:
@@ -181,9 +191,11 @@ def main() -> None:
         if i in done:
             continue
         if args.lens_light:
-            line = run_light_system(i, args.population, args.seed, args.tied_fraction, args.robust_fraction)
+            line = run_light_system(i, args.population, args.seed, args.tied_fraction, args.robust_fraction,
+                                    args.search_supersampling)
         else:
-            line = run_system(i, args.population, args.seed, args.starts, args.steps, args.robust_fraction)
+            line = run_system(i, args.population, args.seed, args.starts, args.steps, args.robust_fraction,
+                              args.search_supersampling)
         with path.open("a") as f:
             f.write(json.dumps(line) + "\n")
         print(f"system {i}: best in true basin {line['best_in_true_basin']}, {line['runs_in_true_basin']}/"

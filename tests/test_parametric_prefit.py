@@ -145,9 +145,33 @@ def test_the_grid_placement_is_left_out_of_the_prefit(prefit):
     assert lit.lens_model is not sie_shear  # the original is not modified
 
 
+def test_a_coarser_search_finds_the_lens_and_ranks_by_the_full_chi2(prefit):
+    """The Sérsic stage at one ray per pixel finds the same lens; every run's chi^2 is that of its
+    Sérsic at ``supersampling`` (2) rays, not at the search's 1 (that one, the broken variant, differs)."""
+    obs, found = prefit
+    config = SersicPrefitConfig(num_starts=8, num_steps=150, refine_runs=2, shapelet_order=2, refine_steps=50,
+                                search_supersampling=1)
+    coarse = prefit_lens_with_sersic(jr.key(3), sie_shear, obs, config)
+    assert abs(float(coarse.chi2[0]) / coarse.num_pixels - 1.0) < 5 * np.sqrt(2.0 / coarse.num_pixels)
+    for name in TRUE_LENS:
+        assert abs(float(coarse.lens[name]) - TRUE_LENS[name]) < 0.02, name
+    image, noise = np.asarray(obs.image), np.asarray(obs.noise)
+    mismatched = 0
+    for j in range(coarse.num_refined, 8):  # the unrefined runs: a Sérsic alone
+        lens = _lens({n: coarse.runs[n][j] for n in TRUE_LENS})
+        shape = {n: coarse.source[n][j] for n in ("amp", *TRUE_SOURCE)}
+        full, search = (float(np.sum(((image - np.asarray(SersicImager(obs, k)(lens, **shape))) / noise) ** 2))
+                        for k in (2, 1))
+        np.testing.assert_allclose(float(coarse.chi2[j]), full, rtol=1e-4)
+        mismatched += not np.isclose(float(coarse.chi2[j]), search, rtol=1e-4)
+    assert mismatched >= 4
+
+
 def test_prefit_config_is_checked():
     with pytest.raises(ValueError, match="num_starts >= 1"):
         SersicPrefitConfig(num_starts=0)
+    with pytest.raises(ValueError, match="search_supersampling"):
+        SersicPrefitConfig(search_supersampling=0)
     with pytest.raises(ValueError, match="must be >= 0"):
         SersicPrefitConfig(shapelet_order=-1)
     with pytest.raises(ValueError, match="mass_light_offset"):
