@@ -226,7 +226,7 @@ def _git_state() -> str:
                               timeout=30).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                                capture_output=True, text=True, timeout=30).stdout.strip()
-        return head + ("+dirty" if dirty else "")
+        return head + ("+dirty" if dirty else "") if head else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -425,7 +425,7 @@ def report(args) -> int:
         lines += [
             f"Population `{r0['population']}` (simulated by lenstronomy, `scripts/lenstronomy_systems.py`, seed "
             f"{r0['seed']}); command per system: `{' '.join(r0['command'])}`",
-            f"(paths vary per system); code {r0.get('git', '?')}. Dominant mode: chain chi^2/N within "
+            f"(paths vary per system); code {', '.join(sorted({r.get('git') or '?' for r in rows}))}. Dominant mode: chain chi^2/N within "
             f"{r0.get('mode_tol', float('nan'))} of the best chain's. z = (posterior mean - truth) / posterior sd "
             "over all chains pooled (what a user reports). Written by `scripts/cold_start_study.py --report`.",
             "",
