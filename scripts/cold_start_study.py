@@ -425,8 +425,9 @@ def report(args) -> int:
         lines += [
             f"Population `{r0['population']}` (simulated by lenstronomy, `scripts/lenstronomy_systems.py`, seed "
             f"{r0['seed']}); command per system: `{' '.join(r0['command'])}`",
-            f"(paths vary per system); code {', '.join(sorted({r.get('git') or '?' for r in rows}))}. Dominant mode: chain chi^2/N within "
-            f"{r0.get('mode_tol', float('nan'))} of the best chain's. z = (posterior mean - truth) / posterior sd "
+            f"(paths vary per system); code {', '.join(sorted({r.get('git') or '?' for r in rows}))}. Dominant "
+            f"mode: chain chi^2/N within {r0.get('mode_tol', float('nan'))} of the best chain's. "
+            "z = (posterior mean - truth) / posterior sd "
             "over all chains pooled (what a user reports). Written by `scripts/cold_start_study.py --report`.",
             "",
         ]

@@ -19,8 +19,9 @@ in closed form (weighted least squares) for each ``(theta, q)``. ``B`` is the un
 Sérsic ray-traced through the lens at ``supersampling^2`` rays per pixel, averaged and convolved
 with the PSF, like the pixelated operator (:mod:`blindlens.lensing_operator`); the multi-start
 search itself may trace fewer (``search_supersampling``), since it only has to find the basin that
-the refinement and the ranking then judge at ``supersampling``. The runs are ranked by chi^2; :meth:`~blindlens.gibbs_kernel.BlindLensGibbs` starts the continuous-time warm
-starts from the best ones (:mod:`blindlens.chain_starts`).
+the refinement and the ranking then judge at ``supersampling``. The runs are ranked by chi^2;
+:meth:`~blindlens.gibbs_kernel.BlindLensGibbs` starts the continuous-time warm starts from the
+best ones (:mod:`blindlens.chain_starts`).
 
 A share of the starts (``robust_fraction``, half by default) fit the Sérsic stage with a Cauchy
 loss, ``sum c^2 log(1 + r^2 / c^2)`` over the whitened residuals ``r`` (``c = robust_scale``,
