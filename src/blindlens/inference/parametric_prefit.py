@@ -369,7 +369,8 @@ def prefit_lens_with_sersic(
                                                       config.learning_rate))(u0, held, robust)
         u = jax.vmap(hold)(u, held)
         loss = jax.vmap(fit)(u, robust)[4]  # each group's own loss, at the search's sampling
-        return u, jax.vmap(lambda a: fit(a, search=False)[1])(u), loss
+        _, chi2, coef, _, _ = jax.vmap(lambda a: fit(a, search=False))(u)  # ranked at ``supersampling``
+        return u, chi2, loss, coef
 
     n_max = config.shapelet_order
 
@@ -395,15 +396,14 @@ def prefit_lens_with_sersic(
         _, chi2, coef = jax.vmap(fit_refined)(w)
         return w[:, :num_lens + 6], chi2, coef[:, :num_light]
 
-    u, chi2, loss = run(jr.split(key, config.num_starts))
+    u, chi2, loss, coef = run(jr.split(key, config.num_starts))
     chi2 = jnp.where(jnp.isfinite(chi2), chi2, jnp.inf)
     refined = min(config.refine_runs, config.num_starts) if config.num_steps and config.refine_steps else 0
     # the runs to refine: the best of each group by its own loss, in turn; the rest by chi^2
     order = _interleaved_order(jnp.where(jnp.isfinite(loss), loss, jnp.inf), robust)
     rest = order[refined:][jnp.argsort(chi2[order[refined:]])]
     order = jnp.concatenate([order[:refined], rest])
-    u, chi2 = u[order], chi2[order]
-    coef = jax.vmap(lambda a: fit(a, search=False)[2])(u)  # [light amplitudes..., Sérsic amplitude] per run
+    u, chi2, coef = u[order], chi2[order], coef[order]  # coef: [light amplitudes..., Sérsic amplitude] per run
     light_amp, amp = coef[:, :num_light], coef[:, -1]
     if refined:
         u_ref, chi2_ref, light_ref = refine(u[:refined])
