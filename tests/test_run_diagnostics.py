@@ -226,3 +226,28 @@ def test_cli_strict_exit_code_on_a_misfit(tmp_path, monkeypatch):
             "--guidance", "calibrated"]
     assert cli.main([*argv, "--out", str(tmp_path / "a.nc")]) == 0
     assert cli.main([*argv, "--out", str(tmp_path / "b.nc"), "--strict"]) == 3
+
+
+def _blob_source(rng, centre, chains=2, draws=50, side=32, noise=0.02):
+    """Draws of a Gaussian blob (peak 1, sd 3 pixels) at ``centre`` (row, col) on a ``side``-pixel grid."""
+    y, x = np.mgrid[:side, :side]
+    blob = np.exp(-((y - centre[0]) ** 2 + (x - centre[1]) ** 2) / (2 * 3.0**2))
+    return blob + noise * rng.standard_normal((chains, draws, side, side))
+
+
+def test_a_source_that_reaches_its_grid_edge_is_reported():
+    rng = np.random.default_rng(7)
+    posterior, resid = _well_mixed(rng, chains=2, draws=50)
+    posterior = {k: v[:2, :50] for k, v in posterior.items()}
+    posterior["source"] = _blob_source(rng, (16, 16))
+    report = check_run(_idata(posterior, resid), warn=False)
+    # a centred blob: no border pixel above its posterior sd (noise only there)
+    assert report.source_edge_fraction == 0.0 and not any("edge" in w for w in report.warnings)
+    posterior["source"] = _blob_source(rng, (16, 2))  # its centre 2 pixels from the left edge
+    report = check_run(_idata(posterior, resid), warn=False)
+    assert report.source_edge_fraction == pytest.approx(np.exp(-4 / 18), abs=0.02)  # the border: column x = 0
+    assert any("reaches its grid's edge" in w and "--source-center" in w for w in report.warnings)
+    assert "source at its grid's edge" in str(report)
+    # a grid too small to have a border apart from the galaxy is not judged
+    posterior["source"] = _blob_source(rng, (4, 1), side=8)
+    assert check_run(_idata(posterior, resid), warn=False).source_edge_fraction is None
