@@ -205,6 +205,71 @@ def test_warmup_descent_moves_the_first_half_of_warmup_then_hands_over(gold):
             7.0 if descends else 1.0)
 
 
+class _Fixed:
+    """A fake source step: returns a given source (cost 5 per call)."""
+
+    num_score_evals = 5
+
+    def __init__(self, source):
+        self.source = source
+
+    def __call__(self, key, operator, data, noise):
+        return self.source
+
+
+def test_a_descending_chain_hands_over_once_its_source_fits_and_not_before(gold):
+    problem, *_ = gold
+    joint = _exact_kernel(problem).joint_model
+    zeros = jnp.zeros(problem.source_grid.shape)
+    truth = {"theta_E": jnp.asarray(problem.truth["theta_E"])}
+    kwargs = {GIBBS_SITES_KWARG: truth}
+    start = 0.5 * empty_source_threshold(problem, joint)  # the empty start misfits by more: it descends
+    k = 5.0  # the exit: the true source fits within 5 sd of chi^2/N; an empty or constant source is far outside
+    n = float(np.sum(np.asarray(joint.mask)))
+    lens = lens_from_values(problem.lens_model, truth)
+    assert float(joint.residual_chi2(lens, problem.source)) / n < 1.0 + 2.0 * np.sqrt(2.0 / n)
+    for draw, fits in ((_Fixed(problem.source), True), (_Constant(), False)):
+        block = SourceBlock(joint, draw, _PlusOne(), descent="draw", descent_threshold=start, descent_exit=k)
+        state = block.init(jr.key(0), 8, {"source": zeros}, (), kwargs)
+        assert int(state.descent_left) == 4  # four descent sweeps planned
+        state = block.sample(state, (), kwargs)
+        assert int(state.descent_left) == (0 if fits else 3)
+        second = block.sample(state, (), kwargs).z["source"]
+        first = problem.source if fits else jnp.full(problem.source_grid.shape, 7.0)
+        # fits: the sweep's move from the descent's source; misfits: another descent draw
+        np.testing.assert_allclose(np.asarray(second), np.asarray(first + 1.0 if fits else first))
+        # the core (what BlindLensGibbs runs) hands over the same way, judged after its lens move
+        core = GibbsCore(problem.lens_model, draw, _PlusOne(), num_warmup=8, descent="draw",
+                         descent_threshold=start, descent_exit=k)
+        state = core.init(jr.key(0), joint, truth, zeros)
+        assert bool(state.descends)
+        state, info = core.sweep(jr.key(1), state, joint)
+        assert bool(state.descends) == (not fits)
+        assert (float(info.chi2) / n < 1.0 + k * np.sqrt(2.0 / n)) == fits
+        state, info = core.sweep(jr.key(2), state, joint)
+        np.testing.assert_allclose(np.asarray(state.source), np.asarray(first + 1.0 if fits else first))
+        assert int(info.num_score_evals) == (5 + 2 if fits else 5 + 5)
+        # a batch's static descend=True with an exit level (and no start threshold) hands over alike
+        core = GibbsCore(problem.lens_model, draw, _PlusOne(), num_warmup=8, descent="draw", descent_exit=k)
+        state = core.init(jr.key(0), joint, truth, zeros)
+        state = core.sweep(jr.key(1), state, joint, warmup=True, descend=True)[0]
+        state = core.sweep(jr.key(2), state, joint, warmup=True, descend=True)[0]
+        np.testing.assert_allclose(np.asarray(state.source), np.asarray(first + 1.0 if fits else first))
+    # without an exit level a fitting chain descends on (all of its descent sweeps)
+    block = SourceBlock(joint, _Fixed(problem.source), _PlusOne(), descent="draw", descent_threshold=start)
+    state = block.sample(block.init(jr.key(0), 8, {"source": zeros}, (), kwargs), (), kwargs)
+    assert int(state.descent_left) == 3
+    np.testing.assert_allclose(np.asarray(block.sample(state, (), kwargs).z["source"]), np.asarray(problem.source))
+    core = GibbsCore(problem.lens_model, _Fixed(problem.source), _PlusOne(), num_warmup=8, descent="draw",
+                     descent_threshold=start)
+    state = core.sweep(jr.key(1), core.init(jr.key(0), joint, truth, zeros), joint)[0]
+    assert bool(state.descends)
+    with pytest.raises(ValueError, match="descent_exit"):
+        GibbsCore(problem.lens_model, _Constant(), _PlusOne(), descent="draw", descent_exit=-1.0)
+    with pytest.raises(ValueError, match="descent_exit"):
+        SourceBlock(joint, _Constant(), _PlusOne(), descent="draw", descent_exit=-1.0)
+
+
 def test_warmup_source_move_runs_in_a_split_gibbs_kernel_and_is_refused_without_a_sweep_move(gold):
     problem, *_ = gold
     exact = LowRankExactGuidance(basis=problem.basis)

@@ -207,7 +207,8 @@ def _add_joint_sample_arguments(p) -> None:
                    help="moves the source in the first half of warm-up instead of --source-move: 'draw' (a fresh "
                         "guided draw every sweep: a fast descent from a poor warm start), 'refresh' (the guided "
                         "partial refresh), 'none': the sweep's move throughout; 'auto' (default): 'draw' with "
-                        "split Gibbs, only in chains whose start misfits (chi^2/N above 1 + 20 sqrt(2/N)), "
+                        "split Gibbs, only in chains whose start misfits (chi^2/N above 1 + 20 sqrt(2/N)), each until "
+                        "a sweep fits within 1 + 5 sqrt(2/N), "
                         "'none' with the refresh or vectorized chains; warm-up draws are discarded")
     g.add_argument("--warm-start-steps", type=int, default=DEFAULTS.warm_start_steps,
                    help="reverse-SDE steps of the continuous-time GibbsDDRM draw that starts each chain")

@@ -21,6 +21,7 @@ from .sample_options import (  # re-exported: the CLI, catalogue, batch pipeline
     _CHECKPOINT_SETTINGS,
     _NOT_FINGERPRINTED,
     _RUN_LENGTH,
+    AUTO_DESCENT_EXIT,
     AUTO_DESCENT_THRESHOLD,
     AUTO_SOURCE_SHIFT,
     AUTO_WARM_START_POOL,
@@ -36,6 +37,7 @@ from .sample_options import (  # re-exported: the CLI, catalogue, batch pipeline
     source_shift,
     split_gibbs_config,
     warm_start_tries,
+    warmup_source_exit,
     warmup_source_move,
     warmup_source_threshold,
 )
@@ -50,7 +52,7 @@ from .source_setup import (  # re-exported: the CLI, catalogue and batch pipelin
 
 __all__ = ["SampleOptions", "DEFAULTS", "sample_observation", "diagnose", "load_lens_model", "load_source_prior",
            "resolve_prior_spec", "is_prior_file", "source_grid_center", "run_lens_model", "sample_fingerprint",
-           "result_fingerprint", "AUTO_DESCENT_THRESHOLD", "AUTO_SOURCE_SHIFT", "AUTO_WARM_START_POOL", "SOURCE_MOVES", "SOURCE_SHIFTS",
+           "result_fingerprint", "AUTO_DESCENT_EXIT", "AUTO_DESCENT_THRESHOLD", "AUTO_SOURCE_SHIFT", "AUTO_WARM_START_POOL", "SOURCE_MOVES", "SOURCE_SHIFTS",
            "WARMUP_SOURCE_MOVES", "build_kernel"]
 
 
@@ -297,6 +299,7 @@ def build_kernel(lens_model, observation, prior, options: SampleOptions, *, cent
         supersampling=options.supersampling, source_refresh_sigma=options.refresh_sigma,
         split_gibbs=split_gibbs_config(options), lens_prefit=prefit,
         warmup_source_move=warmup_source_move(options), warmup_source_threshold=warmup_source_threshold(options),
+        warmup_source_exit=warmup_source_exit(options),
     )
 
 
@@ -361,11 +364,13 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
         descent = warmup_source_move(options)
         if descent is not None and options.warmup > 0:
             what = "a fresh guided draw" if descent == "draw" else "the guided refresh"
-            threshold, joint = warmup_source_threshold(options), kernel.joint_model
+            threshold, stop, joint = warmup_source_threshold(options), warmup_source_exit(options), kernel.joint_model
             n = max(int(joint.mask.sum()), 1)  # unmasked pixels
             which = "" if threshold is None else (
                 f" in chains whose start misfits (chi^2/N above 1 + {threshold:g} sqrt(2/N) = "
                 f"{1 + threshold * (2 / n) ** 0.5:.3f})")
+            if stop is not None:
+                which += f", each until a sweep ends within 1 + {stop:g} sqrt(2/N) = {1 + stop * (2 / n) ** 0.5:.3f}"
             print(f"first {kernel.descent_sweeps(options.warmup)} warm-up sweeps: {what} instead"
                   f"{which} (--warmup-source-move {options.warmup_source_move})", flush=True)
     truth = truth_file = None

@@ -433,6 +433,10 @@ def run_chains(
             mcmc.warmup(jax.random.fold_in(key, 0), init_params=init)
         clock.warmed_up(num_warmup, num_draws)
         state = jax.device_get(mcmc.post_warmup_state)
+        core = getattr(state, "core", None)
+        if core is not None and num_warmup > 0:  # what warm-up cost, descent included (issue 18's unit)
+            passes = ", ".join(str(int(p)) for p in np.atleast_1d(np.asarray(core.num_score_evals)))
+            clock.say(f"network passes per chain in the warm-up sweeps: {passes}")
         if num_chains > 1 and hasattr(kernel, "joint_model"):
             from .chain_starts import reset_worse_chains
 

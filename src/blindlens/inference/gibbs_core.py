@@ -63,7 +63,7 @@ from .gibbsddrm import GibbsDDRMConfig, _metric, best_of_gibbsddrm
 from .lens_block import nuts_transition
 from .lens_space import LensSpace
 from .numpyro_model import JointModel, lens_from_values, lens_site_names
-from .source_moves import _staged, counted_move, misfits  # _staged: the noise map as a traced value
+from .source_moves import _staged, chi2_misfits, counted_move, misfits  # _staged: the noise map as a traced value
 from .source_shift_model import placement_period, wrap_placement
 
 __all__ = ["GibbsCore", "GibbsCoreState", "SweepInfo", "LENS_MOVES"]
@@ -93,8 +93,9 @@ class GibbsCoreState(NamedTuple):
     num_score_evals
         Cumulative prior-score (network) evaluations of the source moves.
     descends
-        Whether this chain's first warm-up sweeps use the core's ``descent`` move (``True``
-        unless a ``descent_threshold`` found its start fitting well).
+        Whether this chain's next warm-up sweep uses the core's ``descent`` move (``True``
+        unless a ``descent_threshold`` found its start fitting well, or a ``descent_exit`` its
+        last sweep).
     mass
         Mean SoftAbs curvature ``|H|`` over the warm-up sweeps of the metric window so far
         (zeros before it): the metric frozen for sampling is its inverse.
@@ -197,6 +198,15 @@ class GibbsCore(eqx.Module):
         ``None`` (default): every chain descends (``descent``). A number ``k``: only a chain whose
         start misfits, residual chi^2/N above ``1 + k sqrt(2/N)`` (``N`` unmasked pixels), does; a
         chain started at a good fit skips the descent's cost.
+    descent_exit
+        ``None`` (default): a descending chain descends for all of its descent sweeps. A number
+        ``k``: it stops after the first sweep that ends with residual chi^2/N within
+        ``1 + k sqrt(2/N)`` (``descends`` turns off) and goes on with ``source_move``, as a chain
+        started at that fit would. ``blindlens sample`` uses 5 (the fit its residual check passes)
+        with a ``descent_threshold`` of 20: a stricter bound to stop at than to start at, since
+        the crawl of split Gibbs from a fit just inside the start's bound is what the descent
+        exists to spare (broad system 30: stopping at 20 left the chains at chi^2/N 1.13-1.16,
+        descending on to 1.09-1.10; docs/joint_inference.md).
     """
 
     lens_model: Callable = eqx.field(static=True)
@@ -218,6 +228,7 @@ class GibbsCore(eqx.Module):
     max_tree_depth: int | tuple = eqx.field(static=True, default=8)
     dense_metric: bool = eqx.field(static=True, default=True)
     descent_threshold: float | None = eqx.field(static=True, default=None)
+    descent_exit: float | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if int(self.num_warmup) < 0:
@@ -245,6 +256,8 @@ class GibbsCore(eqx.Module):
             raise ValueError(f"max_tree_depth must be an int >= 1 or a pair of them, got {self.max_tree_depth!r}.")
         if self.descent_threshold is not None and not float(self.descent_threshold) >= 0.0:
             raise ValueError(f"descent_threshold must be >= 0 or None, got {self.descent_threshold}.")
+        if self.descent_exit is not None and not float(self.descent_exit) >= 0.0:
+            raise ValueError(f"descent_exit must be >= 0 or None, got {self.descent_exit}.")
         if self.descent is not None and self.source_move is None:
             raise ValueError("descent replaces source_move in warm-up; a core that draws afresh every sweep has "
                              "none to replace: leave descent=None.")
@@ -252,6 +265,8 @@ class GibbsCore(eqx.Module):
     def __post_init__(self):
         if self.descent_threshold is not None:
             self.descent_threshold = float(self.descent_threshold)
+        if self.descent_exit is not None:
+            self.descent_exit = float(self.descent_exit)
         if self.space is None:
             lens_site_names(self.lens_model)  # clear errors for a bad lens model
             self.space = LensSpace(self.lens_model)
@@ -424,7 +439,7 @@ class GibbsCore(eqx.Module):
             cost = int(getattr(self.source_draw, "num_score_evals", 0))
         elif self.descent is None or descend is False:
             source, cost = counted_move(self.source_move, k_src, op, data, noise, state.source)
-        elif descend and self.descent_threshold is None:
+        elif descend and self.descent_threshold is None and self.descent_exit is None:
             source, cost = self._descend(k_src, op, data, noise, state.source)
         else:
             descending = state.descends if descend else (state.iteration < self.descent_sweeps()) & state.descends
@@ -462,15 +477,19 @@ class GibbsCore(eqx.Module):
         log_eps = state.log_step_size + (accept - self.target_accept_prob) / jnp.sqrt(state.iteration + 1.0)
         log_eps = jnp.clip(log_eps, jnp.log(1e-3), jnp.log(2.0))
         log_eps = jnp.where(warming, log_eps, state.log_step_size).astype(state.log_step_size.dtype)
+        chi2 = model.residual_chi2(self.lens_of(u), source)
+        descends = state.descends
+        if self.descent is not None and self.descent_exit is not None and descend is not False:
+            descends = descends & chi2_misfits(model, chi2, self.descent_exit)  # fits now: stop descending
         new = GibbsCoreState(u, source, log_eps, inverse_mass, state.iteration + 1, state.num_score_evals + cost,
-                             state.descends, mass)
+                             descends, mass)
         info = SweepInfo(
             accept_prob=accept,
             diverging=diverging,
             potential_energy=pe,
             step_size=eps,
             num_steps=steps,
-            chi2=model.residual_chi2(self.lens_of(u), source),
+            chi2=chi2,
             num_score_evals=new.num_score_evals,
             energy=energy,
         )

@@ -314,6 +314,11 @@ class BlindLensGibbs(MCMCKernel):
         ``None`` (default): every chain uses ``warmup_source_move``. A number ``k``: only chains
         whose start misfits, residual chi^2/N above ``1 + k sqrt(2/N)``, do; the others (a good
         warm start) skip its cost. ``blindlens sample`` uses 20.
+    warmup_source_exit
+        ``None`` (default): a chain that uses ``warmup_source_move`` does so for all
+        ``warmup_source_fraction`` of the warm-up. A number ``k``: it goes over to the sweep's move
+        after the first sweep that ends within chi^2/N ``1 + k sqrt(2/N)``. ``blindlens sample``
+        uses 5.
     """
 
     sample_field = "sites"
@@ -342,6 +347,7 @@ class BlindLensGibbs(MCMCKernel):
         warmup_source_move: str | None = None,
         warmup_source_fraction: float = 0.5,
         warmup_source_threshold: float | None = None,
+        warmup_source_exit: float | None = None,
         init_strategy: Callable | None = None,
         target_accept_prob: float | None = None,
         max_tree_depth: int | tuple[int, int] | None = None,
@@ -450,6 +456,7 @@ class BlindLensGibbs(MCMCKernel):
             descent=descent,
             descent_fraction=float(warmup_source_fraction),
             descent_threshold=None if warmup_source_threshold is None else float(warmup_source_threshold),
+            descent_exit=None if warmup_source_exit is None else float(warmup_source_exit),
             wrap_placement=self.wrap_placement,
             lens_move=lens_move,
             max_tree_depth=tuple(depth) if isinstance(depth, list) else depth,

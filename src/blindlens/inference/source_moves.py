@@ -155,7 +155,11 @@ def _descent_move(warmup_source_move: str | None, prior: AbstractSourcePrior, co
 
 def misfits(model: JointModel, lens, source, threshold: float) -> Array:
     """Whether ``(lens, source)`` misfits: residual chi^2/N above ``1 + threshold sqrt(2/N)`` (N unmasked pixels)."""
-    chi2 = model.residual_chi2(lens, source)
+    return chi2_misfits(model, model.residual_chi2(lens, source), threshold)
+
+
+def chi2_misfits(model: JointModel, chi2: Array, threshold: float) -> Array:
+    """Whether a residual ``chi2`` (over ``model``'s unmasked pixels) lies above ``N (1 + threshold sqrt(2/N))``."""
     n = jnp.sum(model.mask).astype(chi2.dtype)
     return chi2 / n > 1.0 + threshold * jnp.sqrt(2.0 / n)
 
@@ -246,6 +250,11 @@ class SourceBlock(MCMCKernel):
         starting residual chi^2/N exceeds ``1 + k sqrt(2 / N)`` (``N`` unmasked pixels: ``k``
         standard deviations of chi^2/N for a fit at the noise), so that a chain whose warm start
         already fits skips the descent's cost.
+    descent_exit
+        ``None`` (default): a descending chain descends for all of its descent sweeps. A number
+        ``k``: it hands over to ``refresher`` after the first descent sweep whose new source fits
+        the current lens within ``1 + k sqrt(2 / N)``, as a chain that started there would (a
+        descent draw costs as much as a full source draw).
     """
 
     sample_field = "z"
@@ -258,12 +267,16 @@ class SourceBlock(MCMCKernel):
         descent=None,
         descent_fraction: float = 0.5,
         descent_threshold: float | None = None,
+        descent_exit: float | None = None,
     ):
         if not 0.0 <= float(descent_fraction) <= 1.0:
             raise ValueError(f"descent_fraction must lie in [0, 1], got {descent_fraction}.")
         if descent_threshold is not None and not float(descent_threshold) >= 0.0:
             raise ValueError(f"descent_threshold must be >= 0 or None, got {descent_threshold}.")
         self._descent_threshold = None if descent_threshold is None else float(descent_threshold)
+        if descent_exit is not None and not float(descent_exit) >= 0.0:
+            raise ValueError(f"descent_exit must be >= 0 or None, got {descent_exit}.")
+        self._descent_exit = None if descent_exit is None else float(descent_exit)
         self._joint = model
         self._sampler = source_sampler
         self._refresher = refresher
@@ -305,6 +318,13 @@ class SourceBlock(MCMCKernel):
         return misfits(self._joint, lens_from_values(self._joint.lens_model, lens_values), source,
                        self._descent_threshold)
 
+    def _still_misfits(self, lens_values, source) -> Array:
+        """Whether a descending chain goes on descending after a move to ``source``: ``True`` without a
+        ``descent_exit``, else whether ``(lens_values, source)`` misfits by more than it."""
+        if self._descent_exit is None:
+            return jnp.asarray(True)
+        return misfits(self._joint, lens_from_values(self._joint.lens_model, lens_values), source, self._descent_exit)
+
     def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
         if not init_params or SOURCE_SITE not in init_params:
             raise ValueError("SourceBlock needs an initial source; use it inside BlindLensGibbs.")
@@ -332,10 +352,16 @@ class SourceBlock(MCMCKernel):
             def descend():
                 op, data = self._operator_and_data(lens_values)
                 source = self._descent(sub, op, data, _staged(self._joint.noise), current)
-                return source, jnp.asarray(self._descent_evals, jnp.int32)
+                return source, jnp.asarray(self._descent_evals, jnp.int32), self._still_misfits(lens_values, source)
 
-            source, cost = jax.lax.cond(descending, descend, lambda: self.move_and_count(sub, lens_values, current))
+            def sweep_move():
+                source, cost = self.move_and_count(sub, lens_values, current)
+                return source, cost, jnp.asarray(True)
+
+            source, cost, still = jax.lax.cond(descending, descend, sweep_move)
         left = jnp.maximum(state.descent_left - 1, 0).astype(state.descent_left.dtype)
+        if self._descent is not None:  # the descent ends early once its source fits (with an exit level)
+            left = jnp.where(still, left, 0).astype(state.descent_left.dtype)
         return SourceBlockState({SOURCE_SITE: source}, key, state.num_score_evals + cost, left)
 
     def refresh(self, state, model_args, model_kwargs):
