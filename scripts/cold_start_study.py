@@ -269,7 +269,7 @@ def run_system(i: int, args, jsonl: Path) -> dict:
         "lens_light_truth": light_truth(system.get("lens_light")),
         "cli_warnings": warnings[-10:],
         # a loud message about the fit or the modes (not e.g. "too few draws"): what a user would act on
-        "cli_flagged_fit": any(re.search(r"\bmodes?\b|chi\^2|exclud|restart|discard|disagree", w, re.I)
+        "cli_flagged_fit": any(re.search(r"\bmodes?\b|chi\^2|exclud|restart|discard|disagree|grid's edge", w, re.I)
                                for w in warnings),
     }
     m = re.findall(r"max R-hat\s+([0-9.]+|nan|inf)", text)
