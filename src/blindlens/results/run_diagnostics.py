@@ -200,12 +200,12 @@ def source_edge_fraction(source: np.ndarray) -> float | None:
     no border pixel is significant; ``None`` for a grid under ``SOURCE_EDGE_MIN_SIDE`` pixels a
     side or a posterior mean with no positive peak.
     """
-    source = np.asarray(source, float)
-    ny, nx = source.shape[-2:]
-    if source.ndim < 3 or min(ny, nx) < SOURCE_EDGE_MIN_SIDE:
+    source = np.asarray(source)
+    if source.ndim < 3 or min(source.shape[-2:]) < SOURCE_EDGE_MIN_SIDE:
         return None
+    ny, nx = source.shape[-2:]
     flat = source.reshape(-1, ny, nx)
-    mean, sd = flat.mean(axis=0), flat.std(axis=0)
+    mean, sd = flat.mean(axis=0, dtype=np.float64), flat.std(axis=0, dtype=np.float64)
     peak = float(np.max(mean))
     if not np.isfinite(peak) or peak <= 0:
         return None
