@@ -310,20 +310,21 @@ class SourceBlock(MCMCKernel):
         """Warm-up sweeps moved by the ``descent`` move (0 without one)."""
         return 0 if self._descent is None else round(self._descent_fraction * int(num_warmup))
 
+    def _misfits_by(self, level: float | None, lens_values, source) -> Array:
+        """Whether ``(lens_values, source)`` misfits by more than ``level`` sd of chi^2/N (``True`` for ``None``)."""
+        if level is None:
+            return jnp.asarray(True)
+        return misfits(self._joint, lens_from_values(self._joint.lens_model, lens_values), source, level)
+
     def starts_poorly(self, lens_values, source) -> Array:
         """Whether a chain starting at ``(lens_values, source)`` misfits by more than ``descent_threshold``
         (``True`` without a threshold)."""
-        if self._descent_threshold is None:
-            return jnp.asarray(True)
-        return misfits(self._joint, lens_from_values(self._joint.lens_model, lens_values), source,
-                       self._descent_threshold)
+        return self._misfits_by(self._descent_threshold, lens_values, source)
 
     def _still_misfits(self, lens_values, source) -> Array:
         """Whether a descending chain goes on descending after a move to ``source``: ``True`` without a
         ``descent_exit``, else whether ``(lens_values, source)`` misfits by more than it."""
-        if self._descent_exit is None:
-            return jnp.asarray(True)
-        return misfits(self._joint, lens_from_values(self._joint.lens_model, lens_values), source, self._descent_exit)
+        return self._misfits_by(self._descent_exit, lens_values, source)
 
     def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
         if not init_params or SOURCE_SITE not in init_params:
