@@ -515,6 +515,7 @@ def report(args) -> int:
         f"max {d_dom.max():+.3f}; within 0.05: {int(np.sum(d_dom <= 0.05))}/{n} (goal: all)",
         f"* chi^2/N minus the truth's, all chains pooled: mean {d_all.mean():+.3f}, max {d_all.max():+.3f}",
         tarp_line,
+        *degeneracy_lines(z, names),
         f"* Max R-hat (lens parameters; a sampled grid placement alpha is a nuisance, not judged): median {_fmt(rh_median)}; wall time per system: median "
         f"{np.median([r['wall_s'] for r in ok]) / 60:.1f} min",
         "",
@@ -523,6 +524,26 @@ def report(args) -> int:
     print(f"wrote {out}")
     print("\n".join(lines))
     return 0
+
+
+DEGENERATE_PAIRS = (("e1", "gamma1"), ("e2", "gamma2"))
+"""Lens parameters whose errors the ellipticity-shear degeneracy ties together (reported as z correlations)."""
+
+
+def degeneracy_lines(z: np.ndarray, names: list[str]) -> list[str]:
+    """One report line: the correlation over systems of the z of each degenerate pair present, and the
+    sd of z along each pair's sum (errors along the degeneracy) and difference; [] when fewer than 3 rows."""
+    parts = []
+    for a, b in DEGENERATE_PAIRS:
+        if a in names and b in names and z.shape[0] >= 3:
+            za, zb = z[:, names.index(a)], z[:, names.index(b)]
+            keep = np.isfinite(za) & np.isfinite(zb)
+            if keep.sum() >= 3:
+                r = float(np.corrcoef(za[keep], zb[keep])[0, 1])
+                s_sum = float(np.std((za[keep] + zb[keep]) / np.sqrt(2), ddof=1))
+                s_diff = float(np.std((za[keep] - zb[keep]) / np.sqrt(2), ddof=1))
+                parts.append(f"{a}-{b} {r:+.2f} (sd of z along the sum / difference {s_sum:.2f} / {s_diff:.2f})")
+    return [f"* Correlation of the z over systems: {'; '.join(parts)}"] if parts else []
 
 
 def main(argv=None) -> int:
