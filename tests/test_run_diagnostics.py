@@ -146,12 +146,18 @@ def test_a_chain_in_a_worse_mode_is_flagged_and_listed():
     resid[1] *= np.sqrt(2.0)  # chain 1: chi^2/N 2, total chi^2 worse by ~140 > 5 sd (sd = sqrt(2N) = 17)
     with pytest.warns(BlindLensRunWarning, match="chain 1 is in a worse mode"):
         report = check_run(_idata(posterior, resid))
-    assert report.worse_chains == (1,)
+    assert report.worse_chains == (1,) and report.kept_chains == (0, 2)
     assert report.chain_chi2_per_pixel[1] == pytest.approx(2.0, abs=0.1)
     assert "chain 1 is in a worse mode (chi^2/N 1.9" in str(report)
+    assert "idata.sel(chain=[0, 2]) keeps the others" in str(report)
+    # what the message tells a user to run leaves the flagged chain out, and only it
+    kept = _idata(posterior, resid).sel(chain=list(report.kept_chains))
+    assert check_run(kept, warn=False).worse_chains == ()
+    assert kept.posterior.sizes["chain"] == 2
     # the same chains without the shift: none flagged (the control)
     posterior, resid = _well_mixed(np.random.default_rng(2), chains=3, draws=200)
-    assert check_run(_idata(posterior, resid), warn=False).worse_chains == ()
+    control = check_run(_idata(posterior, resid), warn=False)
+    assert control.worse_chains == () and control.kept_chains == (0, 1, 2)
 
 
 def test_a_chain_that_leaves_the_fit_late_is_flagged_though_its_median_is_fine():

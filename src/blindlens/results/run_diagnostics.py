@@ -110,7 +110,7 @@ class RunReport:
     chain_chi2_threshold
         The total-chi^2 gap above the best chain that marked a chain as in a worse mode.
     worse_chains
-        Indices of the chains in a worse mode; exclude them.
+        Indices of the chains in a worse mode; exclude them (:attr:`kept_chains` are the others).
     chains_with_worse_draws
         Chain index -> number of its draws beyond the worse-mode threshold, for chains not in a
         worse mode by their median but with more than ``WORSE_DRAW_FRACTION`` of such draws.
@@ -144,6 +144,12 @@ class RunReport:
     chains_with_worse_draws: dict = field(default_factory=dict)
     nonfinite: dict = field(default_factory=dict)
     source_edge_fraction: float | None = None
+
+    @property
+    def kept_chains(self) -> tuple[int, ...]:
+        """The chain indices not in a worse mode: ``idata.sel(chain=list(report.kept_chains))`` is the
+        posterior without the chains :attr:`worse_chains` names."""
+        return tuple(k for k in range(self.num_chains) if k not in self.worse_chains)
 
     def __str__(self) -> str:
         lines = ["run diagnostics (blindlens.check_run)", "-" * 37]
@@ -415,11 +421,13 @@ def check_run(
             spread = float(np.median(spreads)) if spreads else 0.0
             threshold = float(max(chain_chi2_gap, CHAIN_CHI2_SIGMA * spread))
             worse = tuple(int(k) for k in range(len(medians)) if not finite[k] or medians[k] - medians[best] > threshold)
+            kept = [k for k in range(len(medians)) if k not in worse]
             for k in worse:
                 problems.append(
                     f"chain {k} is in a worse mode (chi^2/N {chain_med[k]:.4f} vs {chain_med[best]:.4f} of chain "
                     f"{best}; total chi^2 worse by {medians[k] - medians[best]:.0f} > {threshold:.0f}): exclude it "
-                    f"(report.worse_chains) or rerun; never average it into the posterior."
+                    f"(idata.sel(chain={kept}) keeps the others: report.kept_chains) or rerun; never average it "
+                    "into the posterior."
                 )
             for k in range(len(medians)):
                 bad = np.flatnonzero(~(total[k] - medians[best] <= threshold))  # NaN/inf count as bad
