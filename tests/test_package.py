@@ -16,8 +16,8 @@ CONFINED = {
     "lineax": {"diffusion_sde"},
     "optax": {"_optimisers"},  # training and the pre-fit / evidence-search maximiser
     "galsim": {"galaxies"},
-    "numpyro": {"numpyro_model", "lens_light_model", "source_shift_model", "lens_space", "gibbs_kernel", "lens_block",
-                "source_moves", "chain_runner", "mixing_diagnostics", "testing"},  # models, kernel and its blocks, MCMC driver; the test oracles' lens model
+    "numpyro": {"numpyro_model", "lens_light_model", "source_shift_model", "lens_space", "gibbs_kernel",
+                "gibbs_kernel_state", "lens_block", "source_moves", "chain_runner", "mixing_diagnostics", "testing"},  # models, kernel and its blocks, MCMC driver; the test oracles' lens model
     "arviz": {"arviz_conversion"},
     "xarray": {"arviz_conversion"},
     "astropy": {"observation", "survey_fits", "fits_products"},  # FITS I/O: reading, survey input, writers

@@ -51,7 +51,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import equinox as eqx
 import jax
@@ -59,12 +59,12 @@ import jax.numpy as jnp
 import jax.random as jr
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.mcmc import MCMCKernel
-from numpyro.infer.util import constrain_fn
 
 from .._types import Array, PRNGKeyArray
 from ..physics.grid import PixelGrid
 from ..prior.source_prior import AbstractSourcePrior
 from .gibbs_core import GibbsCore, GibbsCoreState, SweepInfo
+from .gibbs_kernel_state import BlindLensGibbsState, batched_key, sites_postprocess
 from .gibbsddrm import GibbsDDRMConfig, GibbsDDRMResult, best_of_gibbsddrm, sample_gibbsddrm
 from .lens_block import LensNUTS
 from .lens_space import lens_unconstrained  # noqa: F401  (re-exported: part of this module's API)
@@ -113,72 +113,6 @@ WARM_START_POOLS = ("full", "adaptive")
 """How a pooled warm start is sized (:func:`blindlens.chain_starts.pooled_chain_starts`): ``full`` (the
 default) runs ``warm_start_tries`` per chain; ``adaptive`` grows the pool one try per chain at a time
 until every chain has its own start in the best mode (with pre-fit starts; faster, measured less robust)."""
-
-
-_SOURCE_STATE_KEY = "_source_state"
-"""Key of the source in :attr:`BlindLensGibbsState.sites` (renamed back to ``"source"`` on collection)."""
-
-
-def _sites_postprocess(model, sites):
-    """``BlindLensGibbs.postprocess_fn``: the collected view back to site names, constrained, deterministic sites replayed."""
-    z = {k: v for k, v in sites.items() if k != _SOURCE_STATE_KEY}
-    z[SOURCE_SITE] = sites[_SOURCE_STATE_KEY]
-    return constrain_fn(model, (), {}, z, return_deterministic=True)
-
-
-def _batched(key) -> bool:
-    """Whether ``key`` is one key per chain (NumPyro's ``chain_method="vectorized"``), typed or raw."""
-    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-    return key.ndim > (0 if typed else 1)
-
-
-class _AdaptView(NamedTuple):
-    """NumPyro's ``adapt_state`` names for the core's adapted step size and metric."""
-
-    step_size: Array
-    inverse_mass_matrix: Array
-
-
-class BlindLensGibbsState(NamedTuple):
-    """State of one :class:`BlindLensGibbs` chain: the core's state, the last sweep's info and a key.
-
-    ``z`` is NumPyro's ``{site: value}`` (lens sites unconstrained, and the ``source``);
-    :attr:`sites` is the kernel's ``sample_field``. The sweep's statistics are exposed under
-    NumPyro's names (``potential_energy``, ``energy``, ``diverging``, ``accept_prob``,
-    ``num_steps``, ``adapt_state.step_size``, ``i``, ``num_score_evals``), so ``MCMC``'s
-    ``extra_fields`` and ``arviz.from_numpyro`` find them.
-    """
-
-    z: dict
-    core: GibbsCoreState
-    info: SweepInfo
-    rng_key: PRNGKeyArray
-
-    @property
-    def sites(self) -> dict:
-        """``z`` with the source under a private key: the field ``numpyro.infer.MCMC`` collects.
-
-        ``BlindLensGibbs.postprocess_fn`` maps it back, so ``mcmc.get_samples()`` has the lens
-        sites and ``"source"`` as usual, while ``mcmc.print_summary()`` (which lists only the
-        collected sites that are keys of this field, hiding deterministic sites) shows the lens
-        parameters and not one row per source pixel.
-        """
-        z = {k: v for k, v in self.z.items() if k != SOURCE_SITE}
-        z[_SOURCE_STATE_KEY] = self.z[SOURCE_SITE]
-        return z
-
-    @property
-    def adapt_state(self) -> _AdaptView:
-        return _AdaptView(jnp.exp(self.core.log_step_size), self.core.inverse_mass)
-
-    potential_energy = property(lambda self: self.info.potential_energy)
-    energy = property(lambda self: self.info.energy)  # Hamiltonian: ArviZ plot_energy / BFMI
-    diverging = property(lambda self: self.info.diverging)
-    accept_prob = property(lambda self: self.info.accept_prob)
-    num_steps = property(lambda self: self.info.num_steps)
-    chi2 = property(lambda self: self.info.chi2)
-    i = property(lambda self: self.core.iteration)
-    num_score_evals = property(lambda self: self.core.num_score_evals)
 
 
 class BlindLensGibbs(MCMCKernel):
@@ -475,7 +409,7 @@ class BlindLensGibbs(MCMCKernel):
         batched alike): the chains' starts are then made under ``jax.vmap``.
         """
         self.core = dataclasses.replace(self.core, num_warmup=int(num_warmup))
-        if _batched(rng_key):
+        if batched_key(rng_key):
             return jax.vmap(lambda k, p: self._init_chain(k, p, model_kwargs))(rng_key, init_params or {})
         return self._init_chain(rng_key, init_params, model_kwargs)
 
@@ -515,7 +449,7 @@ class BlindLensGibbs(MCMCKernel):
 
     def sample(self, state, model_args, model_kwargs):
         """One Gibbs sweep of the core (source, then lens; in warm-up the placement fold)."""
-        if _batched(state.rng_key):  # chain_method="vectorized": one state per chain
+        if batched_key(state.rng_key):  # chain_method="vectorized": one state per chain
             return jax.vmap(lambda st: self.sample(st, model_args, model_kwargs))(state)
         rng_key, key = jr.split(state.rng_key)
         core, info = self.core.sweep(key, state.core, self._model(model_kwargs))
@@ -523,7 +457,7 @@ class BlindLensGibbs(MCMCKernel):
 
     def postprocess_fn(self, model_args, model_kwargs):
         """The collected :attr:`BlindLensGibbsState.sites` back to constrained site values."""
-        return partial(_sites_postprocess, self._model(model_kwargs))
+        return partial(sites_postprocess, self._model(model_kwargs))
 
     def _model(self, model_kwargs) -> JointModel:
         """The observation as data: ``mcmc.run(key, joint_model=...)``'s model, else the kernel's own.
