@@ -437,14 +437,14 @@ def check(i: int = 0, population: str = "broad", seed: int = 0) -> int:
     names = tuple(LENS_RANGES)
     inner = (slice(6, -6), slice(6, -6))  # lenstronomy convolves within the image: compare off the edge
 
-    def model(v):
+    def lensed(v):
         lens_v = SIE(**dict(zip(SIE_NAMES, v[:5]))) + ExternalShear(gamma1=v[5], gamma2=v[6])
         return LensingOperator(lens_v, image_grid, source_grid, psf=jnp.asarray(s["psf"]), supersampling=SUPERSAMPLING)(
             jnp.asarray(src, jnp.asarray(0.0).dtype))
 
     v0 = jnp.asarray([s["lens"][k] for k in names], jnp.asarray(0.0).dtype)
-    resid = np.asarray((ref - np.asarray(model(v0), np.float64))[inner] / s["noise_sigma"]).ravel()
-    jac = np.asarray(jax.jacfwd(model)(v0), np.float64)[inner].reshape(-1, len(names)) / s["noise_sigma"]
+    resid = np.asarray((ref - np.asarray(lensed(v0), np.float64))[inner] / s["noise_sigma"]).ravel()
+    jac = np.asarray(jax.jacfwd(lensed)(v0), np.float64)[inner].reshape(-1, len(names)) / s["noise_sigma"]
     fisher = jac.T @ jac
     shift = np.linalg.solve(fisher, jac.T @ resid) / np.sqrt(np.diag(np.linalg.inv(fisher)))
     print(f"  lens bias from the mismatch (true source held), in conditional sd: "
@@ -469,7 +469,6 @@ def check(i: int = 0, population: str = "broad", seed: int = 0) -> int:
     op = LensingOperator(mass_of(with_light), image_grid, source_grid, psf=np.asarray(lit["psf"]),
                          supersampling=SUPERSAMPLING)
     model = np.asarray(op(jnp.asarray(src, jnp.asarray(0.0).dtype)), np.float64) + light
-    inner = (slice(6, -6), slice(6, -6))  # lenstronomy convolves within the image: compare off the edge
     light_err = float(np.abs(model - lit["noiseless"])[inner].max() / lit["noiseless"].max())
     print(f"  with deflector light (peak {light.max() / ref.max():.1f}x the arcs'): max |diff| / peak {light_err:.2e}"
           f" (light per arcsec^2, amp not divided by d^2: {np.abs(model - light + light * PIXEL_SCALE**2 - lit['noiseless'])[inner].max() / lit['noiseless'].max():.2e})")
