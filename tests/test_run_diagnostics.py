@@ -251,7 +251,8 @@ def test_a_source_that_reaches_its_grid_edge_is_reported():
     posterior["source"] = _blob_source(rng, (16, 2))  # its centre 2 pixels from the left edge
     report = check_run(_idata(posterior, resid), warn=False)
     assert report.source_edge_fraction == pytest.approx(np.exp(-4 / 18), abs=0.02)  # the border: column x = 0
-    assert any("reaches its grid's edge" in w and "--source-center" in w for w in report.warnings)
+    assert any("reaches its grid's edge" in w and "--source-center" in w and "--source-size 48" in w
+               for w in report.warnings)  # 1.5 x the 32-pixel side
     assert "source at its grid's edge" in str(report)
     # a grid too small to have a border apart from the galaxy is not judged
     posterior["source"] = _blob_source(rng, (4, 1), side=8)

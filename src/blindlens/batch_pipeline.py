@@ -78,6 +78,7 @@ def sample_observations_batch(
     from .physics.grid import PixelGrid
     from .pipeline import (
         DEFAULTS,
+        configure_prior,
         load_lens_model,
         load_source_prior,
         observation_options,
@@ -118,8 +119,7 @@ def sample_observations_batch(
                                  "observations' pixel scales; batch lenses of one pixel scale or name the prior.")
             spec = specs.pop()
         prior = load_source_prior(spec)
-    if options.flux_scale is not None:
-        prior = prior.with_flux_scale(options.flux_scale)
+    prior = configure_prior(prior, options)  # --source-size auto: the prior's own (no pre-fit; one grid per batch)
     # one lens model for the batch: the light amplitude scale of the first observation
     lens_model = run_lens_model(base_lens_model, options, observations[0], prior)
     guidance = guidance_by_name(options.guidance)

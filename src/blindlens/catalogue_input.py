@@ -83,7 +83,7 @@ def _cell(name: str, text: str):
             raise ValueError(f"column {name}: expected numbers, got {text!r}.") from None
     if name == "refresh_sigma":
         return None if text.lower() == "none" else text if text.lower() == "auto" else float(text)
-    if name == "warm_start_tries":  # 'auto' or a number of trajectories per chain
+    if name in ("warm_start_tries", "source_size"):  # 'auto' or a whole number (trajectories, pixels)
         if text.strip().lower() == "auto":
             return "auto"
         kind = int

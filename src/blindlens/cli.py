@@ -77,6 +77,16 @@ class _SourceCenter(argparse.Action):
             parser.error(f"{option_string} takes 'auto' or two numbers X Y [arcsec], got {' '.join(values)!r}")
 
 
+def _source_size(text: str):
+    """``--source-size auto`` or a whole number of pixels."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes 'auto' or a whole number of source pixels, got {text!r}") from None
+
+
 def _add_sampling_arguments(p) -> None:
     """The sampling options of ``blindlens sample`` (and ``blindlens catalogue``): one per
     :class:`~blindlens.pipeline.SampleOptions` field, ``dest`` = the field, default from ``DEFAULTS``."""
@@ -96,6 +106,11 @@ def _add_sampling_arguments(p) -> None:
                         "lensed light traced back through the lens) or X Y [arcsec]")
     p.add_argument("--flux-scale", type=float, default=DEFAULTS.flux_scale,
                    help="image units per prior (network) unit; default: the prior's own")
+    p.add_argument("--source-size", type=_source_size, default=DEFAULTS.source_size, metavar="auto|N",
+                   help="source grid side in pixels at the prior's pixel scale: 'auto' (default) keeps the prior's "
+                        "own (64 for 'highres') unless the data's light, traced back through the lens pre-fit (or the "
+                        "--fixed-lens lens), reaches past it, then 1.5x or 2x that; N: that side, a multiple of 8 for "
+                        "the shipped priors (docs/prior.md)")
     p.add_argument("--supersampling", type=int, default=DEFAULTS.supersampling, help="rays per image pixel per axis (default 3: the model image within a few chi^2 of the "
                         "pixel integral on bright arcs, where 2 leaves up to ~30; docs/joint_inference.md)")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="PRNG seed")

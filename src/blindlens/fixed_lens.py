@@ -27,9 +27,10 @@ def run_fixed_lens(args, prior, options, *, load_prior=None):
     from .inference.chain_runner import RunClock
     from .io.lens_config import load_lens_config
     from .io.observation import load_observation
-    from .physics.lensing_operator import source_centroid
+    from .physics.lensing_operator import source_centroid, source_extent
     from .physics.light_profiles import LensLightImager, light_of, mass_of
-    from .pipeline import load_source_prior, observation_options, resolve_prior_spec
+    from .pipeline import configure_prior, load_source_prior, observation_options, resolve_prior_spec
+    from .source_setup import grid_size_for_reach
     from .results.arviz_conversion import fixed_lens_inference_data
     from .source.likelihood_score import guidance_by_name
     from .source.source_posterior import (
@@ -48,8 +49,7 @@ def run_fixed_lens(args, prior, options, *, load_prior=None):
             print(f"source prior: {spec} (--prior auto: the shipped prior nearest the data's "
                   f"{obs.pixel_scale:.3g}\"/pixel)", flush=True)
         prior = (load_prior or load_source_prior)(spec)
-    if args.flux_scale is not None:
-        prior = prior.with_flux_scale(args.flux_scale)
+    prior = configure_prior(prior, options)
     # The lens file's [[light]] tables are held fixed like its mass: their PSF-convolved image is
     # subtracted from the data the source is drawn from and added back to every model image.
     data = obs.image
@@ -65,6 +65,11 @@ def run_fixed_lens(args, prior, options, *, load_prior=None):
         center = source_centroid(mass_of(lens), data, obs.noise, obs.image_grid, mask=obs.mask)
         print(f"source grid centred on the lensed light traced back through the lens at ({center[0]:+.3f}, "
               f"{center[1]:+.3f})\" (--source-center auto)", flush=True)
+    if options.source_size == "auto":  # the grid side that holds the data's light, traced back through the lens
+        reach = source_extent(mass_of(lens), data, obs.noise, obs.image_grid, tuple(center), mask=obs.mask)
+        size = grid_size_for_reach(prior, reach, verbose=True)
+        if size != prior.shape[0]:
+            prior = prior.with_grid_size(size)
     op = fixed_lens_operator(obs, lens, prior, source_center=tuple(center), supersampling=args.supersampling)
     guidance = guidance_by_name(args.guidance)
     config = SourceSamplerConfig(guidance=guidance, num_steps=args.steps, solver=args.solver)

@@ -43,7 +43,10 @@ from .sample_options import (  # re-exported: the CLI, catalogue, batch pipeline
 )
 from .source_setup import (  # re-exported: the CLI, catalogue and batch pipeline import them from here
     GRID_CENTER,
+    GRID_SIZE,
     checkpointed_center,
+    configure_prior,
+    fitted_source_size,
     is_prior_file,
     load_source_prior,
     resolve_prior_spec,
@@ -51,7 +54,7 @@ from .source_setup import (  # re-exported: the CLI, catalogue and batch pipelin
 )
 
 __all__ = ["SampleOptions", "DEFAULTS", "sample_observation", "diagnose", "load_lens_model", "load_source_prior",
-           "resolve_prior_spec", "is_prior_file", "source_grid_center", "run_lens_model", "sample_fingerprint",
+           "configure_prior", "resolve_prior_spec", "is_prior_file", "source_grid_center", "run_lens_model", "sample_fingerprint",
            "result_fingerprint", "AUTO_DESCENT_EXIT", "AUTO_DESCENT_THRESHOLD", "AUTO_SOURCE_SHIFT", "AUTO_WARM_START_POOL", "SOURCE_MOVES", "SOURCE_SHIFTS",
            "WARMUP_SOURCE_MOVES", "build_kernel"]
 
@@ -336,8 +339,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
             print(f"source prior: {spec} (--prior auto: the shipped prior nearest the data's "
                   f"{obs.pixel_scale:.3g}\"/pixel)", flush=True)
         prior = (load_prior or load_source_prior)(spec)
-    if options.flux_scale is not None:
-        prior = prior.with_flux_scale(options.flux_scale)
+    prior = configure_prior(prior, options)
     lens_model = run_lens_model(base_lens_model, options, obs, prior)
     sites = lens_site_names(lens_model)
     if verbose and source_shift(options) == "sampled":
@@ -346,15 +348,28 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
     fingerprint = sample_fingerprint(observation, options, prior)
     placed = checkpointed_center(checkpoint_path(out), fingerprint, options) if not options.no_resume else None
     if placed is not None:  # resuming: the grid stays where the checkpoint's draws live, no second pre-fit
-        (center, recorded), prefit = placed, SersicPrefitConfig()
+        center, recorded, size = placed
+        prefit = SersicPrefitConfig()
         if recorded:
             fingerprint[GRID_CENTER] = list(center)
         if verbose and recorded:
             print(f"source grid centred at ({center[0]:+.4f}, {center[1]:+.4f})\" as in the checkpoint", flush=True)
+        if size is not None:
+            fingerprint[GRID_SIZE] = size
+            if size != prior.shape[0]:
+                prior = prior.with_grid_size(size)
     else:
         center, prefit = source_grid_center(options, lens_model, obs, verbose=verbose)
         if isinstance(prefit, SersicPrefitResult):  # placed by the pre-fit: the checkpoint records where
             fingerprint[GRID_CENTER] = list(center)
+            if options.source_size == "auto":
+                size = fitted_source_size(prior, lens_model, obs, center, prefit, verbose=verbose)
+                fingerprint[GRID_SIZE] = size
+                if size != prior.shape[0]:
+                    prior = prior.with_grid_size(size)
+        elif options.source_size == "auto" and verbose:
+            print("--source-size auto needs the lens pre-fit (--source-center auto, --lens-prefit sersic): the "
+                  f"prior's own {prior.shape[0]}x{prior.shape[1]} grid is used", flush=True)
     kernel = build_kernel(lens_model, obs, prior, options, center=center, prefit=prefit)
     if verbose:
         move = source_move(options)

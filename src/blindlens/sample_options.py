@@ -45,6 +45,7 @@ class SampleOptions:
     solver: str = "auto"
     source_center: Any = "auto"
     flux_scale: float | None = None
+    source_size: Any = "auto"
     supersampling: int = 3
     seed: int = 0
     # the observation's companions (survey FITS: docs/real_data.md)
@@ -112,6 +113,10 @@ class SampleOptions:
             raise ValueError("a cut-out needs --cutout-size N and one centre, --cutout-pixel X Y or --cutout-sky RA DEC.")
         if self.cutout_pixel is not None and self.cutout_sky is not None:
             raise ValueError("give one cut-out centre: --cutout-pixel X Y or --cutout-sky RA DEC, not both.")
+        if self.source_size not in (None, "auto") and (isinstance(self.source_size, (bool, float, str))
+                                                       or self.source_size < 8):
+            raise ValueError(f"--source-size must be 'auto' or a whole number of source pixels >= 8, "
+                             f"got {self.source_size!r}.")
         if self.cutout_size is not None and self.cutout_size < 2:
             raise ValueError(f"--cutout-size must be >= 2 pixels, got {self.cutout_size}.")
         if isinstance(self.source_center, str) and self.source_center != "auto":

@@ -7,6 +7,9 @@
   lens pre-fit and centres the source grid on its source; the chains' starts reuse that pre-fit.
   A resumed run takes the centre from its checkpoint instead (:func:`checkpointed_center`), so it
   never re-runs the pre-fit nor resumes draws on a moved grid.
+* ``--source-size auto``: :func:`fitted_source_size` widens the grid (at the prior's pixel scale) when
+  the data's light, traced back through the pre-fit's lens, reaches past the prior's stamp; the
+  checkpoint records the size like the centre.
 
 Used by :mod:`blindlens.pipeline` (``blindlens sample``), :mod:`blindlens.fixed_lens`,
 :mod:`blindlens.batch_pipeline` and :mod:`blindlens.catalogue`. Heavy libraries are imported inside
@@ -16,9 +19,10 @@ the functions.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
-__all__ = ["GRID_CENTER", "is_prior_file", "resolve_prior_spec", "load_source_prior", "source_grid_center",
-           "checkpointed_center"]
+__all__ = ["GRID_CENTER", "GRID_SIZE", "AUTO_SIZE_STEPS", "PlacedGrid", "is_prior_file", "resolve_prior_spec",
+           "load_source_prior", "configure_prior", "source_grid_center", "grid_size_for_reach", "fitted_source_size", "checkpointed_center"]
 
 
 def is_prior_file(spec) -> bool:
@@ -53,6 +57,24 @@ def load_source_prior(spec):
         raise ValueError("the prior 'auto' is chosen by the data's pixel scale: resolve it with "
                          "resolve_prior_spec(spec, observation) before loading.")
     return ScorePrior.shipped(spec) if spec in SHIPPED_PRIORS else ScorePrior.load(spec)
+
+
+def configure_prior(prior, options):
+    """``prior`` with the run's ``--flux-scale`` and ``--source-size`` applied (each when given).
+
+    ``--source-size N`` puts the prior on an ``N`` x ``N`` source grid at its own pixel scale (a
+    wider field for a source that runs past the prior's stamp; ``ScorePrior.with_grid_size``).
+    A prior without a grid to resize (a Gaussian prior object) is refused with a one-line error.
+    """
+    if getattr(options, "flux_scale", None) is not None:
+        prior = prior.with_flux_scale(options.flux_scale)
+    size = getattr(options, "source_size", None)
+    if size is not None and size != "auto" and int(size) != prior.shape[0]:
+        if not hasattr(prior, "with_grid_size"):
+            raise ValueError(f"--source-size needs a score prior (a network prior file or a shipped name); "
+                             f"this {type(prior).__name__} has a fixed {prior.shape[0]}x{prior.shape[1]} grid.")
+        prior = prior.with_grid_size(size)
+    return prior
 
 
 _PREFIT_STREAM = 0x50F1
@@ -120,13 +142,97 @@ def source_grid_center(options, lens_model, observation, *, prefit_config=None, 
     return center, found
 
 
+AUTO_SIZE_STEPS = (1.5, 2.0)
+"""The wider grids ``--source-size auto`` may choose, as multiples of the prior's stamp side (96 and 128
+pixels for the 64-pixel ``highres`` prior): few distinct shapes, so few compilations in a catalogue."""
+_AUTO_SIZE_MARGIN = 4
+"""Source pixels kept between the traced light's reach and the grid's edge by ``--source-size auto``."""
+
+
+def grid_size_for_reach(prior, reach: float, *, verbose: bool = False) -> int:
+    """The source grid side [pixels, at ``prior``'s pixel scale] that holds light reaching ``reach``
+    [arcsec] from the grid's centre with a 4-pixel margin: the prior's own side when it does, else
+    the first of :data:`AUTO_SIZE_STEPS` times it that does (the largest if none does, with a note).
+    A prior of fixed grid (a Gaussian prior object) keeps its own."""
+    import math
+
+    own, scale = int(prior.shape[0]), float(prior.pixel_scale)
+    need = 2.0 * (reach / scale + _AUTO_SIZE_MARGIN)  # pixels across
+    size = own
+    if need > own and hasattr(prior, "with_grid_size"):
+        multiple = getattr(prior, "grid_multiple", 1)
+        steps = [int(math.ceil(own * f / multiple)) * multiple for f in AUTO_SIZE_STEPS]
+        size = next((n for n in steps if n >= need), steps[-1])
+    if verbose:
+        field = f"{own * scale:.2f}\""
+        if size == own:
+            print(f"source grid {own}x{own} ({field}): the lensed light traced back through the lens reaches "
+                  f"{reach:.2f}\" from its centre (--source-size auto)", flush=True)
+        else:
+            print(f"source grid widened to {size}x{size} ({size * scale:.2f}\" at {scale:g}\"/pixel): the lensed "
+                  f"light traced back through the lens reaches {reach:.2f}\" from its centre, past the prior's "
+                  f"{field} stamp (--source-size auto)"
+                  + ("" if size >= need else f"; the source still reaches past it (needs {need:.0f} pixels)"),
+                  flush=True)
+    return size
+
+
+def fitted_source_size(prior, lens_model, observation, center, prefit, *, verbose: bool = False) -> int:
+    """The source grid side ``--source-size auto`` chooses in a joint run [pixels, at the prior's pixel scale].
+
+    The data's light brighter than 5 sigma (less the pre-fit's deflector light, if it fitted one) is
+    traced back through the pre-fit's best lens (:func:`~blindlens.lensing_operator.source_extent`);
+    :func:`grid_size_for_reach` turns its reach about ``center`` into a side: the prior's own unless
+    the light (plus a 4-pixel margin) passes the prior's stamp.
+
+    Parameters
+    ----------
+    prior
+        The source prior (``shape``, ``pixel_scale``, ``grid_multiple``).
+    lens_model
+        The run's NumPyro lens model (the pre-fit's values fill its sites).
+    observation
+        The :class:`~blindlens.observation.Observation`.
+    center
+        The source grid's centre ``(x, y)`` [arcsec].
+    prefit
+        The :class:`~blindlens.parametric_prefit.SersicPrefitResult` that placed the grid.
+    verbose
+        Print the reach and the choice.
+    """
+    from .inference.numpyro_model import lens_from_values
+    from .physics.lensing_operator import source_extent
+    from .physics.light_profiles import LensLightImager, light_of, mass_of
+
+    lens = lens_from_values(lens_model, prefit.lens)
+    data = observation.image
+    if light_of(lens) is not None:
+        psf = None if observation.psf is None else observation.psf_operator()
+        data = data - LensLightImager(observation.image_grid, psf, 3)(light_of(lens))
+    reach = source_extent(mass_of(lens), data, observation.noise, observation.image_grid, center,
+                          mask=observation.mask)
+    return grid_size_for_reach(prior, reach, verbose=verbose)
+
+
 GRID_CENTER = "source_grid_center"
 """Checkpoint fingerprint entry: the source grid's centre when ``--source-center auto`` placed it."""
+GRID_SIZE = "source_grid_size"
+"""Checkpoint fingerprint entry: the source grid's side when ``--source-size auto`` chose it."""
 
 
-def checkpointed_center(path, fingerprint: dict, options) -> tuple[tuple[float, float], bool] | None:
-    """The source-grid centre of the checkpoint this run will resume: ``(centre, recorded)``, or ``None``
-    when there is nothing to resume or the centre is not ``auto`` with a pre-fit.
+class PlacedGrid(NamedTuple):
+    """Where a checkpoint's draws live: the grid's ``center`` [arcsec], whether the checkpoint
+    ``recorded`` it, and the grid ``size`` ``--source-size auto`` chose (``None``: not recorded)."""
+
+    center: tuple[float, float]
+    recorded: bool
+    size: int | None = None
+
+
+def checkpointed_center(path, fingerprint: dict, options) -> PlacedGrid | None:
+    """The source-grid centre (and auto size) of the checkpoint this run will resume: a
+    :class:`PlacedGrid`, or ``None`` when there is nothing to resume or the centre is not ``auto``
+    with a pre-fit.
 
     A checkpoint written by another run is refused here, before the pre-fit, with the message of
     :func:`~blindlens.run_checkpoint.check_fingerprint`. A matching one without a recorded centre
@@ -140,9 +246,11 @@ def checkpointed_center(path, fingerprint: dict, options) -> tuple[tuple[float, 
     try:
         saved = dict(load_checkpoint(path).fingerprint)
     except CheckpointError:
-        return (0.0, 0.0), False
+        return PlacedGrid((0.0, 0.0), False)
     center = saved.pop(GRID_CENTER, None)
+    size = saved.pop(GRID_SIZE, None)
     check_fingerprint(saved, fingerprint, path)
+    size = None if size is None else int(size)
     if center is None:
-        return (0.0, 0.0), False
-    return (float(center[0]), float(center[1])), True
+        return PlacedGrid((0.0, 0.0), False, size)
+    return PlacedGrid((float(center[0]), float(center[1])), True, size)

@@ -448,8 +448,8 @@ def check_run(
         problems.append(
             f"the source reaches its grid's edge (a border pixel at {edge:.0%} of its peak > "
             f"{SOURCE_EDGE_FRACTION:.0%}): light beyond the {fov} field is not modelled, which costs fit and can "
-            "bias the lens; look at the source mean, recentre the grid (--source-center X Y) or use a prior "
-            "trained on wider stamps (train-prior)."
+            f"bias the lens; look at the source mean and widen the grid (--source-size {-(-3 * nx // 16) * 8}, or "
+            "auto) or recentre it (--source-center X Y)."
         )
 
     report = RunReport(
