@@ -322,3 +322,25 @@ def test_a_fixed_lens_run_draws_on_the_grid_size_it_is_given(tmp_path, capsys):
     assert "source grid 32x32" in capsys.readouterr().out
     assert cli.main([*argv, "--out", str(tmp_path / "c.nc"), "--source-size", "50"]) != 0
     assert "multiple of 4 pixels" in capsys.readouterr().err and not (tmp_path / "c.nc").exists()
+
+
+def test_auto_takes_the_prefits_deflector_light_out_before_tracing():
+    """A bright, wide deflector light over the whole image: traced back with the light left in, its outer
+    pixels land ~3" out and the grid would grow to 128; with the pre-fit's light subtracted, 64."""
+    from blindlens.lens_light_model import with_lens_light
+    from blindlens.light_profiles import LensLightImager, light_of
+    from blindlens.numpyro_model import lens_from_values
+
+    model = with_lens_light(sie_shear, amp_scale=1.0)
+    values = {"theta_E": 0.6, "e1": 0.05, "e2": -0.03, "center_x": 0.0, "center_y": 0.0, "gamma1": 0.02,
+              "gamma2": 0.01, "lens_light_amp": 1.0e6, "lens_light_R_sersic": 2.0, "lens_light_n_sersic": 1.0,
+              "lens_light_e1": 0.0, "lens_light_e2": 0.0, "lens_light_center_x": 0.0, "lens_light_center_y": 0.0}
+    disk = _disk_observation(0.6, center=(0.0, 0.0))
+    light = np.asarray(LensLightImager(disk.image_grid, None, 3)(light_of(lens_from_values(model, values))))
+    assert light[0, 0] / float(disk.noise[0, 0]) > 5  # the light alone passes 5 sigma at the image's corner
+    obs = Observation(disk.image + light, disk.noise, disk.psf, disk.pixel_scale)
+    prior = load_source_prior("highres")
+    prefit = SersicPrefitResult(lens=values, chi2=jnp.zeros(1), runs={}, source={}, num_pixels=1)
+    assert fitted_source_size(prior, model, obs, (0.0, 0.0), prefit) == 64
+    unlit = {k: v for k, v in values.items() if not k.startswith("lens_light")}  # the broken variant: light left in
+    assert fitted_source_size(prior, sie_shear, obs, (0.0, 0.0), prefit._replace(lens=unlit)) == 128

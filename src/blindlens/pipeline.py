@@ -363,7 +363,8 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
         if isinstance(prefit, SersicPrefitResult):  # placed by the pre-fit: the checkpoint records where
             fingerprint[GRID_CENTER] = list(center)
             if options.source_size == "auto":
-                size = fitted_source_size(prior, lens_model, obs, center, prefit, verbose=verbose)
+                size = fitted_source_size(prior, lens_model, obs, center, prefit,
+                                          supersampling=options.supersampling, verbose=verbose)
                 fingerprint[GRID_SIZE] = size
                 if size != prior.shape[0]:
                     prior = prior.with_grid_size(size)

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 __all__ = ["GRID_CENTER", "GRID_SIZE", "AUTO_SIZE_STEPS", "PlacedGrid", "is_prior_file", "resolve_prior_spec",
-           "load_source_prior", "configure_prior", "source_grid_center", "grid_size_for_reach", "fitted_source_size", "checkpointed_center"]
+           "load_source_prior", "configure_prior", "source_grid_center", "grid_size_for_reach", "fitted_source_size",
+           "checkpointed_center"]
 
 
 def is_prior_file(spec) -> bool:
@@ -177,7 +178,8 @@ def grid_size_for_reach(prior, reach: float, *, verbose: bool = False) -> int:
     return size
 
 
-def fitted_source_size(prior, lens_model, observation, center, prefit, *, verbose: bool = False) -> int:
+def fitted_source_size(prior, lens_model, observation, center, prefit, *, supersampling: int = 3,
+                       verbose: bool = False) -> int:
     """The source grid side ``--source-size auto`` chooses in a joint run [pixels, at the prior's pixel scale].
 
     The data's light brighter than 5 sigma (less the pre-fit's deflector light, if it fitted one) is
@@ -197,6 +199,8 @@ def fitted_source_size(prior, lens_model, observation, center, prefit, *, verbos
         The source grid's centre ``(x, y)`` [arcsec].
     prefit
         The :class:`~blindlens.parametric_prefit.SersicPrefitResult` that placed the grid.
+    supersampling
+        Rays per image pixel per axis of the pre-fit's deflector light image (when it fitted one).
     verbose
         Print the reach and the choice.
     """
@@ -208,7 +212,7 @@ def fitted_source_size(prior, lens_model, observation, center, prefit, *, verbos
     data = observation.image
     if light_of(lens) is not None:
         psf = None if observation.psf is None else observation.psf_operator()
-        data = data - LensLightImager(observation.image_grid, psf, 3)(light_of(lens))
+        data = data - LensLightImager(observation.image_grid, psf, supersampling)(light_of(lens))
     reach = source_extent(mass_of(lens), data, observation.noise, observation.image_grid, center,
                           mask=observation.mask)
     return grid_size_for_reach(prior, reach, verbose=verbose)

@@ -160,7 +160,7 @@ class ScorePrior(AbstractSourcePrior):
         """The same prior on a ``size`` x ``size`` source grid at the same pixel scale.
 
         The score network is fully convolutional: on a grid wider than its training stamps it
-        denoises a held-out galaxy within 6-18% of the error it makes on the training stamp's own
+        denoises a held-out galaxy within 6-19% of the error it makes on the training stamp's own
         grid at the noise levels of a posterior draw (``docs/prior.md``), so a source that runs
         past the stamp keeps its resolution. ``size`` must be a multiple of :attr:`grid_multiple`.
         """
