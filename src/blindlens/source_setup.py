@@ -173,8 +173,9 @@ def grid_size_for_reach(prior, reach: float, *, verbose: bool = False) -> int:
             print(f"source grid widened to {size}x{size} ({size * scale:.2f}\" at {scale:g}\"/pixel): the lensed "
                   f"light traced back through the lens reaches {reach:.2f}\" from its centre, past the prior's "
                   f"{field} stamp (--source-size auto)"
-                  + ("" if size >= need else f"; the source still reaches past it (needs {need:.0f} pixels)"),
-                  flush=True)
+                  + ("" if size >= need else f"; the light still reaches past it (needs {need:.0f} pixels)")
+                  + "; light that is not the source's (a neighbour, a star) counts too: mask it (--mask) or give "
+                  "--source-size N", flush=True)
     return size
 
 
