@@ -30,7 +30,7 @@ def run_fixed_lens(args, prior, options, *, load_prior=None):
     from .physics.lensing_operator import source_centroid, source_extent
     from .physics.light_profiles import LensLightImager, light_of, mass_of
     from .pipeline import configure_prior, load_source_prior, observation_options, resolve_prior_spec
-    from .source_setup import grid_size_for_reach
+    from .source_setup import grid_size_for_reach, sized_prior
     from .results.arviz_conversion import fixed_lens_inference_data
     from .source.likelihood_score import guidance_by_name
     from .source.source_posterior import (
@@ -67,9 +67,7 @@ def run_fixed_lens(args, prior, options, *, load_prior=None):
               f"{center[1]:+.3f})\" (--source-center auto)", flush=True)
     if options.source_size == "auto":  # the grid side that holds the data's light, traced back through the lens
         reach = source_extent(mass_of(lens), data, obs.noise, obs.image_grid, tuple(center), mask=obs.mask)
-        size = grid_size_for_reach(prior, reach, verbose=True)
-        if size != prior.shape[0]:
-            prior = prior.with_grid_size(size)
+        prior = sized_prior(prior, grid_size_for_reach(prior, reach, verbose=True))
     op = fixed_lens_operator(obs, lens, prior, source_center=tuple(center), supersampling=args.supersampling)
     guidance = guidance_by_name(args.guidance)
     config = SourceSamplerConfig(guidance=guidance, num_steps=args.steps, solver=args.solver)

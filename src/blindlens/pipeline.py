@@ -50,6 +50,7 @@ from .source_setup import (  # re-exported: the CLI, catalogue and batch pipelin
     is_prior_file,
     load_source_prior,
     resolve_prior_spec,
+    sized_prior,
     source_grid_center,
 )
 
@@ -356,8 +357,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
             print(f"source grid centred at ({center[0]:+.4f}, {center[1]:+.4f})\" as in the checkpoint", flush=True)
         if size is not None:
             fingerprint[GRID_SIZE] = size
-            if size != prior.shape[0]:
-                prior = prior.with_grid_size(size)
+            prior = sized_prior(prior, size)
     else:
         center, prefit = source_grid_center(options, lens_model, obs, verbose=verbose)
         if isinstance(prefit, SersicPrefitResult):  # placed by the pre-fit: the checkpoint records where
@@ -366,8 +366,7 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
                 size = fitted_source_size(prior, lens_model, obs, center, prefit,
                                           supersampling=options.supersampling, verbose=verbose)
                 fingerprint[GRID_SIZE] = size
-                if size != prior.shape[0]:
-                    prior = prior.with_grid_size(size)
+                prior = sized_prior(prior, size)
         elif options.source_size == "auto" and verbose:
             print("--source-size auto needs the lens pre-fit (--source-center auto, --lens-prefit sersic): the "
                   f"prior's own {prior.shape[0]}x{prior.shape[1]} grid is used", flush=True)

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 __all__ = ["GRID_CENTER", "GRID_SIZE", "AUTO_SIZE_STEPS", "PlacedGrid", "is_prior_file", "resolve_prior_spec",
-           "load_source_prior", "configure_prior", "source_grid_center", "grid_size_for_reach", "fitted_source_size",
-           "checkpointed_center"]
+           "load_source_prior", "configure_prior", "sized_prior", "source_grid_center", "grid_size_for_reach",
+           "fitted_source_size", "checkpointed_center"]
 
 
 def is_prior_file(spec) -> bool:
@@ -70,12 +70,20 @@ def configure_prior(prior, options):
     if getattr(options, "flux_scale", None) is not None:
         prior = prior.with_flux_scale(options.flux_scale)
     size = getattr(options, "source_size", None)
-    if size is not None and size != "auto" and int(size) != prior.shape[0]:
-        if not hasattr(prior, "with_grid_size"):
-            raise ValueError(f"--source-size needs a score prior (a network prior file or a shipped name); "
-                             f"this {type(prior).__name__} has a fixed {prior.shape[0]}x{prior.shape[1]} grid.")
-        prior = prior.with_grid_size(size)
-    return prior
+    return prior if size is None or size == "auto" else sized_prior(prior, size)
+
+
+def sized_prior(prior, size: int):
+    """``prior`` on a ``size`` x ``size`` source grid (itself when that is its grid already).
+
+    A prior without a grid to resize (a Gaussian prior object) is refused with a one-line error.
+    """
+    if int(size) == prior.shape[0]:
+        return prior
+    if not hasattr(prior, "with_grid_size"):
+        raise ValueError(f"--source-size needs a score prior (a network prior file or a shipped name); "
+                         f"this {type(prior).__name__} has a fixed {prior.shape[0]}x{prior.shape[1]} grid.")
+    return prior.with_grid_size(size)
 
 
 _PREFIT_STREAM = 0x50F1
