@@ -12,7 +12,7 @@ where a posterior is given.
 
 Usage::
 
-    JAX_PLATFORMS=cpu python scripts/warm_start_cg_study.py SYSTEM_DIR [SYSTEM_DIR ...] --caps 100 20
+    JAX_PLATFORMS=cpu python scripts/warm_start_cg_study.py SYSTEM_DIR [SYSTEM_DIR ...] --caps image:100 source:50
 
 ``SYSTEM_DIR`` holds ``obs.fits`` and ``truth.npz`` (``scripts/lenstronomy_systems.py``). Prints JSON
 lines.
@@ -63,8 +63,10 @@ def study(folder: str, caps, seed: int):
     sites = [s for s in lens_site_names(lens_model) if s not in nuisance_site_names(lens_model)]
     true = truth_values(truth["lens"], sites)
     for cap in caps:
+        space, _, cap = cap.rpartition(":") if ":" in cap else ("source", ":", cap)
         base = kernel.warm_start if kernel.warm_start is not None else GibbsDDRMConfig()
-        kernel.warm_start = dataclasses.replace(base, guidance=dataclasses.replace(base.guidance, cg_maxiter=int(cap)))
+        guidance = dataclasses.replace(base.guidance, cg_maxiter=int(cap), cg_space=space)
+        kernel.warm_start = dataclasses.replace(base, guidance=guidance)
         jax.clear_caches()
         t0 = time.time()
         starts = pooled_chain_starts(kernel, jr.key(seed), DEFAULTS.chains)
@@ -72,7 +74,7 @@ def study(folder: str, caps, seed: int):
         space = LensSpace(jm.lens_model)
         values = {s: np.asarray(space.transforms[s](starts.init_params[s])) for s in sites}
         fit = np.asarray(starts.chi2) / n
-        row = {"system": folder, "cap": cap, "pool_seconds": round(seconds, 1), "prefit_seconds": round(prefit_s, 1),
+        row = {"system": folder, "cap": int(cap), "cg_space": space, "pool_seconds": round(seconds, 1), "prefit_seconds": round(prefit_s, 1),
                "true_chi2": round(float(truth["true_chi2_per_n"]), 4),
                "tries_chi2": [round(float(v), 4) for v in np.sort(fit)],
                "starts_chi2": [round(float(fit[i]), 4) for i in np.asarray(starts.chosen)],
@@ -83,7 +85,9 @@ def study(folder: str, caps, seed: int):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("systems", nargs="+", help="folders with obs.fits and truth.npz")
-    p.add_argument("--caps", type=int, nargs="+", default=[100, 20])
+    p.add_argument("--caps", nargs="+", default=["image:100", "source:100", "source:50"],
+                   help="CG caps, each N or SPACE:N with SPACE image (the solve before 2026-12-07) or source "
+                        "(the default since; PiGDM's cg_space)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     for folder in args.systems:

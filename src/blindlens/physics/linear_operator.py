@@ -108,40 +108,60 @@ class DenseOperator(AbstractLinearOperator):
         return jnp.sum(self.matrix**2, axis=1).reshape(self._image_shape)
 
 
-def conjugate_gradient(matvec, b, tol: float, maxiter: int, x0=None):
-    """Solve ``M u = b`` for a symmetric positive-definite ``M`` by conjugate gradients.
+def conjugate_gradient(matvec, b, tol: float, maxiter: int, x0=None, preconditioner=None):
+    """Solve ``M u = b`` for a symmetric positive-definite ``M`` by (preconditioned) conjugate gradients.
 
-    Hestenes & Stiefel (1952), J. Res. NBS 49, 409; stops when ``||r|| <= tol ||b||``, after
-    ``maxiter`` iterations, or if a non-positive curvature ``p^T M p <= 0`` appears (a network
-    Jacobian need not be exactly positive definite).
+    Hestenes & Stiefel (1952), J. Res. NBS 49, 409; with ``preconditioner`` the preconditioned form
+    (Golub & Van Loan 2013, Matrix Computations, alg. 11.5.1). Stops when ``||r|| <= tol ||b||``
+    (the unpreconditioned residual), after ``maxiter`` iterations, or if a non-positive curvature
+    ``p^T M p <= 0`` appears (a network Jacobian need not be exactly positive definite).
+
+    Parameters
+    ----------
+    preconditioner
+        ``None`` (plain CG), or an array of ``b``'s shape holding a positive diagonal ``P^{-1}``
+        (applied elementwise), or a callable applying a symmetric positive-definite ``P^{-1}``.
+        It changes how fast the iterates converge, never the solution they converge to.
 
     Returns
     -------
     (u, iterations)
     """
+    if preconditioner is None:
+        def apply_p(r):
+            return r
+    elif callable(preconditioner):
+        apply_p = preconditioner
+    else:
+        inv_diag = preconditioner
+
+        def apply_p(r):
+            return inv_diag * r
     u = jnp.zeros_like(b) if x0 is None else x0
     r = b - matvec(u) if x0 is not None else b
-    p = r
-    rs = jnp.vdot(r, r)
+    z = apply_p(r)
+    p = z
+    rz = jnp.vdot(r, z)
     target = (tol**2) * jnp.vdot(b, b)
 
     def cond(state):
-        _, _, _, rs, k, ok = state
-        return (rs > target) & (k < maxiter) & ok
+        _, r, _, _, k, ok = state
+        return (jnp.vdot(r, r) > target) & (k < maxiter) & ok
 
     def body(state):
-        u, r, p, rs, k, _ = state
+        u, r, p, rz, k, _ = state
         mp = matvec(p)
         curv = jnp.vdot(p, mp)
         ok = curv > 0
-        alpha = jnp.where(ok, rs / jnp.where(ok, curv, 1.0), 0.0)
+        alpha = jnp.where(ok, rz / jnp.where(ok, curv, 1.0), 0.0)
         u = u + alpha * p
         r = r - alpha * mp
-        rs_new = jnp.vdot(r, r)
-        p = r + (rs_new / jnp.where(rs > 0, rs, 1.0)) * p
-        return u, r, p, rs_new, k + 1, ok
+        z = apply_p(r)
+        rz_new = jnp.vdot(r, z)
+        p = z + (rz_new / jnp.where(rz > 0, rz, 1.0)) * p
+        return u, r, p, rz_new, k + 1, ok
 
-    u, _, _, _, k, _ = jax.lax.while_loop(cond, body, (u, r, p, rs, jnp.asarray(0), jnp.asarray(True)))
+    u, _, _, _, k, _ = jax.lax.while_loop(cond, body, (u, r, p, rz, jnp.asarray(0), jnp.asarray(True)))
     return u, k
 
 
