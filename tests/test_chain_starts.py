@@ -15,11 +15,28 @@ from blindlens.chain_starts import (
     dominant_mode_starts,
     gross_misfit_warning,
     pooled_chain_starts,
+    prefit_try_runs,
     reset_worse_chains,
 )
 from blindlens.gibbs_kernel import BlindLensGibbs, GibbsDDRMConfig, lens_unconstrained
 from blindlens.numpyro_model import lens_from_values
 from blindlens.source_posterior import SourceSamplerConfig
+
+
+def test_prefit_tries_reach_past_a_small_best_basin():
+    """A pre-fit basin of at least half the tries is used alone (cycled, as before); a smaller one
+    keeps its runs cycled and gives the rest of that half to the next-best finite runs, one each."""
+    chi2 = np.array([100.0, 101.0, 102.0, 103.0, 200.0, 210.0, 220.0, np.inf])
+    pick, dominant = prefit_try_runs(chi2, 8, tolerance=5.0)  # 4 in the basin: unchanged
+    assert dominant == 4 and pick.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    pick, dominant = prefit_try_runs(chi2, 8, tolerance=0.5)  # the HST example's case: one run
+    assert dominant == 1 and pick.tolist() == [0, 0, 0, 0, 0, 1, 2, 3]
+    pick, _ = prefit_try_runs(chi2[[0, 4, 7]], 8, tolerance=0.5)  # only one finite run outside
+    assert pick.tolist() == [0] * 7 + [1]
+    pick, _ = prefit_try_runs(chi2[:1], 3, tolerance=0.5)
+    assert pick.tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="num_tries"):
+        prefit_try_runs(chi2, 0, 1.0)
 
 
 def test_dominant_set_in_order_of_fit_and_repeated_when_short():

@@ -50,6 +50,7 @@ __all__ = [
     "gross_misfit_warning",
     "pooled_chain_starts",
     "prefit_starts",
+    "prefit_try_runs",
     "reset_worse_chains",
 ]
 
@@ -273,7 +274,8 @@ def prefit_starts(kernel: BlindLensGibbs, key: PRNGKeyArray, num_tries: int, con
 
     Runs :func:`~blindlens.parametric_prefit.prefit_lens_with_sersic` and hands out its runs in
     the best basin (chi^2 within :func:`default_mode_tolerance` of the best, at least one) in
-    order of fit, cycling when there are fewer than ``num_tries``. ``config`` is a
+    order of fit, cycling when there are fewer than ``num_tries``, and the next-best runs outside it
+    when it holds fewer than half the tries (:func:`prefit_try_runs`). ``config`` is a
     :class:`~blindlens.parametric_prefit.SersicPrefitConfig` or a finished
     :class:`~blindlens.parametric_prefit.SersicPrefitResult` (used as it is). Returns ``(lens
     values with a leading tries axis, a report line)``.
@@ -286,10 +288,8 @@ def prefit_starts(kernel: BlindLensGibbs, key: PRNGKeyArray, num_tries: int, con
         found = prefit_lens_with_sersic(key, kernel.joint_model.lens_model, kernel.observation, config)
     chi2 = np.asarray(found.chi2)
     n = found.num_pixels
-    best = float(chi2[0])
-    tol = default_mode_tolerance(n, best)
-    dominant = max(1, int(np.sum(chi2 <= best + tol)))
-    pick = np.arange(num_tries) % dominant
+    pick, dominant = prefit_try_runs(chi2, num_tries, default_mode_tolerance(n, float(chi2[0])))
+    outside = int(np.sum(pick >= dominant))
     starts = {name: jnp.asarray(v)[pick] for name, v in found.runs.items()}
     # the grid placement (fitted at 0 by the pre-fit): a prior draw per try, so that chains start at
     # different placements and the pooled chains average over more of them
@@ -301,8 +301,37 @@ def prefit_starts(kernel: BlindLensGibbs, key: PRNGKeyArray, num_tries: int, con
     shown = ", ".join(f"{v:.2f}" for v in chi2[:8] / n)
     lens = ", ".join(f"{name} {float(v[0]):+.3f}" for name, v in found.runs.items())
     note = (f"lens pre-fit (Sérsic + shapelets, {chi2.size} starts): {dominant} in the best basin (chi^2/N "
-            f"{shown}{', ...' if chi2.size > 8 else ''}); best lens {lens}\n")
+            f"{shown}{', ...' if chi2.size > 8 else ''}); best lens {lens}"
+            + (f"; {outside} of the {num_tries} warm-start tries start from the next-best runs outside it (the "
+               "pixelated source ranks them)" if outside else "") + "\n")
     return starts, note
+
+
+def prefit_try_runs(chi2, num_tries: int, tolerance: float) -> tuple[np.ndarray, int]:
+    """Which pre-fit runs the ``num_tries`` warm-start trajectories start from.
+
+    ``chi2`` is the pre-fit's runs' residual chi^2 in ascending order. The runs within ``tolerance``
+    of the best (its basin, at least one) are handed out in order of fit, cycling. When that basin
+    holds fewer runs than half the tries, the rest of that half goes to the next-best finite runs
+    outside it, one try each: the pre-fit's Sérsic + shapelet source cannot draw a knotty source, so
+    its lowest chi^2 can belong to a wrong lens (the bundled HST example: chi^2/N 96.1 with the mass
+    centre 0.5" off against 105.8 near the truth, the two swapping with float rounding), and the
+    warm start's pixelated source, which ranks the tries next, tells them apart. A basin of at least
+    half the tries is used alone, as before.
+
+    Returns
+    -------
+    (run index per try, the number of runs in the best basin)
+    """
+    chi2 = np.asarray(chi2, float)
+    if num_tries < 1 or chi2.size < 1:
+        raise ValueError(f"need num_tries >= 1 and at least one pre-fit run, got {num_tries} and {chi2.size}.")
+    best = float(chi2[0])
+    dominant = max(1, int(np.sum(chi2 <= best + tolerance)))
+    finite_rest = int(np.sum(np.isfinite(chi2[dominant:])))
+    outside = min(max(0, num_tries // 2 - dominant), finite_rest)
+    inside = np.arange(num_tries - outside) % dominant
+    return np.concatenate([inside, dominant + np.arange(outside)]).astype(int), dominant
 
 
 def chain_chi2(kernel: BlindLensGibbs, z: dict) -> np.ndarray:
