@@ -63,9 +63,9 @@ def study(folder: str, caps, seed: int):
     sites = [s for s in lens_site_names(lens_model) if s not in nuisance_site_names(lens_model)]
     true = truth_values(truth["lens"], sites)
     for cap in caps:
-        space, _, cap = cap.rpartition(":") if ":" in cap else ("source", ":", cap)
+        cg_space, _, cap = cap.rpartition(":") if ":" in cap else ("source", ":", cap)
         base = kernel.warm_start if kernel.warm_start is not None else GibbsDDRMConfig()
-        guidance = dataclasses.replace(base.guidance, cg_maxiter=int(cap), cg_space=space)
+        guidance = dataclasses.replace(base.guidance, cg_maxiter=int(cap), cg_space=cg_space)
         kernel.warm_start = dataclasses.replace(base, guidance=guidance)
         jax.clear_caches()
         t0 = time.time()
@@ -74,7 +74,7 @@ def study(folder: str, caps, seed: int):
         space = LensSpace(jm.lens_model)
         values = {s: np.asarray(space.transforms[s](starts.init_params[s])) for s in sites}
         fit = np.asarray(starts.chi2) / n
-        row = {"system": folder, "cap": int(cap), "cg_space": space, "pool_seconds": round(seconds, 1), "prefit_seconds": round(prefit_s, 1),
+        row = {"system": folder, "cap": int(cap), "cg_space": cg_space, "pool_seconds": round(seconds, 1), "prefit_seconds": round(prefit_s, 1),
                "true_chi2": round(float(truth["true_chi2_per_n"]), 4),
                "tries_chi2": [round(float(v), 4) for v in np.sort(fit)],
                "starts_chi2": [round(float(fit[i]), 4) for i in np.asarray(starts.chosen)],
