@@ -33,7 +33,7 @@ from blindlens.grid import PixelGrid
 from blindlens.lens_config import lens_from_config
 from blindlens.lens_models import SIE, ExternalShear
 from blindlens.lensing_operator import LensingOperator
-from blindlens.likelihood_score import PiGDM
+from blindlens.likelihood_score import PiGDM, _solve_source_plane, _solve_whitened
 from blindlens.observation import load_observation
 from blindlens.psf import gaussian_psf
 from blindlens.score_prior import ScorePrior
@@ -82,9 +82,7 @@ def guidance_fn(space, maxiter, tol=1e-3):
 
 def iterations_to_tol(space, x0, t):
     """Iterations to the relative residual 1e-3 of the space's own system (at most 1000)."""
-    from blindlens.likelihood_score import _solve_source_plane, _solve_whitened
-
-    score, problem, _ = guidance_fn(space, 1000)
+    problem = reference[1]  # the same data, weights, v and coverage for both solves
     sigma2 = prior.sde.sigma(t) ** 2
     v = problem.data_variance
     r2 = sigma2 * v / (sigma2 + v)
