@@ -67,6 +67,7 @@ _EXPORTS: dict[str, str] = {
     "SplitGibbsConfig": "source.split_gibbs",
     "split_gibbs_move": "source.split_gibbs",
     "sample_source_posterior_split_gibbs": "source.split_gibbs",
+    "sample_source_posterior_tempered": "source.tempered_split_gibbs",
     # joint inference (NumPyro) and results (ArviZ)
     "sie_shear": "inference.numpyro_model",
     "epl_shear": "inference.numpyro_model",
@@ -164,6 +165,7 @@ _MOVED: dict[str, str] = {
     "source_posterior": "source.source_posterior",
     "source_prior": "prior.source_prior",
     "split_gibbs": "source.split_gibbs",
+    "tempered_split_gibbs": "source.tempered_split_gibbs",
     "survey_fits": "io.survey_fits",
     "training": "prior.training",
     "twisted_smc": "source.twisted_smc",

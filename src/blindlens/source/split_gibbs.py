@@ -365,6 +365,21 @@ def split_gibbs_move(
     return (source, passes) if with_passes else source
 
 
+def check_chain_inputs(prior, operator, data, init, num_samples, burn_in, thin) -> Array:
+    """Validate a fixed-lens chain sampler's problem, starts and lengths; return the starts as an array."""
+    init = jnp.asarray(init)
+    if init.ndim != 3 or tuple(init.shape[1:]) != tuple(prior.shape):
+        raise ValueError(
+            f"init must have shape (num_chains, {prior.shape[0]}, {prior.shape[1]}), got {tuple(init.shape)}; "
+            "stack one starting source per chain."
+        )
+    for name, value, low in (("num_samples", num_samples, 1), ("burn_in", burn_in, 0), ("thin", thin, 1)):
+        if int(value) < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}.")
+    _check_problem(prior.shape, operator, data)
+    return init
+
+
 @eqx.filter_jit
 def _chains(keys, prior, operator, data, w, init, config, num_samples, thin):
     # one operator, one rho: the power method runs once per call, not once per kept state
@@ -420,16 +435,7 @@ def sample_source_posterior_split_gibbs(
     -------
     States ``(num_chains, num_samples, sy, sx)`` in image units.
     """
-    init = jnp.asarray(init)
-    if init.ndim != 3 or tuple(init.shape[1:]) != tuple(prior.shape):
-        raise ValueError(
-            f"init must have shape (num_chains, {prior.shape[0]}, {prior.shape[1]}), got {tuple(init.shape)}; "
-            "stack one starting source per chain."
-        )
-    for name, value, low in (("num_samples", num_samples, 1), ("burn_in", burn_in, 0), ("thin", thin, 1)):
-        if int(value) < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}.")
-    _check_problem(prior.shape, operator, data)
+    init = check_chain_inputs(prior, operator, data, init, num_samples, burn_in, thin)
     data = jnp.asarray(data)
     w = inverse_noise_variance(noise_sigma, operator.image_shape, operator).astype(data.dtype)
     k_burn, k_keep = jr.split(key)
