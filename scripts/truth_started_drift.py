@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
-
-import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
