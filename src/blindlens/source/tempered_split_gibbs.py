@@ -31,7 +31,7 @@ or multimodal problems and expensive on a 64x64 source at high SNR; the swap rat
 (:attr:`TemperedResult.swap_rate`) say whether a ladder is dense enough (aim for 0.2-0.5).
 
 * :func:`geometric_ladder` builds ``beta_k``.
-* :func:`tempered_step` is one step of the pure kernel over :class:`TemperedState`.
+* :func:`initial_state` and :func:`tempered_step`: the pure kernel over :class:`TemperedState`.
 * :func:`sample_source_posterior_tempered` runs chains for a fixed lens.
 """
 
@@ -55,6 +55,7 @@ __all__ = [
     "TemperedState",
     "TemperedResult",
     "geometric_ladder",
+    "initial_state",
     "log_likelihood",
     "tempered_step",
     "sample_source_posterior_tempered",
