@@ -11,7 +11,8 @@ knowingly:
 * each chain starts from the best of ``warm_start_tries`` continuous-time draws from prior lens
   draws (as ``--lens-prefit none``): the Sérsic pre-fit and the pooled, ranked chain starts are
   per-lens host-side searches and are not run;
-* fixed ``warmup`` and ``draws`` (no convergence-driven stopping, no checkpoints);
+* fixed ``warmup`` and ``draws`` (no convergence-driven stopping, no checkpoints, and no warm-up
+  extended while chains settle: ``max_extra_warmup`` is not used);
 * ``--warmup-source-move auto`` does not descend (the single-lens run descends only in chains
   whose start misfits; vmapped chains cannot skip a move per chain); ``draw`` or ``refresh``
   descend in every chain;

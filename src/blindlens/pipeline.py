@@ -401,12 +401,13 @@ def _sample(observation, out, options, *, progress=True, verbose=True, figures=T
         num_draws=None if target is not None else (300 if options.draws is None else options.draws), target=target,
         sites=[s for s in sites if s not in nuisance_site_names(lens_model)], chunk=options.checkpoint_every, thinning=options.thinning, chain_method=options.chain_method,
         checkpoint=checkpoint_path(out), resume=not options.no_resume, clock=clock, progress=progress,
-        fingerprint=fingerprint,
+        fingerprint=fingerprint, max_extra_warmup=options.max_extra_warmup,
     )
     clock.say("sampling done; computing model images and writing outputs ...")
     idata = to_inference_data(run.samples, obs, kernel=kernel, sample_stats=run.stats, truth=truth)
     idata.posterior.attrs["wall_seconds"] = float(time.time() - t0)
     idata.posterior.attrs["stop_reason"] = run.stop_reason
+    idata.posterior.attrs["extra_warmup_sweeps"] = int(run.extra_warmup)
     if getattr(obs, "noise_source", None):
         idata.posterior.attrs["noise_source"] = str(obs.noise_source)
     writer = write_outputs or write_joint_outputs

@@ -62,6 +62,7 @@ class SampleOptions:
     tie_light_center: bool = False
     chains: int = 4
     warmup: int = 200
+    max_extra_warmup: int = 400
     draws: int | None = None
     target_ess: float | None = None
     max_rhat: float = 1.01
@@ -106,6 +107,8 @@ class SampleOptions:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1.")
         if self.warmup < 0:
             raise ValueError("--warmup must be >= 0.")
+        if self.max_extra_warmup < 0:
+            raise ValueError("--max-extra-warmup must be >= 0 (0 turns the settling check off).")
         if self.warm_start_tries != "auto" and (isinstance(self.warm_start_tries, (str, bool, float))
                                                  or int(self.warm_start_tries) < 1):
             raise ValueError(f"--warm-start-tries must be 'auto' or an integer >= 1, got {self.warm_start_tries!r}.")

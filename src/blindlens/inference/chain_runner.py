@@ -6,7 +6,9 @@ above all) as
 
 1. one warm-up (for a blindlens kernel, chains started from one pool of warm-start trajectories
    ranked by fit, :mod:`blindlens.chain_starts`, and chains left in a worse mode after warm-up
-   reset to the best one);
+   reset to the best one), extended chunk by chunk, with ``max_extra_warmup``, while any chain
+   is still improving its fit (:mod:`blindlens.inference.settling`): a run whose chains have
+   settled is sampled exactly as without the check;
 2. sampling in chunks of ``chunk`` draws per chain, with a data-only checkpoint after warm-up and
    after every chunk (:mod:`blindlens.run_checkpoint`): a killed run resumes bit for bit, and an
    interrupted run can be continued with a larger budget;
@@ -37,8 +39,14 @@ import jax
 import numpy as np
 
 from .._types import PRNGKeyArray
+from .settling import MIN_WINDOW, settle_check
 
-__all__ = ["ChainRun", "ConvergenceCheck", "ConvergenceTarget", "RunClock", "convergence_check", "run_chains"]
+__all__ = ["ChainRun", "ConvergenceCheck", "ConvergenceTarget", "RunClock", "SETTLE_STREAM", "convergence_check",
+           "run_chains"]
+
+
+SETTLE_STREAM = 0x5E771E
+"""``fold_in`` index of the key stream of chunks run while chains settle (:func:`run_chains`)."""
 
 
 class ConvergenceTarget(NamedTuple):
@@ -94,6 +102,8 @@ class ChainRun(NamedTuple):
         ``"fixed length"``, ``"converged"``, ``"draw budget"`` or ``"time budget"``.
     history
         One :class:`ConvergenceCheck` per chunk of a convergence-driven run (empty otherwise).
+    extra_warmup
+        Sweeps per chain run after the warm-up and discarded because chains were still settling.
     """
 
     samples: dict
@@ -102,6 +112,7 @@ class ChainRun(NamedTuple):
     converged: bool | None
     stop_reason: str
     history: tuple
+    extra_warmup: int = 0
 
 
 def _minutes(seconds: float) -> str:
@@ -341,6 +352,7 @@ def run_chains(
     resume: bool = True,
     progress: bool = True,
     clock: RunClock | None = None,
+    max_extra_warmup: int = 0,
 ) -> ChainRun:
     """Warm-up, then chunked sampling to ``num_draws`` draws or to ``target``, with checkpoints.
 
@@ -379,6 +391,13 @@ def run_chains(
         NumPyro progress bars and this module's progress lines.
     clock
         A :class:`RunClock` started by the caller (so that its set-up time counts), or ``None``.
+    max_extra_warmup
+        Most sweeps per chain the warm-up is extended by while chains are still settling: each
+        chunk before the first kept one is judged by :func:`~blindlens.inference.settling.settle_check`
+        against the window before it (the first against the warm-up's last ``chunk`` sweeps after
+        any descent phase) and discarded while any chain is still improving its fit; 0: no check
+        (each chunk of a settling run after the first discarded one uses the key
+        ``fold_in(fold_in(key, SETTLE_STREAM), extra)``, ``extra`` the sweeps discarded before it).
 
     Returns
     -------
@@ -392,6 +411,8 @@ def run_chains(
         save_checkpoint,
     )
 
+    if max_extra_warmup < 0:
+        raise ValueError(f"max_extra_warmup must be >= 0, got {max_extra_warmup}.")
     if (num_draws is None) == (target is None):
         raise ValueError("give num_draws (a fixed-length run) or target (a convergence-driven run), not both.")
     if num_draws is not None and num_draws < 1:
@@ -406,7 +427,7 @@ def run_chains(
     fingerprint = dict(fingerprint or {})
     method = jax.vmap if chain_method == "vectorized" else chain_method
     clock = RunClock(progress) if clock is None else clock
-    state, done, samples, stats = None, 0, None, None
+    state, done, samples, stats, extra, reference = None, 0, None, None, 0, None
     if checkpoint is not None:
         legacy = legacy_checkpoint_path(checkpoint.with_name(checkpoint.name.removesuffix(".ckpt.npz")))
         if legacy.exists():
@@ -417,6 +438,7 @@ def run_chains(
         check_fingerprint(ck.fingerprint, fingerprint, checkpoint)
         state, done = resume_state(kernel, ck, num_chains), ck.done
         samples, stats = ck.samples or None, ck.stats or None
+        extra, reference = ck.extra_warmup, ck.settle_reference
         print(f"resuming from {checkpoint}: {done} draws per chain done")
     if state is None:
         mcmc, quiet = _mcmc(kernel, num_warmup=num_warmup, num_samples=max(1, min(chunk, cap)),
@@ -429,8 +451,12 @@ def run_chains(
             starts = pooled_chain_starts(kernel, jax.random.fold_in(key, 2), num_chains)
             clock.say(starts.message)
             init = starts.init_params if num_chains > 1 else {k: v[0] for k, v in starts.init_params.items()}
+        settle = max_extra_warmup > 0 and num_warmup > 0
         with quiet:
-            mcmc.warmup(jax.random.fold_in(key, 0), init_params=init)
+            mcmc.warmup(jax.random.fold_in(key, 0), init_params=init, collect_warmup=settle,
+                        extra_fields=("potential_energy",) if settle else ())
+        if settle:
+            reference = _settle_reference(kernel, mcmc, num_warmup, num_chains, chunk)
         clock.warmed_up(num_warmup, num_draws)
         state = jax.device_get(mcmc.post_warmup_state)
         core = getattr(state, "core", None)
@@ -440,11 +466,14 @@ def run_chains(
         if num_chains > 1 and hasattr(kernel, "joint_model"):
             from .chain_starts import reset_worse_chains
 
-            state, _, message = reset_worse_chains(kernel, state)
+            state, reset, message = reset_worse_chains(kernel, state)
             if message:
                 clock.say(message)
+            if reference is not None and reset:
+                reference = np.array(reference)
+                reference[reset] = np.nan  # a restarted chain has no window of its own: not judged first
         if checkpoint is not None:
-            save_checkpoint(checkpoint, fingerprint=fingerprint, state=state, done=0)
+            save_checkpoint(checkpoint, fingerprint=fingerprint, state=state, done=0, settle_reference=reference)
     init_params = state.z  # skips the warm-start draw when a fresh process re-inits the kernel
     mcmc, resumed, history = None, done, []
     reason = "fixed length" if target is None else "draw budget"
@@ -466,14 +495,35 @@ def run_chains(
             mcmc, quiet = _mcmc(kernel, num_warmup=0, num_samples=n, num_chains=num_chains, method=method,
                                 thinning=thinning, progress=progress)
         mcmc.post_warmup_state = state
+        chunk_key = (jax.random.fold_in(key, 1 + done) if done > 0 or extra == 0
+                     else jax.random.fold_in(jax.random.fold_in(key, SETTLE_STREAM), extra))
         with quiet:
-            mcmc.run(jax.random.fold_in(key, 1 + done), init_params=init_params)
-        samples = append_draws(samples, jax.device_get(mcmc.get_samples(group_by_chain=True)))
-        stats = append_draws(stats, jax.device_get(mcmc.get_extra_fields(group_by_chain=True)))
+            mcmc.run(chunk_key, init_params=init_params, extra_fields=("potential_energy",) if max_extra_warmup else ())
+        new_stats = jax.device_get(mcmc.get_extra_fields(group_by_chain=True))
         state = jax.device_get(mcmc.last_state)
+        if done == 0 and max_extra_warmup > 0:
+            energy = np.asarray(new_stats["potential_energy"], np.float64).reshape(num_chains, -1)
+            check = settle_check(energy, reference)
+            if not check.settled and extra < max_extra_warmup:
+                extra, reference = extra + n, energy
+                if checkpoint is not None:
+                    save_checkpoint(checkpoint, fingerprint=fingerprint, state=state, done=0, extra_warmup=extra,
+                                    settle_reference=reference)
+                clock.say(f"still settling after {num_warmup + extra} warm-up sweeps: {check.describe()} still "
+                          f"improving the fit; these {n} sweeps count as warm-up (at most {max_extra_warmup} in all)")
+                continue
+            if not check.settled:
+                clock.say(f"WARNING: {check.describe()} still improving the fit after {num_warmup + extra} warm-up "
+                          "sweeps, the most --max-extra-warmup allows; these draws are kept: rerun with a larger "
+                          "--warmup or --max-extra-warmup")
+            elif extra:
+                clock.say(f"chains settled after {num_warmup + extra} warm-up sweeps")
+        samples = append_draws(samples, jax.device_get(mcmc.get_samples(group_by_chain=True)))
+        stats = append_draws(stats, new_stats)
         done += n
         if checkpoint is not None:
-            save_checkpoint(checkpoint, fingerprint=fingerprint, state=state, done=done, samples=samples, stats=stats)
+            save_checkpoint(checkpoint, fingerprint=fingerprint, state=state, done=done, samples=samples, stats=stats,
+                            extra_warmup=extra)
         if target is None:
             clock.sampled(done, num_draws, resumed)
             continue
@@ -491,4 +541,14 @@ def run_chains(
     elif target is not None:
         clock.say(f"converged after {done} draws per chain")
     return ChainRun(samples or {}, stats or {}, done, None if target is None else reason == "converged", reason,
-                    tuple(history))
+                    tuple(history), extra)
+
+
+def _settle_reference(kernel, mcmc, num_warmup: int, num_chains: int, chunk: int):
+    """``(chains, sweeps)`` potential energy of the warm-up's last ``chunk`` sweeps after its descent
+    phase (a blindlens kernel's first sweeps move the source otherwise), or ``None`` if too few."""
+    energy = np.asarray(jax.device_get(mcmc.get_extra_fields(group_by_chain=True))["potential_energy"], np.float64)
+    energy = energy.reshape(num_chains, -1)
+    descent = int(kernel.descent_sweeps(num_warmup)) if hasattr(kernel, "descent_sweeps") else 0
+    window = energy[:, descent:][:, -chunk:]
+    return window if window.shape[1] >= MIN_WINDOW else None

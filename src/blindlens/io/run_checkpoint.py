@@ -95,6 +95,12 @@ class RunCheckpoint:
     samples, stats
         Draws and sample statistics collected so far, by name, shape ``(chains, draws, ...)``;
         empty before the first chunk.
+    extra_warmup
+        Sweeps per chain run after the warm-up and discarded because chains were still settling
+        (:mod:`blindlens.inference.settling`); 0 in checkpoints written before the check.
+    settle_reference
+        ``(chains, sweeps)`` potential energy of the last window a settling check compared
+        against, or ``None``.
     """
 
     path: Path
@@ -105,6 +111,8 @@ class RunCheckpoint:
     init_params: dict = field(repr=False)
     samples: dict = field(repr=False)
     stats: dict = field(repr=False)
+    extra_warmup: int = 0
+    settle_reference: np.ndarray | None = field(default=None, repr=False)
 
 
 # --------------------------------------------------------------------------------- paths
@@ -236,6 +244,8 @@ def save_checkpoint(
     done: int,
     samples: Mapping | None = None,
     stats: Mapping | None = None,
+    extra_warmup: int = 0,
+    settle_reference: np.ndarray | None = None,
 ) -> Path:
     """Write a checkpoint atomically; returns its path.
 
@@ -253,6 +263,9 @@ def save_checkpoint(
     samples, stats
         Draws and sample statistics so far, by name, grouped by chain (``None`` or empty before
         the first chunk).
+    extra_warmup, settle_reference
+        Settling sweeps discarded so far and the window the next settling check compares
+        against (:class:`RunCheckpoint`).
     """
     path = Path(path)
     arrays: dict[str, np.ndarray] = {}
@@ -276,9 +289,12 @@ def save_checkpoint(
         "version": VERSION,
         "fingerprint": _normalise(fingerprint),
         "done": int(done),
+        "extra_warmup": int(extra_warmup),
         "state_keys": keys,
         "names": names,
     }
+    if settle_reference is not None:
+        arrays["settle_reference"] = _data_array(settle_reference, "settling reference")
     arrays["meta"] = _meta_array(meta)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -350,14 +366,19 @@ def load_checkpoint(path: str | os.PathLike) -> RunCheckpoint:
         leaves = [arrays.pop(f"state_{i}") for i in range(len(keys))]
         fingerprint = dict(meta["fingerprint"])
         done = int(meta["done"])
+        extra_warmup = int(meta.get("extra_warmup", 0))
+        reference = arrays.pop("settle_reference", None)
     except (KeyError, TypeError, ValueError) as err:
         raise damaged(f"missing or malformed entry {_reason(err)}") from None
     if arrays:
         raise damaged(f"unexpected entries {sorted(arrays)}")
     drawn = {a.shape[1] for a in (*groups["sample"].values(), *groups["stat"].values()) if a.ndim >= 2}
-    if len(drawn) > 1 or (groups["sample"] and not drawn) or done < 0:
+    if len(drawn) > 1 or (groups["sample"] and not drawn) or done < 0 or extra_warmup < 0:
         raise damaged("draw counts are inconsistent")
-    return RunCheckpoint(path, fingerprint, done, leaves, keys, groups["z"], groups["sample"], groups["stat"])
+    if reference is not None and reference.ndim != 2:
+        raise damaged("the settling reference is not a (chains, sweeps) array")
+    return RunCheckpoint(path, fingerprint, done, leaves, keys, groups["z"], groups["sample"], groups["stat"],
+                         extra_warmup, reference)
 
 
 def restore_state(checkpoint: RunCheckpoint, template, *, num_chains: int):
