@@ -1,5 +1,6 @@
 """How a run sets up its source: the prior chosen by the data's pixel scale, the grid centred on the source."""
 
+import dataclasses
 from pathlib import Path
 from typing import NamedTuple
 
@@ -344,3 +345,24 @@ def test_auto_takes_the_prefits_deflector_light_out_before_tracing():
     assert fitted_source_size(prior, model, obs, (0.0, 0.0), prefit) == 64
     unlit = {k: v for k, v in values.items() if not k.startswith("lens_light")}  # the broken variant: light left in
     assert fitted_source_size(prior, sie_shear, obs, (0.0, 0.0), prefit._replace(lens=unlit)) == 128
+
+
+def test_the_split_gibbs_floor_is_a_noise_level_of_the_prior_sde():
+    """``--split-gibbs-floor s`` gives the config whose floor ``sigma(t_final)`` is ``s`` (the prior's
+    flux scale included); ``auto`` keeps the default time; levels outside the SDE's range and bad
+    values are refused in one line."""
+    from blindlens.sample_options import split_gibbs_config
+    from blindlens.source.split_gibbs import SplitGibbsConfig, floor_sigma
+
+    prior = load_source_prior("highres")
+    assert split_gibbs_config(SampleOptions()) == SplitGibbsConfig()
+    config = split_gibbs_config(SampleOptions(split_gibbs_floor=0.023), prior)
+    assert floor_sigma(prior, config) == pytest.approx(0.023, rel=1e-5)
+    assert 0.1 < config.t_final < 0.3  # sigma(0.2) = 0.0229 for the highres prior's VE SDE
+    scaled = dataclasses.replace(prior, flux_scale=10.0)
+    assert split_gibbs_config(SampleOptions(split_gibbs_floor=0.23), scaled).t_final == pytest.approx(config.t_final)
+    with pytest.raises(ValueError, match="outside the prior's noise range"):
+        split_gibbs_config(SampleOptions(split_gibbs_floor=1e-4), prior)
+    with pytest.raises(ValueError, match="--split-gibbs-floor must be 'auto' or a noise level > 0"):
+        SampleOptions(split_gibbs_floor=-1.0).validate()
+    assert split_gibbs_config(SampleOptions(split_gibbs_floor=0.02, source_move="refresh", refresh_sigma=0.1)) is None

@@ -130,7 +130,7 @@ def sample_observations_batch(
     core = GibbsCore.default(
         lens_model, prior, models[0],
         source_config=SourceSamplerConfig(guidance=guidance, num_steps=options.steps, solver=options.solver),
-        refresh_sigma=options.refresh_sigma, split_gibbs=split_gibbs_config(options), num_warmup=options.warmup,
+        refresh_sigma=options.refresh_sigma, split_gibbs=split_gibbs_config(options, prior), num_warmup=options.warmup,
         # auto descends per chain by its start's fit; vmapped chains would pay for both moves, so
         # a batch descends only when asked (--warmup-source-move draw|refresh: every chain)
         warmup_source_move=None if options.warmup_source_move == "auto" else warmup_source_move(options),

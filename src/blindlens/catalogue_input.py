@@ -81,8 +81,13 @@ def _cell(name: str, text: str):
             return tuple(float(v) for v in text.replace(",", " ").split())
         except ValueError:
             raise ValueError(f"column {name}: expected numbers, got {text!r}.") from None
-    if name == "refresh_sigma":
-        return None if text.lower() == "none" else text if text.lower() == "auto" else float(text)
+    if name in ("refresh_sigma", "split_gibbs_floor"):  # 'auto' (refresh: 'none') or a noise level
+        if text.strip().lower() in ("auto", "none"):
+            return text.strip().lower() if name == "split_gibbs_floor" or text.strip().lower() == "auto" else None
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"column {name}: expected 'auto' or a number, got {text!r}.") from None
     if name in ("warm_start_tries", "source_size"):  # 'auto' or a whole number (trajectories, pixels)
         if text.strip().lower() == "auto":
             return "auto"

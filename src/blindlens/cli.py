@@ -170,6 +170,19 @@ def _refresh_sigma_arg(text: str):
     return value
 
 
+def _split_gibbs_floor_arg(text: str):
+    """``--split-gibbs-floor``: 'auto' or a positive noise level."""
+    if text.lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a noise level, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"the split-Gibbs floor must be > 0, got {value}")
+    return value
+
+
 def _warm_start_tries_arg(text: str):
     """``--warm-start-tries``: 'auto' or a positive integer."""
     if text.lower() == "auto":
@@ -222,6 +235,11 @@ def _add_joint_sample_arguments(p) -> None:
                         "and an unguided denoise), 'refresh' (guided partial refresh from --refresh-sigma; not "
                         "stationary with a trained prior, docs/source_posterior.md); 'auto' (default): split-gibbs "
                         "unless --refresh-sigma is given")
+    g.add_argument("--split-gibbs-floor", default=DEFAULTS.split_gibbs_floor, type=_split_gibbs_floor_arg,
+                   help="noise level sigma_f of the split-Gibbs move's prior p * N(0, sigma_f^2 I), in the source "
+                        "maps' units (the prior's flux scale included): larger pulls the source (and the lens) less towards the prior's galaxies "
+                        "and leaves the source noisier; 'auto' (default): the prior's sigma at diffusion time "
+                        "0.001 (0.005 for the shipped priors at flux scale 1; docs/joint_inference.md)")
     g.add_argument("--warmup-source-move", choices=WARMUP_SOURCE_MOVES, default=DEFAULTS.warmup_source_move,
                    help="moves the source in the first half of warm-up instead of --source-move: 'draw' (a fresh "
                         "guided draw every sweep: a fast descent from a poor warm start), 'refresh' (the guided "

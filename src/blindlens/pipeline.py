@@ -301,7 +301,7 @@ def build_kernel(lens_model, observation, prior, options: SampleOptions, *, cent
         warm_start_tries=warm_start_tries(options), warm_start_pool=options.warm_start_pool,
         source_grid=PixelGrid(tuple(prior.shape), float(prior.pixel_scale), center),
         supersampling=options.supersampling, source_refresh_sigma=options.refresh_sigma,
-        split_gibbs=split_gibbs_config(options), lens_prefit=prefit,
+        split_gibbs=split_gibbs_config(options, prior), lens_prefit=prefit,
         warmup_source_move=warmup_source_move(options), warmup_source_threshold=warmup_source_threshold(options),
         warmup_source_exit=warmup_source_exit(options),
     )

@@ -71,6 +71,7 @@ class SampleOptions:
     chain_method: str = "sequential"
     refresh_sigma: Any = "auto"
     source_move: str = "auto"
+    split_gibbs_floor: Any = "auto"
     warmup_source_move: str = "auto"
     warm_start_steps: int = 200
     warm_start_tries: Any = "auto"
@@ -107,6 +108,9 @@ class SampleOptions:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1.")
         if self.warmup < 0:
             raise ValueError("--warmup must be >= 0.")
+        if self.split_gibbs_floor != "auto" and (isinstance(self.split_gibbs_floor, (str, bool))
+                                                 or not self.split_gibbs_floor > 0):
+            raise ValueError(f"--split-gibbs-floor must be 'auto' or a noise level > 0, got {self.split_gibbs_floor!r}.")
         if self.max_extra_warmup < 0:
             raise ValueError("--max-extra-warmup must be >= 0 (0 turns the settling check off).")
         if self.warm_start_tries != "auto" and (isinstance(self.warm_start_tries, (str, bool, float))
@@ -297,10 +301,22 @@ def warmup_source_move(options: SampleOptions) -> str | None:
     return None if move == "none" else move
 
 
-def split_gibbs_config(options: SampleOptions):
-    """The :class:`~blindlens.split_gibbs.SplitGibbsConfig` of the split-Gibbs source move, else ``None``."""
+def split_gibbs_config(options: SampleOptions, prior=None):
+    """The :class:`~blindlens.split_gibbs.SplitGibbsConfig` of the split-Gibbs source move, else ``None``.
+
+    ``--split-gibbs-floor`` other than ``auto`` is a noise level ``sigma_f`` in the source maps'
+    units (``prior.sde``, its flux scale included), turned into the config's ``t_final`` by ``prior``'s SDE (so ``prior`` is then needed).
+    """
     if source_move(options) != "split-gibbs":
         return None
     from .source.split_gibbs import SplitGibbsConfig
 
-    return SplitGibbsConfig()
+    if options.split_gibbs_floor == "auto":
+        return SplitGibbsConfig()
+    sde = prior.sde
+    floor = float(options.split_gibbs_floor)
+    low, high = float(sde.sigma(0.0)), float(sde.sigma(1.0))
+    if not low <= floor < high:
+        raise ValueError(f"--split-gibbs-floor {floor:g} is outside the prior's noise range [{low:g}, {high:g}); "
+                         "give a level inside it (or 'auto').")
+    return SplitGibbsConfig(t_final=float(sde.time_at_sigma(floor)))
