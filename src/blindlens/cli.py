@@ -155,45 +155,36 @@ def _run_sample(args):
 # --- joint lens + source sampling (blindlens sample without --fixed-lens) and the demo ----------
 
 
-def _refresh_sigma_arg(text: str):
-    """``--refresh-sigma``: 'auto', 'none' or a positive number."""
+def _auto_or_positive(text: str, *, kind=float, none: bool = False, what: str = "a noise level",
+                      name: str = "the noise level"):
+    """'auto', 'none' (where ``none``: ``None``) or a positive number of type ``kind``."""
     if text.lower() == "auto":
         return "auto"
-    if text.lower() == "none":
+    if none and text.lower() == "none":
         return None
     try:
-        value = float(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto', 'none' or a noise level, got {text!r}") from None
+        words = "'auto', 'none'" if none else "'auto'"
+        raise argparse.ArgumentTypeError(f"expected {words} or {what}, got {text!r}") from None
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"the refresh noise level must be > 0, got {value}")
+        raise argparse.ArgumentTypeError(f"{name} must be {'>= 1' if kind is int else '> 0'}, got {value}")
     return value
+
+
+def _refresh_sigma_arg(text: str):
+    """``--refresh-sigma``: 'auto', 'none' or a positive number."""
+    return _auto_or_positive(text, none=True, name="the refresh noise level")
 
 
 def _split_gibbs_floor_arg(text: str):
     """``--split-gibbs-floor``: 'auto' or a positive noise level."""
-    if text.lower() == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a noise level, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"the split-Gibbs floor must be > 0, got {value}")
-    return value
+    return _auto_or_positive(text, name="the split-Gibbs floor")
 
 
 def _warm_start_tries_arg(text: str):
     """``--warm-start-tries``: 'auto' or a positive integer."""
-    if text.lower() == "auto":
-        return "auto"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of trajectories per chain, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--warm-start-tries must be >= 1, got {value}")
-    return value
+    return _auto_or_positive(text, kind=int, what="a number of trajectories per chain", name="--warm-start-tries")
 
 
 def _add_joint_sample_arguments(p) -> None:
