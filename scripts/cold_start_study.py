@@ -154,6 +154,7 @@ def analyse(post_path, truth: dict, true_chi2: float, mode_tol: float) -> dict:
         names = json.loads(stored) if stored else [k for k, v in post.data_vars.items() if v.dims == ("chain", "draw")]
         nuisance = nuisance_sites(names, post.attrs.get("blindlens_nuisance_sites"))
         draws = {n: np.asarray(post[n].values, float) for n in names}
+        extra = post.attrs.get("extra_warmup_sweeps")  # sweeps discarded while chains settled (newer runs)
     chi2, chi2_from = draw_chi2(post_path)
     n_chain = chi2.shape[0]
     chain_chi2 = chi2.mean(axis=1)
@@ -200,6 +201,7 @@ def analyse(post_path, truth: dict, true_chi2: float, mode_tol: float) -> dict:
         "all_dominant": len(dominant) == n_chain,
         "max_rhat": float(np.nanmax(rhats)) if np.any(np.isfinite(rhats)) else float("nan"),
         "divergent": divergent,
+        "extra_warmup": None if extra is None else int(extra),
         "lens_draws": np.round(flat[keep], 6).tolist(),
     }
 

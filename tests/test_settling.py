@@ -151,3 +151,19 @@ def test_a_run_killed_while_settling_resumes_exactly(tmp_path):
 def test_run_chains_rejects_a_negative_extra_warmup():
     with pytest.raises(ValueError, match="max_extra_warmup must be >= 0"):
         run_chains(NUTS(_normal_model), jr.key(0), num_draws=10, max_extra_warmup=-1, progress=False)
+
+
+def test_the_first_reference_is_the_warm_up_tail_after_its_descent():
+    """A blindlens kernel's first warm-up sweeps descend by another source move; the reference window
+    starts after them, and a tail shorter than MIN_WINDOW gives none (the first chunk's halves judge)."""
+    from types import SimpleNamespace
+
+    from blindlens.inference.chain_runner import _settle_reference
+
+    energy = np.arange(2 * 40, dtype=float).reshape(2, 40)
+    mcmc = SimpleNamespace(get_extra_fields=lambda group_by_chain: {"potential_energy": energy})
+    kernel = SimpleNamespace(descent_sweeps=lambda num_warmup: num_warmup // 2)
+    np.testing.assert_array_equal(_settle_reference(kernel, mcmc, 40, 2, chunk=100), energy[:, 20:])
+    np.testing.assert_array_equal(_settle_reference(kernel, mcmc, 40, 2, chunk=12), energy[:, 28:])
+    np.testing.assert_array_equal(_settle_reference(object(), mcmc, 40, 2, chunk=30), energy[:, 10:])
+    assert _settle_reference(SimpleNamespace(descent_sweeps=lambda n: 35), mcmc, 40, 2, chunk=100) is None
