@@ -197,7 +197,7 @@ def _add_joint_sample_arguments(p) -> None:
                    help="Gibbs warm-up sweeps per chain (NUTS adaptation)")
     g.add_argument("--max-extra-warmup", type=int, default=DEFAULTS.max_extra_warmup,
                    help="most sweeps per chain the warm-up is extended by, one --checkpoint-every chunk at a time, "
-                        "while any chain is still improving its fit (a trend test on its potential energy, "
+                        "while any chain's fit still trends (a test on its potential energy, "
                         f"docs/joint_inference.md); 0: no check (default {DEFAULTS.max_extra_warmup})")
     g.add_argument("--draws", type=int, default=DEFAULTS.draws,
                    help="posterior draws per chain (default 300); with --target-ess, the most draws per chain "

@@ -6,8 +6,8 @@ above all) as
 
 1. one warm-up (for a blindlens kernel, chains started from one pool of warm-start trajectories
    ranked by fit, :mod:`blindlens.chain_starts`, and chains left in a worse mode after warm-up
-   reset to the best one), extended chunk by chunk, with ``max_extra_warmup``, while any chain
-   is still improving its fit (:mod:`blindlens.inference.settling`): a run whose chains have
+   reset to the best one), extended chunk by chunk, with ``max_extra_warmup``, while any chain's
+   fit still trends (:mod:`blindlens.inference.settling`): a run whose chains have
    settled is sampled exactly as without the check;
 2. sampling in chunks of ``chunk`` draws per chain, with a data-only checkpoint after warm-up and
    after every chunk (:mod:`blindlens.run_checkpoint`): a killed run resumes bit for bit, and an
@@ -395,7 +395,7 @@ def run_chains(
         Most sweeps per chain the warm-up is extended by while chains are still settling: each
         chunk before the first kept one is judged by :func:`~blindlens.inference.settling.settle_check`
         against the window before it (the first against the warm-up's last ``chunk`` sweeps after
-        any descent phase) and discarded while any chain is still improving its fit; 0: no check
+        any descent phase) and discarded while any chain's fit still trends; 0: no check
         (each chunk of a settling run after the first discarded one uses the key
         ``fold_in(fold_in(key, SETTLE_STREAM), extra)``, ``extra`` the sweeps discarded before it).
 
@@ -509,11 +509,12 @@ def run_chains(
                 if checkpoint is not None:
                     save_checkpoint(checkpoint, fingerprint=fingerprint, state=state, done=0, extra_warmup=extra,
                                     settle_reference=reference)
-                clock.say(f"still settling after {num_warmup + extra} warm-up sweeps: {check.describe()} still "
-                          f"improving the fit; these {n} sweeps count as warm-up (at most {max_extra_warmup} in all)")
+                clock.say(f"still settling after {num_warmup + extra} warm-up sweeps: the fit of {check.describe()} "
+                          f"still trends (z > 0: improving); these {n} sweeps count as warm-up (at most "
+                          f"{max_extra_warmup} in all)")
                 continue
             if not check.settled:
-                clock.say(f"WARNING: {check.describe()} still improving the fit after {num_warmup + extra} warm-up "
+                clock.say(f"WARNING: the fit of {check.describe()} still trends after {num_warmup + extra} warm-up "
                           "sweeps, the most --max-extra-warmup allows; these draws are kept: rerun with a larger "
                           "--warmup or --max-extra-warmup")
             elif extra:
