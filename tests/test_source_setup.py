@@ -366,3 +366,8 @@ def test_the_split_gibbs_floor_is_a_noise_level_of_the_prior_sde():
     with pytest.raises(ValueError, match="--split-gibbs-floor must be 'auto' or a noise level > 0"):
         SampleOptions(split_gibbs_floor=-1.0).validate()
     assert split_gibbs_config(SampleOptions(split_gibbs_floor=0.02, source_move="refresh", refresh_sigma=0.1)) is None
+    # a catalogue column: 'auto' or a number, anything else one line
+    assert _cell("split_gibbs_floor", "0.02") == 0.02 and _cell("split_gibbs_floor", " AUTO") == "auto"
+    assert _cell("refresh_sigma", "none") is None and _cell("refresh_sigma", "auto") == "auto"
+    with pytest.raises(ValueError, match="column split_gibbs_floor: expected 'auto' or a number"):
+        _cell("split_gibbs_floor", "weak")
