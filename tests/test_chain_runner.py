@@ -98,6 +98,7 @@ def test_run_chains_rejects_both_or_neither_stopping_rule():
     (["--target-ess", "400", "--max-minutes", "-1"], "--max-minutes must be > 0"),
     (["--max-minutes", "5"], "--max-minutes needs --target-ess"),
     (["--target-ess", "400", "--draws", "2"], "--draws must be >= 4"),
+    (["--max-extra-warmup", "-1"], "--max-extra-warmup must be >= 0"),
 ])
 def test_cli_convergence_options_are_checked_in_one_line(tmp_path, capsys, extra, needle):
     np.savez(tmp_path / "obs.npz", image=np.zeros((8, 8)), noise_sigma=1.0, pixel_scale=0.1)
