@@ -82,8 +82,9 @@ def _cell(name: str, text: str):
         except ValueError:
             raise ValueError(f"column {name}: expected numbers, got {text!r}.") from None
     if name in ("refresh_sigma", "split_gibbs_floor"):  # 'auto' (refresh: 'none') or a noise level
-        if text.strip().lower() in ("auto", "none"):
-            return text.strip().lower() if name == "split_gibbs_floor" or text.strip().lower() == "auto" else None
+        word = text.strip().lower()
+        if word == "auto" or (word == "none" and name == "refresh_sigma"):
+            return None if word == "none" else "auto"
         try:
             return float(text)
         except ValueError:

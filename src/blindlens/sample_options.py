@@ -305,7 +305,8 @@ def split_gibbs_config(options: SampleOptions, prior=None):
     """The :class:`~blindlens.split_gibbs.SplitGibbsConfig` of the split-Gibbs source move, else ``None``.
 
     ``--split-gibbs-floor`` other than ``auto`` is a noise level ``sigma_f`` in the source maps'
-    units (``prior.sde``, its flux scale included), turned into the config's ``t_final`` by ``prior``'s SDE (so ``prior`` is then needed).
+    units, turned into the config's ``t_final`` by ``prior.sde`` (its flux scale included), so
+    ``prior`` is then needed.
     """
     if source_move(options) != "split-gibbs":
         return None
